@@ -1,0 +1,1 @@
+//! Sans-IO core of the FleetBoard dataplane (no sockets, no TUN, no clock reads).

@@ -1,0 +1,1 @@
+//! I/O driver of the FleetBoard dataplane.

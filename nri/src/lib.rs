@@ -1,0 +1,1 @@
+//! containerd NRI plugin of FleetBoard.

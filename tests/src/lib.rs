@@ -1,0 +1,10 @@
+//! Test support for FleetBoard's end-to-end tests.
+//!
+//! - [`netns`]: network namespaces, veth links and bridges made by the test itself, with
+//!   unique names and cleanup on drop (the "nodes" and the "internet" of ARCHITECTURE.md).
+//! - [`process`]: child processes that are killed when the test ends, and polling helpers.
+//! - [`binaries`]: where the workspace's built binaries are.
+
+pub mod binaries;
+pub mod netns;
+pub mod process;

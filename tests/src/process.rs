@@ -1,0 +1,109 @@
+//! Child processes owned by a test (killed on drop) and polling with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing test never
+/// leaves a dataplane or apiserver behind. Its stdout/stderr go to a log file.
+pub struct ChildGuard {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let err = out.try_clone()?;
+        cmd.stdout(out)
+            .stderr(err)
+            .stdin(std::process::Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("spawn {name} ({cmd:?}): {e}"))?;
+        Ok(Self {
+            child: Some(child),
+            name: name.to_string(),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The log file of this process.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP` as 1) with `kill -<sig>`.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.id().to_string())
+            .status()?;
+        anyhow::ensure!(
+            st.success(),
+            "kill -{sig} {} ({}) failed",
+            self.id(),
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Kills and reaps the process now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every `every` until it returns `Ok(Some(v))` or `deadline` passes; the error names
+/// `what` and the last failure. Use generous deadlines: CI is a busy 2-core machine.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let end = Instant::now() + deadline;
+    let mut last = String::from("condition not met");
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= end {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}: {last}");
+        }
+        std::thread::sleep(every);
+    }
+}
