@@ -87,6 +87,7 @@ done
 
 (ip netns exec "$GB" iperf3 -s -1 -B 100.64.2.1 >/dev/null 2>&1 &)
 sleep 0.5
+if [ -n "${DEMO_HOOK:-}" ]; then eval "$DEMO_HOOK"; fi
 echo "demo: iperf3 gw-a -> hub (relay) -> gw-b for ${DURATION}s"
 ip netns exec "$GA" iperf3 -c 100.64.2.1 -t "$DURATION" -J >"$WORK/iperf.json"
 python3 - "$WORK/iperf.json" <<'PY'
