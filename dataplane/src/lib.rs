@@ -1,1 +1,3 @@
 //! I/O driver of the FleetBoard dataplane.
+
+pub mod quic;
