@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(checksum(pseudo, &o[40..]), 0);
         // Short packets are quoted whole.
         let small = v6_packet(60, 6);
-        assert_eq!(packet_too_big(&small, 1280, "fd00::1".parse().unwrap(), &mut out), Ok(108));
+        assert_eq!(
+            packet_too_big(&small, 1280, "fd00::1".parse().unwrap(), &mut out),
+            Ok(108)
+        );
     }
 
     #[test]
@@ -207,27 +210,57 @@ mod tests {
         let r4: IpAddr = "100.64.1.1".parse().unwrap();
         let r6: IpAddr = "fd00::1".parse().unwrap();
         let mut out = [0u8; 1500];
-        assert_eq!(packet_too_big(&v4_packet(1500, false), 1400, r4, &mut out), Err(NoIcmp::MayFragment));
-        assert_eq!(packet_too_big(&v4_packet(1500, true), 1400, r6, &mut out), Err(NoIcmp::NoSourceAddress));
-        assert_eq!(packet_too_big(&[0x45; 10], 1400, r4, &mut out), Err(NoIcmp::Malformed));
-        assert_eq!(packet_too_big(&[], 1400, r4, &mut out), Err(NoIcmp::Malformed));
-        assert_eq!(packet_too_big(&[0x60; 39], 1400, r6, &mut out), Err(NoIcmp::Malformed));
+        assert_eq!(
+            packet_too_big(&v4_packet(1500, false), 1400, r4, &mut out),
+            Err(NoIcmp::MayFragment)
+        );
+        assert_eq!(
+            packet_too_big(&v4_packet(1500, true), 1400, r6, &mut out),
+            Err(NoIcmp::NoSourceAddress)
+        );
+        assert_eq!(
+            packet_too_big(&[0x45; 10], 1400, r4, &mut out),
+            Err(NoIcmp::Malformed)
+        );
+        assert_eq!(
+            packet_too_big(&[], 1400, r4, &mut out),
+            Err(NoIcmp::Malformed)
+        );
+        assert_eq!(
+            packet_too_big(&[0x60; 39], 1400, r6, &mut out),
+            Err(NoIcmp::Malformed)
+        );
         let mut icmp_err = v4_packet(1500, true);
         icmp_err[9] = 1;
         icmp_err[20] = 3;
-        assert_eq!(packet_too_big(&icmp_err, 1400, r4, &mut out), Err(NoIcmp::NotAnswerable));
+        assert_eq!(
+            packet_too_big(&icmp_err, 1400, r4, &mut out),
+            Err(NoIcmp::NotAnswerable)
+        );
         icmp_err[20] = 8; // echo request: answered
         assert!(packet_too_big(&icmp_err, 1400, r4, &mut out).is_ok());
         let mut frag = v4_packet(1500, true);
         frag[7] = 10;
-        assert_eq!(packet_too_big(&frag, 1400, r4, &mut out), Err(NoIcmp::NotAnswerable));
+        assert_eq!(
+            packet_too_big(&frag, 1400, r4, &mut out),
+            Err(NoIcmp::NotAnswerable)
+        );
         let mut mcast = v4_packet(1500, true);
         mcast[12] = 224;
-        assert_eq!(packet_too_big(&mcast, 1400, r4, &mut out), Err(NoIcmp::NotAnswerable));
+        assert_eq!(
+            packet_too_big(&mcast, 1400, r4, &mut out),
+            Err(NoIcmp::NotAnswerable)
+        );
         let mut v6err = v6_packet(1500, 58);
         v6err[40] = 1;
-        assert_eq!(packet_too_big(&v6err, 1400, r6, &mut out), Err(NoIcmp::NotAnswerable));
+        assert_eq!(
+            packet_too_big(&v6err, 1400, r6, &mut out),
+            Err(NoIcmp::NotAnswerable)
+        );
         let mut small = [0u8; 100];
-        assert_eq!(packet_too_big(&v4_packet(1500, true), 1400, r4, &mut small), Err(NoIcmp::BufferTooSmall));
+        assert_eq!(
+            packet_too_big(&v4_packet(1500, true), 1400, r4, &mut small),
+            Err(NoIcmp::BufferTooSmall)
+        );
     }
 }
