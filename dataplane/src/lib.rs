@@ -25,4 +25,13 @@
 //! The driver is one task owning the core (no lock on the hot path); admin requests and
 //! reloads reach it over a channel.
 
+pub mod admin;
+pub mod config_file;
+pub mod driver;
+pub mod metrics;
 pub mod quic;
+pub mod show;
+
+pub use admin::{AdminClient, AdminError, Request, Response};
+pub use driver::{DataplaneDriver, DriverError};
+pub use fleetboard_dataplane_core as core;
