@@ -29,6 +29,7 @@ pub mod admin;
 pub mod config_file;
 pub mod driver;
 pub mod metrics;
+pub mod quic;
 pub mod show;
 
 pub use admin::{AdminClient, AdminError, Request, Response};

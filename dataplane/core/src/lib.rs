@@ -10,10 +10,15 @@
 //!   `poll_transmit`, `poll_timeout` out.
 //! - [`drop`]: [`DropReason`] and its counters.
 //! - [`wire`]: the IP header view.
+//! - [`mtu`], [`icmp`], [`mss`]: tunnel MTU per transport, ICMP too-big errors, TCP MSS
+//!   clamping (QUIC branch).
 
 pub mod config;
 pub mod drop;
+pub mod icmp;
 pub mod key;
+pub mod mss;
+pub mod mtu;
 pub mod node;
 pub mod peer;
 pub mod route;

@@ -1,0 +1,120 @@
+//! Counters of the QUIC transport: per peer and for the whole endpoint. Plain atomics bumped
+//! on the packet path; snapshots are taken by the admin/metrics side.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Adds one to a relaxed counter.
+#[inline]
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Endpoint-wide counters (events not attributable to a configured peer).
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCounters {
+    pub auth_rejected: AtomicU64,
+    pub handshake_failed: AtomicU64,
+    pub unknown_peer: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+/// Snapshot of the endpoint-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointStats {
+    /// Certificates rejected by the verifiers (unknown key, wrong CA, wrong name).
+    pub auth_rejected: u64,
+    /// Incoming handshakes that failed (includes the rejected certificates and no certificate).
+    pub handshake_failed: u64,
+    /// Authenticated connections that matched no configured peer (peer removed meanwhile).
+    pub unknown_peer: u64,
+    /// Incoming connection attempts refused because too many handshakes were in flight.
+    pub refused_busy: u64,
+    /// Incoming attempts answered with a Retry (address validation) under load.
+    pub retried: u64,
+}
+
+impl EndpointCounters {
+    pub fn snapshot(&self) -> EndpointStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EndpointStats {
+            auth_rejected: g(&self.auth_rejected),
+            handshake_failed: g(&self.handshake_failed),
+            unknown_peer: g(&self.unknown_peer),
+            refused_busy: g(&self.refused_busy),
+            retried: g(&self.retried),
+        }
+    }
+}
+
+/// Per-peer counters.
+#[derive(Debug, Default)]
+pub(crate) struct PeerCounters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub drop_not_ip: AtomicU64,
+    pub drop_oversized: AtomicU64,
+    pub drop_too_big: AtomicU64,
+    pub drop_not_connected: AtomicU64,
+    pub connects: AtomicU64,
+    pub dial_failures: AtomicU64,
+}
+
+/// Snapshot of one peer's state and counters (what `dataplane show` prints).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PeerStats {
+    /// Configured peer name.
+    pub name: String,
+    /// Whether a QUIC connection is established now.
+    pub connected: bool,
+    /// The peer's current UDP address (follows migration), if connected.
+    pub remote: Option<SocketAddr>,
+    /// Smoothed RTT from QUIC's own estimator, if connected.
+    pub rtt: Option<Duration>,
+    /// Largest IP packet the connection carries now (path MTU minus QUIC overhead).
+    pub max_packet: Option<usize>,
+    /// Current path MTU (UDP payload bytes) as PLPMTUD knows it.
+    pub path_mtu: Option<u16>,
+    /// QUIC packets the connection declared lost.
+    pub lost_packets: u64,
+    /// IP packets sent to the peer.
+    pub tx_packets: u64,
+    /// IP bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// IP packets received from the peer.
+    pub rx_packets: u64,
+    /// IP bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Received datagrams that were not a well-formed IPv4/IPv6 packet.
+    pub drop_not_ip: u64,
+    /// Received datagrams larger than the tunnel MTU.
+    pub drop_oversized: u64,
+    /// Packets too big for the connection's current datagram size (caller sends ICMP).
+    pub drop_too_big: u64,
+    /// Packets for the peer while no connection was up.
+    pub drop_not_connected: u64,
+    /// Connections established (dialed or accepted).
+    pub connects: u64,
+    /// Failed dial attempts.
+    pub dial_failures: u64,
+}
+
+impl PeerCounters {
+    pub fn fill(&self, s: &mut PeerStats) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.tx_packets = g(&self.tx_packets);
+        s.tx_bytes = g(&self.tx_bytes);
+        s.rx_packets = g(&self.rx_packets);
+        s.rx_bytes = g(&self.rx_bytes);
+        s.drop_not_ip = g(&self.drop_not_ip);
+        s.drop_oversized = g(&self.drop_oversized);
+        s.drop_too_big = g(&self.drop_too_big);
+        s.drop_not_connected = g(&self.drop_not_connected);
+        s.connects = g(&self.connects);
+        s.dial_failures = g(&self.dial_failures);
+    }
+}

@@ -1,0 +1,641 @@
+//! The QUIC peer transport: one quinn endpoint (one UDP socket) serving every peer, one
+//! connection per peer, each IP packet one QUIC DATAGRAM.
+//!
+//! **Who dials.** Every peer with a configured `endpoint` is dialed (with exponential backoff
+//! between [`MIN_BACKOFF`] and [`MAX_BACKOFF`]) whenever no connection to it is up; every side
+//! accepts. When both sides dial at once, both keep the connection dialed by the gateway whose
+//! name sorts lower and close the other, so they converge on one connection.
+//!
+//! **Restarts.** Stateless-reset tokens are keyed by a secret derived from the gateway's
+//! private key, so a restarted gateway answers its peers' packets on the old connection with a
+//! valid stateless reset and they reconnect at once instead of waiting for the idle timeout.
+//!
+//! **Migration.** quinn migrates a connection when the dialing peer's address changes (NAT
+//! rebinding, a new address); a changed `endpoint` in the peer config closes our dialed
+//! connection and dials the new address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use quinn::{Connection, ConnectionError, Endpoint, SendDatagramError, Side, VarInt};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use super::identity::Fingerprint;
+use super::stats::{EndpointCounters, EndpointStats, PeerCounters, PeerStats, bump};
+use super::verify::{PeerMatch, PeerVerifier, Trust};
+use super::{QuicConfig, QuicError, QuicPeerConfig, check_ip_packet};
+
+/// ALPN protocol id of the FleetBoard tunnel.
+pub const ALPN: &[u8] = b"fleetboard-tunnel/1";
+
+/// First retry delay after a failed dial: short, so a restarted hub is found quickly.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest delay between dial attempts: bounds how long a recovered peer stays unreached.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A connection that lived this long counts as a success and resets the dial backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
+
+/// Application close codes.
+const CLOSE_DUPLICATE: u32 = 1;
+const CLOSE_UNKNOWN_PEER: u32 = 2;
+const CLOSE_REMOVED: u32 = 3;
+const CLOSE_ENDPOINT_CHANGED: u32 = 4;
+const CLOSE_SHUTDOWN: u32 = 5;
+
+/// A received IP packet and the peer it came from.
+#[derive(Debug)]
+pub struct Received<T> {
+    /// The sending peer's tag (from its [`QuicPeerConfig`]).
+    pub peer: T,
+    /// One complete IPv4 or IPv6 packet (validated length and version).
+    pub packet: Bytes,
+}
+
+/// Why a packet could not be sent to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No connection to the peer is up right now (it is being dialed or awaited).
+    #[error("no connection to the peer")]
+    NotConnected,
+    /// The packet exceeds what the connection carries now; `max` is the largest IP packet
+    /// that fits (answer the sender with ICMP fragmentation-needed / packet-too-big).
+    #[error("packet too big for the tunnel (max {max})")]
+    TooBig {
+        /// Largest packet size that fits now.
+        max: usize,
+    },
+}
+
+struct PeerSettings {
+    fingerprint: Option<Fingerprint>,
+    endpoint: Option<SocketAddr>,
+}
+
+pub(crate) struct PeerState<T> {
+    name: String,
+    tag: T,
+    settings: Mutex<PeerSettings>,
+    conn: ArcSwapOption<Connection>,
+    /// Serialises installing connections (control path only).
+    install: Mutex<()>,
+    changed: Notify,
+    removed: AtomicBool,
+    counters: PeerCounters,
+}
+
+/// Handle to one configured peer: send packets to it and read its statistics. Cheap to clone;
+/// keep one per peer in the forwarding table so sending needs no lookup.
+pub struct QuicPeer<T> {
+    state: Arc<PeerState<T>>,
+    max_packet: usize,
+}
+
+impl<T> Clone for QuicPeer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            max_packet: self.max_packet,
+        }
+    }
+}
+
+impl<T> QuicPeer<T> {
+    /// Sends one IP packet as a QUIC datagram (never blocks; quinn drops the oldest queued
+    /// datagram when its send buffer is full, like a router queue).
+    pub fn send(&self, packet: Bytes) -> Result<(), SendError> {
+        let c = &self.state.counters;
+        let guard = self.state.conn.load();
+        let Some(conn) = guard.as_deref() else {
+            bump(&c.drop_not_connected);
+            return Err(SendError::NotConnected);
+        };
+        let len = packet.len() as u64;
+        match conn.send_datagram(packet) {
+            Ok(()) => {
+                bump(&c.tx_packets);
+                c.tx_bytes.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(SendDatagramError::TooLarge) => {
+                bump(&c.drop_too_big);
+                let max = conn.max_datagram_size().unwrap_or(0).min(self.max_packet);
+                Err(SendError::TooBig { max })
+            }
+            Err(_) => {
+                bump(&c.drop_not_connected);
+                Err(SendError::NotConnected)
+            }
+        }
+    }
+
+    /// Largest IP packet the peer's connection carries now, or `None` when not connected.
+    pub fn max_packet(&self) -> Option<usize> {
+        let guard = self.state.conn.load();
+        let conn = guard.as_deref()?;
+        Some(conn.max_datagram_size()?.min(self.max_packet))
+    }
+
+    /// The peer's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The peer's tag.
+    pub fn tag(&self) -> &T {
+        &self.state.tag
+    }
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.state.conn.load().is_some()
+    }
+
+    /// A snapshot of the peer's counters and connection state.
+    pub fn stats(&self) -> PeerStats {
+        let mut s = PeerStats {
+            name: self.state.name.clone(),
+            ..PeerStats::default()
+        };
+        self.state.counters.fill(&mut s);
+        if let Some(conn) = self.state.conn.load().as_deref() {
+            let q = conn.stats();
+            s.connected = true;
+            s.remote = Some(conn.remote_address());
+            s.rtt = Some(conn.rtt());
+            s.max_packet = conn.max_datagram_size().map(|m| m.min(self.max_packet));
+            s.path_mtu = Some(q.path.current_mtu);
+            s.lost_packets = q.path.lost_packets;
+        }
+        s
+    }
+}
+
+struct Shared<T> {
+    endpoint: Endpoint,
+    name: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
+    ca: Option<rustls_pki_types::TrustAnchor<'static>>,
+    trust: Arc<ArcSwap<Trust>>,
+    rejected: Arc<AtomicU64>,
+    transport: Arc<quinn::TransportConfig>,
+    peers: Mutex<HashMap<String, Arc<PeerState<T>>>>,
+    tx: mpsc::Sender<Received<T>>,
+    counters: EndpointCounters,
+    handshaking: AtomicUsize,
+    max_handshakes: usize,
+    max_packet: usize,
+}
+
+/// The QUIC transport endpoint. Dropping it does not stop it; call [`QuicTransport::close`].
+pub struct QuicTransport<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> QuicTransport<T> {
+    /// Binds the UDP socket and starts accepting. Must be called inside a tokio runtime.
+    /// Received packets of every peer arrive on the returned channel.
+    pub fn bind(config: QuicConfig) -> Result<(Self, mpsc::Receiver<Received<T>>), QuicError> {
+        config.validate()?;
+        let trust = Arc::new(ArcSwap::from_pointee(Trust {
+            ca: config.ca_anchor()?,
+            ..Trust::default()
+        }));
+        let rejected = Arc::new(AtomicU64::new(0));
+        let transport = Arc::new(config.transport_config());
+        let server = super::tls::server_config(
+            &config.identity,
+            PeerVerifier::new(trust.clone(), rejected.clone()),
+            transport.clone(),
+        )?;
+        let socket = super::tls::udp_socket(config.listen)?;
+        let reset_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &config.identity.reset_secret());
+        let endpoint = Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            Some(server),
+            socket,
+            quinn::default_runtime().ok_or(QuicError::NoRuntime)?,
+        )
+        .map_err(QuicError::Bind)?;
+        let (tx, rx) = mpsc::channel(config.rx_queue);
+        let shared = Arc::new(Shared {
+            endpoint,
+            name: config.name.clone(),
+            chain: config.identity.chain.clone(),
+            key: config.identity.key.clone_key(),
+            ca: config.ca_anchor()?,
+            trust,
+            rejected,
+            transport,
+            peers: Mutex::new(HashMap::new()),
+            tx,
+            counters: EndpointCounters::default(),
+            handshaking: AtomicUsize::new(0),
+            max_handshakes: config.max_handshakes,
+            max_packet: config.max_packet(),
+        });
+        tokio::spawn(accept_loop(Arc::downgrade(&shared)));
+        info!(listen = %shared.endpoint.local_addr().map_err(QuicError::Bind)?, name = %config.name, "quic transport up");
+        Ok((Self { shared }, rx))
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
+        self.shared.endpoint.local_addr().map_err(QuicError::Bind)
+    }
+
+    /// Largest IP packet accepted from or sent to peers (the tunnel MTU).
+    pub fn max_packet(&self) -> usize {
+        self.shared.max_packet
+    }
+
+    /// Adds a peer or updates its fingerprint/endpoint; returns its send handle. A changed
+    /// endpoint re-dials; a changed pin closes a connection the new pin would not accept.
+    pub fn upsert_peer(&self, peer: QuicPeerConfig<T>) -> Result<QuicPeer<T>, QuicError> {
+        peer.validate()?;
+        let sh = &self.shared;
+        let mut peers = lock(&sh.peers);
+        let state = match peers.get(&peer.name) {
+            Some(existing) => {
+                let mut s = lock(&existing.settings);
+                let endpoint_changed = s.endpoint != peer.endpoint;
+                let pin_changed = s.fingerprint != peer.fingerprint;
+                s.endpoint = peer.endpoint;
+                s.fingerprint = peer.fingerprint;
+                drop(s);
+                if endpoint_changed || pin_changed {
+                    if let Some(conn) = existing.conn.load_full() {
+                        let dialed = conn.side() == Side::Client;
+                        if pin_changed || (dialed && Some(conn.remote_address()) != peer.endpoint) {
+                            conn.close(VarInt::from_u32(CLOSE_ENDPOINT_CHANGED), b"reconfigured");
+                        }
+                    }
+                    existing.changed.notify_one();
+                }
+                existing.clone()
+            }
+            None => {
+                let state = Arc::new(PeerState {
+                    name: peer.name.clone(),
+                    tag: peer.tag,
+                    settings: Mutex::new(PeerSettings {
+                        fingerprint: peer.fingerprint,
+                        endpoint: peer.endpoint,
+                    }),
+                    conn: ArcSwapOption::empty(),
+                    install: Mutex::new(()),
+                    changed: Notify::new(),
+                    removed: AtomicBool::new(false),
+                    counters: PeerCounters::default(),
+                });
+                peers.insert(peer.name.clone(), state.clone());
+                tokio::spawn(dial_loop(Arc::downgrade(sh), state.clone()));
+                state
+            }
+        };
+        rebuild_trust(sh, &peers);
+        Ok(QuicPeer {
+            state,
+            max_packet: sh.max_packet,
+        })
+    }
+
+    /// Removes a peer and closes its connection; returns whether it existed.
+    pub fn remove_peer(&self, name: &str) -> bool {
+        let sh = &self.shared;
+        let mut peers = lock(&sh.peers);
+        let Some(state) = peers.remove(name) else {
+            return false;
+        };
+        rebuild_trust(sh, &peers);
+        state.removed.store(true, Ordering::Release);
+        if let Some(conn) = state.conn.swap(None) {
+            conn.close(VarInt::from_u32(CLOSE_REMOVED), b"removed");
+        }
+        state.changed.notify_one();
+        true
+    }
+
+    /// Applies a whole peer list: upserts each, removes peers not in it. Returns the handles.
+    pub fn set_peers(&self, peers: Vec<QuicPeerConfig<T>>) -> Result<Vec<QuicPeer<T>>, QuicError> {
+        for p in &peers {
+            p.validate()?;
+        }
+        let keep: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        let stale: Vec<String> = lock(&self.shared.peers)
+            .keys()
+            .filter(|n| !keep.contains(n))
+            .cloned()
+            .collect();
+        for name in stale {
+            self.remove_peer(&name);
+        }
+        peers.into_iter().map(|p| self.upsert_peer(p)).collect()
+    }
+
+    /// The handle of a configured peer.
+    pub fn peer(&self, name: &str) -> Option<QuicPeer<T>> {
+        lock(&self.shared.peers).get(name).map(|state| QuicPeer {
+            state: state.clone(),
+            max_packet: self.shared.max_packet,
+        })
+    }
+
+    /// Snapshots of every peer, sorted by name.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let handles: Vec<QuicPeer<T>> = lock(&self.shared.peers)
+            .values()
+            .map(|state| QuicPeer {
+                state: state.clone(),
+                max_packet: self.shared.max_packet,
+            })
+            .collect();
+        let mut out: Vec<PeerStats> = handles.iter().map(QuicPeer::stats).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Endpoint-wide counters.
+    pub fn endpoint_stats(&self) -> EndpointStats {
+        let mut s = self.shared.counters.snapshot();
+        s.auth_rejected = self.shared.rejected.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Moves the endpoint to a new UDP socket (address change of this gateway); established
+    /// connections we dialed migrate to it.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<(), QuicError> {
+        self.shared.endpoint.rebind(socket).map_err(QuicError::Bind)
+    }
+
+    /// Closes every connection and the endpoint.
+    pub fn close(&self) {
+        let names: Vec<String> = lock(&self.shared.peers).keys().cloned().collect();
+        for n in names {
+            self.remove_peer(&n);
+        }
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn rebuild_trust<T>(sh: &Shared<T>, peers: &HashMap<String, Arc<PeerState<T>>>) {
+    let mut trust = Trust {
+        ca: sh.ca.clone(),
+        ..Trust::default()
+    };
+    for (name, p) in peers {
+        trust.names.insert(name.clone(), ());
+        if let Some(fp) = lock(&p.settings).fingerprint {
+            trust.pins.insert(fp, name.clone());
+        }
+    }
+    sh.trust.store(Arc::new(trust));
+}
+
+/// Whether `conn` is the one both sides keep when two exist: the one the lower name dialed.
+fn preferred(local: &str, peer: &str, conn: &Connection) -> bool {
+    match conn.side() {
+        Side::Client => local < peer,
+        Side::Server => peer < local,
+    }
+}
+
+/// Makes `conn` the peer's connection unless a live preferred one exists; starts its reader.
+fn install<T: Clone + Send + Sync + 'static>(
+    sh: &Arc<Shared<T>>,
+    peer: &Arc<PeerState<T>>,
+    conn: Connection,
+) -> bool {
+    let _g = lock(&peer.install);
+    if peer.removed.load(Ordering::Acquire) {
+        conn.close(VarInt::from_u32(CLOSE_REMOVED), b"removed");
+        return false;
+    }
+    if let Some(old) = peer.conn.load_full()
+        && old.close_reason().is_none()
+    {
+        if preferred(&sh.name, &peer.name, &old) && !preferred(&sh.name, &peer.name, &conn) {
+            conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate");
+            return false;
+        }
+        old.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate");
+    }
+    bump(&peer.counters.connects);
+    info!(peer = %peer.name, remote = %conn.remote_address(), side = ?conn.side(), "quic peer connected");
+    peer.conn.store(Some(Arc::new(conn.clone())));
+    tokio::spawn(read_loop(sh.tx.clone(), sh.max_packet, peer.clone(), conn));
+    true
+}
+
+async fn read_loop<T: Clone>(
+    tx: mpsc::Sender<Received<T>>,
+    max_packet: usize,
+    peer: Arc<PeerState<T>>,
+    conn: Connection,
+) {
+    let c = &peer.counters;
+    let reason = loop {
+        match conn.read_datagram().await {
+            Ok(packet) => {
+                if packet.len() > max_packet {
+                    bump(&c.drop_oversized);
+                    continue;
+                }
+                if check_ip_packet(&packet).is_err() {
+                    bump(&c.drop_not_ip);
+                    continue;
+                }
+                bump(&c.rx_packets);
+                c.rx_bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
+                let msg = Received {
+                    peer: peer.tag.clone(),
+                    packet,
+                };
+                if tx.send(msg).await.is_err() {
+                    break ConnectionError::LocallyClosed;
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    {
+        let _g = lock(&peer.install);
+        let current = peer.conn.load();
+        if current.as_deref().map(Connection::stable_id) == Some(conn.stable_id()) {
+            peer.conn.store(None);
+        }
+    }
+    info!(peer = %peer.name, %reason, "quic peer connection closed");
+    peer.changed.notify_one();
+}
+
+async fn dial_loop<T: Clone + Send + Sync + 'static>(
+    weak: Weak<Shared<T>>,
+    peer: Arc<PeerState<T>>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    // When our last connection came up; one that dies young (e.g. the peer rejected our
+    // certificate after the TLS 1.3 client finished) does not reset the backoff.
+    let mut up_since: Option<Instant> = None;
+    loop {
+        if peer.removed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(conn) = peer.conn.load_full() {
+            tokio::select! {
+                _ = conn.closed() => {}
+                _ = peer.changed.notified() => {}
+            }
+            continue;
+        }
+        if let Some(since) = up_since.take() {
+            if since.elapsed() >= STABLE_CONNECTION {
+                backoff = MIN_BACKOFF;
+            } else {
+                sleep_or_change(&peer, backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        let (endpoint, fingerprint) = {
+            let s = lock(&peer.settings);
+            (s.endpoint, s.fingerprint)
+        };
+        let Some(addr) = endpoint else {
+            peer.changed.notified().await;
+            continue;
+        };
+        let Some(sh) = weak.upgrade() else { return };
+        let result = dial(&sh, &peer.name, fingerprint, addr).await;
+        match result {
+            Ok(conn) => {
+                if install(&sh, &peer, conn) {
+                    up_since = Some(Instant::now());
+                    continue;
+                }
+            }
+            Err(e) => {
+                bump(&peer.counters.dial_failures);
+                debug!(peer = %peer.name, %addr, error = %e, "quic dial failed");
+            }
+        }
+        drop(sh);
+        sleep_or_change(&peer, backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn sleep_or_change<T>(peer: &PeerState<T>, delay: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = peer.changed.notified() => {}
+    }
+}
+
+async fn dial<T>(
+    sh: &Shared<T>,
+    name: &str,
+    fingerprint: Option<Fingerprint>,
+    addr: SocketAddr,
+) -> Result<Connection, QuicError> {
+    let mut trust = Trust {
+        ca: sh.ca.clone(),
+        ..Trust::default()
+    };
+    trust.names.insert(name.to_owned(), ());
+    if let Some(fp) = fingerprint {
+        trust.pins.insert(fp, name.to_owned());
+    }
+    let verifier = PeerVerifier::new(Arc::new(ArcSwap::from_pointee(trust)), sh.rejected.clone());
+    let client = super::tls::client_config(&sh.chain, &sh.key, verifier, sh.transport.clone())?;
+    let connecting = sh
+        .endpoint
+        .connect_with(client, addr, name)
+        .map_err(|e| QuicError::Connect(e.to_string()))?;
+    connecting
+        .await
+        .map_err(|e| QuicError::Connect(e.to_string()))
+}
+
+async fn accept_loop<T: Clone + Send + Sync + 'static>(weak: Weak<Shared<T>>) {
+    loop {
+        let incoming = {
+            let Some(sh) = weak.upgrade() else { return };
+            let endpoint = sh.endpoint.clone();
+            drop(sh);
+            match endpoint.accept().await {
+                Some(i) => i,
+                None => return,
+            }
+        };
+        let Some(sh) = weak.upgrade() else { return };
+        if sh.handshaking.load(Ordering::Relaxed) >= sh.max_handshakes {
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                bump(&sh.counters.retried);
+                let _ = incoming.retry();
+            } else {
+                bump(&sh.counters.refused_busy);
+                incoming.refuse();
+            }
+            continue;
+        }
+        sh.handshaking.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let result = match incoming.accept() {
+                Ok(connecting) => connecting.await,
+                Err(e) => Err(e),
+            };
+            sh.handshaking.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(conn) => accepted(&sh, conn),
+                Err(e) => {
+                    bump(&sh.counters.handshake_failed);
+                    debug!(error = %e, "quic handshake failed");
+                }
+            }
+        });
+    }
+}
+
+fn accepted<T: Clone + Send + Sync + 'static>(sh: &Arc<Shared<T>>, conn: Connection) {
+    let who = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| {
+            let (leaf, rest) = certs.split_first()?;
+            sh.trust
+                .load()
+                .identify(leaf, rest, UnixTime::now(), true)
+                .ok()
+        });
+    let name = match who {
+        Some(PeerMatch::Pinned(fp)) => sh.trust.load().pins.get(&fp).cloned(),
+        Some(PeerMatch::Ca(name)) => Some(name),
+        None => None,
+    };
+    let peer = name.and_then(|n| lock(&sh.peers).get(&n).cloned());
+    match peer {
+        Some(peer) => {
+            install(sh, &peer, conn);
+        }
+        None => {
+            bump(&sh.counters.unknown_peer);
+            warn!(remote = %conn.remote_address(), "authenticated quic peer is no longer configured");
+            conn.close(VarInt::from_u32(CLOSE_UNKNOWN_PEER), b"unknown peer");
+        }
+    }
+}
