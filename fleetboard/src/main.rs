@@ -15,12 +15,23 @@ struct Cli {
 enum Command {
     /// Print the version and exit.
     Version,
+    /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
+    Nri(fleetboard_nri::NriArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("fleetboard {}", env!("CARGO_PKG_VERSION")),
+        Command::Nri(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(args))?;
+        }
     }
     Ok(())
 }
