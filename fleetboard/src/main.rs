@@ -16,7 +16,7 @@ enum Command {
     /// Print the version and exit.
     Version,
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
-    Nri(fleetboard_nri::NriArgs),
+    Nri(Box<fleetboard_nri::NriArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
-            tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(args))?;
+            tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(*args))?;
         }
     }
     Ok(())

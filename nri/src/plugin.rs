@@ -41,9 +41,7 @@ pub fn supported_mask(version: &str) -> i32 {
     let v = version.trim_start_matches('v');
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    let mut known: Vec<Event> = (1..=11)
-        .filter_map(|n| protobuf::Enum::from_i32(n))
-        .collect();
+    let mut known: Vec<Event> = (1..=11).filter_map(protobuf::Enum::from_i32).collect();
     if major > 0 || minor >= 8 {
         known.extend([Event::UPDATE_POD_SANDBOX, Event::POST_UPDATE_POD_SANDBOX]);
     }
