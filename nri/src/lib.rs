@@ -34,12 +34,38 @@ pub enum NriError {
     Ipam(#[from] ipam::IpamError),
 }
 
-/// Runs the plugin until the process ends: validates `args`, loads the IPAM state, then keeps
-/// a registered connection to the runtime, reconnecting whenever it goes away.
+/// Runs the plugin until SIGINT/SIGTERM: validates `args`, loads the IPAM state, then keeps a
+/// registered connection to the runtime, reconnecting whenever it goes away. Pods keep their
+/// interfaces when the plugin stops; the state file carries their addresses to the next run.
 pub async fn run(args: NriArgs) -> Result<(), NriError> {
     let cfg = args.validate()?;
-    let reconnect = cfg.reconnect;
     let plugin = Arc::new(plugin::FleetPlugin::new(cfg)?);
+    tokio::select! {
+        () = serve(plugin) => Ok(()),
+        () = stop_signal() => {
+            tracing::info!("stopping on signal");
+            Ok(())
+        }
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve(plugin: Arc<plugin::FleetPlugin>) {
+    let reconnect = plugin.config().reconnect;
     let mut last_error = String::new();
     loop {
         match connection::session(&plugin).await {

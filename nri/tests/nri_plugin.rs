@@ -321,3 +321,32 @@ async fn nri_200_pods_created_and_removed_leave_nothing_behind() -> anyhow::Resu
     assert!(!routes.contains("fbn"), "node routes left: {routes}");
     Ok(())
 }
+
+/// Cross-node path of the parallel interfaces with the kernel standing in for the dataplane:
+/// the node namespaces are linked over an underlay and route each other's sub-block. It checks
+/// the plugin's half of the path (pod -> node side -> node routing -> other node -> pod); the
+/// same test through the FleetBoard dataplane is still to come (see the report of branch nri).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nri_pods_on_two_nodes_reach_each_other_over_node_routing() -> anyhow::Result<()> {
+    require_net_admin();
+    let mut n1 = Node::new(21)?;
+    let mut n2 = Node::new(22)?;
+    fleetboard_tests::netns::veth(&n1.ns, "ul0", &n2.ns, "ul0")?;
+    n1.ns.addr_add("ul0", "198.18.21.1/24")?;
+    n2.ns.addr_add("ul0", "198.18.21.2/24")?;
+    n1.ns
+        .ip(&["route", "add", "100.64.22.0/24", "via", "198.18.21.2"])?;
+    n2.ns
+        .ip(&["route", "add", "100.64.21.0/24", "via", "198.18.21.1"])?;
+    n1.start_plugin()?;
+    n2.start_plugin()?;
+    let c1 = n1.connect(vec![]).await?;
+    let c2 = n2.connect(vec![]).await?;
+    let a = Pod::new("a")?;
+    let b = Pod::new("b")?;
+    c1.run_pod(&a.sandbox).await?;
+    c2.run_pod(&b.sandbox).await?;
+    let ip_b = b.address().unwrap().to_string();
+    a.ns.exec("ping", &["-c", "2", "-W", "5", &ip_b])?;
+    Ok(())
+}

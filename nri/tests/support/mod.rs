@@ -149,6 +149,16 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_plugin();
+        // Keep the logs and state of a failing test for inspection.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// A pod: its network namespace and its sandbox description.
 pub struct Pod {
     pub ns: Netns,
