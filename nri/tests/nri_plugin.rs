@@ -113,7 +113,7 @@ async fn nri_plugin_killed_midway_keeps_addresses_without_duplicates() -> anyhow
 
     // More pods in flight while the plugin is SIGKILLed: some succeed, the rest fail (and the
     // runtime then treats them as never started, as containerd does).
-    let in_flight: Vec<Pod> = (0..8)
+    let in_flight: Vec<Pod> = (0..24)
         .map(|i| Pod::new(&format!("f{i}")))
         .collect::<Result<_, _>>()?;
     let runner = async {
@@ -132,9 +132,10 @@ async fn nri_plugin_killed_midway_keeps_addresses_without_duplicates() -> anyhow
         node.kill_plugin();
     };
     let (ok, ()) = tokio::join!(runner, killer);
-    assert!(ok[0], "the first in-flight pod succeeded before the kill");
+    // The first in-flight pod may or may not have been answered (the kill can fall between its
+    // setup and the reply); either way the runtime's view decides below.
     assert!(
-        !ok[7],
+        !ok[23],
         "the plugin was killed before the last in-flight pod"
     );
 
@@ -290,22 +291,43 @@ async fn nri_200_pods_created_and_removed_leave_nothing_behind() -> anyhow::Resu
     node.start_plugin()?;
     let conn = node.connect(vec![]).await?;
 
-    let mut pods = Vec::new();
-    let mut ips = Vec::new();
-    for i in 0..200 {
-        let p = Pod::new(&format!("x{i}"))?;
-        conn.run_pod(&p.sandbox).await?;
-        ips.push(p.address().expect("eth-fleet"));
-        pods.push(p);
+    let pods: Vec<Pod> = (0..200)
+        .map(|i| Pod::new(&format!("x{i}")))
+        .collect::<Result<_, _>>()?;
+    // The runtime sends RunPodSandbox for several pods at once, as containerd does.
+    let started = std::time::Instant::now();
+    for chunk in pods.chunks(8) {
+        let results =
+            futures::future::join_all(chunk.iter().map(|p| conn.run_pod(&p.sandbox))).await;
+        for r in results {
+            r?;
+        }
     }
+    let run_time = started.elapsed();
+    let ips: Vec<_> = pods
+        .iter()
+        .map(|p| p.address().expect("eth-fleet"))
+        .collect();
     assert_unique(&ips);
     assert_eq!(node.node_interfaces()?.len(), 200);
     assert_eq!(node.recorded()?.len(), 200);
 
-    for p in &pods {
-        conn.stop_pod(&p.sandbox).await?;
-        conn.remove_pod(&p.sandbox).await?;
+    let started = std::time::Instant::now();
+    for chunk in pods.chunks(8) {
+        let results = futures::future::join_all(chunk.iter().map(|p| async {
+            conn.stop_pod(&p.sandbox).await?;
+            conn.remove_pod(&p.sandbox).await
+        }))
+        .await;
+        for r in results {
+            r?;
+        }
     }
+    // A figure for the report, not an assertion.
+    eprintln!(
+        "200 pods: RunPodSandbox total {run_time:?}, Stop+Remove total {:?}",
+        started.elapsed()
+    );
     assert!(
         node.node_interfaces()?.is_empty(),
         "node-side interfaces left"
