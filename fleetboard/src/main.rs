@@ -24,6 +24,8 @@ enum Command {
     Pubkey,
     /// Print the version and exit.
     Version,
+    /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
+    Nri(Box<fleetboard_nri::NriArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +36,16 @@ fn main() -> anyhow::Result<()> {
         Command::Pubkey => keys::pubkey(),
         Command::Version => {
             println!("fleetboard {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Nri(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(*args))?;
             Ok(())
         }
     }

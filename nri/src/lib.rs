@@ -1,1 +1,86 @@
-//! containerd NRI plugin of FleetBoard.
+//! containerd NRI plugin of FleetBoard: every pod gets a parallel interface `eth-fleet` with an
+//! address from the node's sub-block, routed to the dataplane.
+//!
+//! - [`api`]: NRI protocol types and ttrpc stubs (generated, see `nri/scripts/regen-api.sh`).
+//! - [`mux`]: NRI's connection multiplexer on the one unix socket.
+//! - [`config`]: `fleetboard nri` arguments and their validation.
+//! - [`ipam`]: crash-safe address management.
+//! - [`podnet`]: the veth pair, addresses and routes.
+//! - [`plugin`]: Configure, Synchronize and the pod sandbox events.
+//! - [`connection`]: registration and reconnection.
+//! - [`runtime`]: the runtime's side of the protocol, for tests and tools.
+
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod ipam;
+pub mod mux;
+pub mod plugin;
+pub mod podnet;
+pub mod runtime;
+
+use std::sync::Arc;
+
+pub use config::{ConfigError, NriArgs, PluginConfig};
+
+/// Why the plugin stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NriError {
+    /// A flag is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The IPAM state cannot be used.
+    #[error(transparent)]
+    Ipam(#[from] ipam::IpamError),
+}
+
+/// Runs the plugin until SIGINT/SIGTERM: validates `args`, loads the IPAM state, then keeps a
+/// registered connection to the runtime, reconnecting whenever it goes away. Pods keep their
+/// interfaces when the plugin stops; the state file carries their addresses to the next run.
+pub async fn run(args: NriArgs) -> Result<(), NriError> {
+    let cfg = args.validate()?;
+    let plugin = Arc::new(plugin::FleetPlugin::new(cfg)?);
+    tokio::select! {
+        () = serve(plugin) => Ok(()),
+        () = stop_signal() => {
+            tracing::info!("stopping on signal");
+            Ok(())
+        }
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve(plugin: Arc<plugin::FleetPlugin>) {
+    let reconnect = plugin.config().reconnect;
+    let mut last_error = String::new();
+    loop {
+        match connection::session(&plugin).await {
+            Ok(reason) => {
+                last_error.clear();
+                tracing::warn!(%reason, "NRI connection ended; reconnecting");
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_error {
+                    tracing::warn!(error = %msg, "NRI connection failed; retrying every {reconnect:?}");
+                    last_error = msg;
+                }
+            }
+        }
+        tokio::time::sleep(reconnect).await;
+    }
+}
