@@ -2,12 +2,18 @@
 
 pub mod peer;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+
+/// Every CRD of the hub chart.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    vec![peer::Peer::crd()]
+}
 
 /// Every CRD FleetBoard installs, as YAML documents (what `charts/*/crds/` holds).
 pub fn all_crds_yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::new();
-    for crd in [peer::Peer::crd()] {
+    for crd in all_crds() {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
