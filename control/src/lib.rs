@@ -1,1 +1,5 @@
-//! Kubernetes control plane of FleetBoard.
+//! Kubernetes control plane of FleetBoard: CRDs (`Peer`), CIDR allocation, and (next) the hub
+//! and agent controllers that turn these objects into dataplane configuration.
+
+pub mod crd;
+pub mod ipam;
