@@ -30,6 +30,7 @@ pub mod config_file;
 pub mod driver;
 pub mod metrics;
 pub mod show;
+pub mod tun;
 pub mod udp;
 
 pub use admin::{AdminClient, AdminError, Request, Response};
