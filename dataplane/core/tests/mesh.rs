@@ -273,3 +273,46 @@ fn removing_a_peer_at_runtime_stops_its_traffic_only() {
     let got: Vec<&[u8]> = m.nodes[0].tun_out.iter().map(|p| &p[28..]).collect();
     assert_eq!(got, vec![&b"a"[..], b"b", b"a2"]);
 }
+
+#[test]
+fn non_wg_peers_get_plaintext_for_their_transport() {
+    let now = Instant::now();
+    let mut cfg = config(
+        1,
+        "100.64.0.1/10",
+        vec![
+            peer(2, None, &["100.64.1.0/24"]),
+            peer(3, None, &["100.64.2.0/24"]),
+        ],
+    );
+    cfg.peers[1].transport = Some(Transport::Quic);
+    let mut dp = Dataplane::new(cfg, now).unwrap();
+    let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
+    let mut out = vec![0; MAX_PACKET];
+
+    // TUN -> quic peer: the plaintext packet, for the transport to carry.
+    let pkt = ipv4_udp([100, 64, 0, 1], [100, 64, 2, 5], b"over quic");
+    match dp.handle_tun(&pkt, &mut out) {
+        Action::SendPeer {
+            peer,
+            transport,
+            len,
+        } => {
+            assert_eq!((peer, transport), (quic_peer, Transport::Quic));
+            assert_eq!(&out[..len], &pkt[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // quic peer -> TUN, with the cryptokey-routing source check.
+    let back = ipv4_udp([100, 64, 2, 5], [100, 64, 0, 1], b"back");
+    assert_eq!(
+        dp.handle_peer_packet(now, quic_peer, &back, &mut out),
+        Action::WriteTun { len: back.len() }
+    );
+    let spoof = ipv4_udp([100, 64, 1, 5], [100, 64, 0, 1], b"spoof");
+    assert_eq!(
+        dp.handle_peer_packet(now, quic_peer, &spoof, &mut out),
+        Action::None
+    );
+    assert_eq!(dp.drops().get(DropReason::SourceNotAllowed), 1);
+}
