@@ -30,7 +30,7 @@ echo "bench: tunnel gw-a -> hub   $direct Gbit/s"
 relay=$(iperf_gbps "$GA" 100.64.2.1 "$GB" "$DURATION")
 echo "bench: tunnel via hub relay $relay Gbit/s"
 
-offload=$(grep -ao 'offload=[a-z]*' "$WORK/a.log" | head -1 || true)
+offload=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/a.log" | grep -ao 'offload=[a-z]*' | head -1 || true)
 cat >perf/RESULTS.md <<MD
 # Dataplane throughput
 
