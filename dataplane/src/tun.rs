@@ -46,6 +46,12 @@ impl TunRx {
     pub fn packet(&self, i: usize) -> &[u8] {
         &self.segs[i][..self.sizes[i]]
     }
+
+    /// Packet `i` of the last read, mutably (e.g. to clamp a TCP MSS in place).
+    #[inline]
+    pub fn packet_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.segs[i][..self.sizes[i]]
+    }
 }
 
 impl TunIo {
@@ -75,6 +81,16 @@ impl TunIo {
     pub fn try_recv(&self, rx: &mut TunRx) -> io::Result<usize> {
         self.dev
             .try_recv_multiple(&mut rx.original, &mut rx.segs, &mut rx.sizes, 0)
+    }
+
+    /// Writes one IP packet without waiting (`WouldBlock` when the queue is full).
+    pub fn try_send(&self, pkt: &[u8]) -> io::Result<()> {
+        if self.vnet {
+            let iov = [IoSlice::new(&VNET_HDR_NONE), IoSlice::new(pkt)];
+            self.dev.try_send_vectored(&iov).map(|_| ())
+        } else {
+            self.dev.try_send(pkt).map(|_| ())
+        }
     }
 
     /// Writes one IP packet.

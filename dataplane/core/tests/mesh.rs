@@ -316,3 +316,33 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
     );
     assert_eq!(dp.drops().get(DropReason::SourceNotAllowed), 1);
 }
+
+#[test]
+fn a_peer_that_changes_address_keeps_working() {
+    let mut m = Mesh::hub_and_spokes();
+    m.send_tun(
+        1,
+        &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"from old address"),
+    );
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    // a's NAT mapping changes: same keys, new source address and port.
+    m.nodes[1].addr = "198.18.0.22:40000".parse().unwrap();
+    m.send_tun(
+        1,
+        &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"from new address"),
+    );
+    m.run();
+    // The hub learnt the new endpoint from the authenticated packet: b's reply reaches a.
+    let reply = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"reply to roamed a");
+    m.send_tun(2, &reply);
+    m.run();
+    assert_eq!(m.nodes[1].tun_out.last(), Some(&reply));
+    let hub = m.nodes[0].dp.status();
+    let a = hub
+        .peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some("n2"))
+        .unwrap();
+    assert_eq!(a.endpoint, Some("198.18.0.22:40000".parse().unwrap()));
+}
