@@ -12,13 +12,14 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fleetboard_dataplane_core::{Action, Dataplane, DataplaneConfig, DropReason, MAX_PACKET};
-use tokio::net::UdpSocket;
+use fleetboard_dataplane_core::{Action, Dataplane, DataplaneConfig, DropReason};
+
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::admin::{self, AdminCall, Request, Response};
+use crate::tun::{TunIo, TunRx};
+use crate::udp::{RX_BUFFERS, RxBatch, TxBatch, UdpIo};
 use crate::{config_file, metrics};
 
 /// Packets taken from one source per loop turn. 64 keeps a turn under ~100 µs of crypto
@@ -73,9 +74,8 @@ pub enum DriverError {
 /// The running dataplane's sockets and state.
 pub struct DataplaneDriver {
     core: Dataplane,
-    udp: UdpSocket,
-    udp_v6: bool,
-    tun: AsyncDevice,
+    udp: UdpIo,
+    tun: TunIo,
     config_path: Option<PathBuf>,
     calls_tx: mpsc::Sender<AdminCall>,
     calls_rx: mpsc::Receiver<AdminCall>,
@@ -107,9 +107,8 @@ impl DataplaneDriver {
         let std_sock = StdUdpSocket::bind(addr)
             .and_then(|s| s.set_nonblocking(true).map(|_| s))
             .map_err(|source| DriverError::Udp { addr, source })?;
-        let udp =
-            UdpSocket::from_std(std_sock).map_err(|source| DriverError::Udp { addr, source })?;
-        let tun = open_tun(&config).map_err(|source| DriverError::Tun {
+        let udp = UdpIo::new(std_sock).map_err(|source| DriverError::Udp { addr, source })?;
+        let tun = TunIo::open(&config).map_err(|source| DriverError::Tun {
             name: config.interface.name.clone(),
             source,
         })?;
@@ -130,7 +129,6 @@ impl DataplaneDriver {
         );
         Ok(Self {
             core,
-            udp_v6: bind_ip.is_ipv6(),
             udp,
             tun,
             config_path,
@@ -171,8 +169,9 @@ impl DataplaneDriver {
             });
         }
         let mut hup = signal(SignalKind::hangup())?;
-        let mut rbuf = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET];
+        let mut rx = RxBatch::default();
+        let mut tx = TxBatch::default();
+        let mut tun_rx = TunRx::default();
         tokio::pin!(shutdown);
         loop {
             let deadline = self
@@ -198,89 +197,56 @@ impl DataplaneDriver {
                 r = self.udp.readable() => {
                     r?;
                     let now = Instant::now();
-                    for _ in 0..BATCH {
-                        match self.udp.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => {
-                                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                                let a = self.core.handle_udp(now, from, &rbuf[..n], &mut out);
-                                self.perform(a, &out).await;
-                            }
+                    for _ in 0..BATCH.div_ceil(RX_BUFFERS) {
+                        let n = match self.udp.try_recv(&mut rx) {
+                            Ok(n) => n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => {
                                 // ICMP errors surface here (port unreachable); not fatal.
                                 tracing::debug!(error = %e, "udp recv");
                                 break;
                             }
+                        };
+                        for i in 0..n {
+                            let (from, datagrams) = rx.datagrams(i);
+                            for d in datagrams {
+                                let a = self.core.handle_udp(now, from, d, tx.out());
+                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core).await;
+                            }
                         }
                     }
                 }
                 r = self.tun.readable() => {
                     r?;
-                    for _ in 0..BATCH {
-                        match self.tun.try_recv(&mut rbuf) {
-                            Ok(n) => {
-                                let a = self.core.handle_tun(&rbuf[..n], &mut out);
-                                self.perform(a, &out).await;
-                            }
+                    let mut taken = 0;
+                    while taken < BATCH {
+                        let n = match self.tun.try_recv(&mut tun_rx) {
+                            Ok(n) => n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
+                            Err(e) => {
+                                // A read the offload layer could not parse: drop, go on.
+                                tracing::debug!(error = %e, "tun recv");
+                                self.core.count_drop(None, DropReason::Malformed);
+                                break;
+                            }
+                        };
+                        for i in 0..n {
+                            let a = self.core.handle_tun(tun_rx.packet(i), tx.out());
+                            perform(a, &mut tx, &self.udp, &self.tun, &mut self.core).await;
                         }
+                        taken += n.max(1);
                     }
                 }
             }
-            while let Some(t) = self.core.poll_transmit(&mut out) {
-                self.send_udp(t.dst, t.peer, &out[..t.len]).await;
+            while let Some(t) = self.core.poll_transmit(tx.out()) {
+                tx.push(&self.udp, &mut self.core, t.dst, t.peer, t.len)
+                    .await;
             }
+            tx.flush(&self.udp, &mut self.core).await;
         }
         let _ = std::fs::remove_file(&self.admin_path);
         tracing::info!("dataplane stopped");
         Ok(())
-    }
-
-    async fn perform(&mut self, a: Action, out: &[u8]) {
-        match a {
-            Action::None => {}
-            Action::SendUdp(t) => self.send_udp(t.dst, t.peer, &out[..t.len]).await,
-            Action::WriteTun { len } => {
-                let r = match self.tun.try_send(&out[..len]) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.tun.send(&out[..len]).await
-                    }
-                    r => r,
-                };
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "tun send");
-                    self.core.count_drop(None, DropReason::SendFailed);
-                }
-            }
-            Action::SendPeer {
-                peer, transport, ..
-            } => {
-                tracing::trace!(%transport, "no such transport in this build");
-                self.core
-                    .count_drop(Some(peer), DropReason::TransportUnavailable);
-            }
-        }
-    }
-
-    async fn send_udp(
-        &mut self,
-        dst: SocketAddr,
-        peer: Option<fleetboard_dataplane_core::PeerId>,
-        data: &[u8],
-    ) {
-        let dst = match (self.udp_v6, dst.ip()) {
-            (true, IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), dst.port()),
-            _ => dst,
-        };
-        let r = match self.udp.try_send_to(data, dst) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.udp.send_to(data, dst).await,
-            r => r,
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, %dst, "udp send");
-            self.core.count_drop(peer, DropReason::SendFailed);
-        }
     }
 
     fn handle_admin(&mut self, req: Request) -> Response {
@@ -325,16 +291,24 @@ impl DataplaneDriver {
     }
 }
 
-/// Creates the TUN device with the configured name, MTU and addresses (brought up).
-fn open_tun(c: &DataplaneConfig) -> io::Result<AsyncDevice> {
-    let mut b = DeviceBuilder::new()
-        .name(c.interface.name.clone())
-        .mtu(c.interface.mtu);
-    for a in &c.interface.addresses {
-        b = match a {
-            ipnet::IpNet::V4(n) => b.ipv4(n.addr(), n.prefix_len(), None),
-            ipnet::IpNet::V6(n) => b.ipv6(n.addr(), n.prefix_len()),
-        };
+/// Carries out what the core decided for one packet (its bytes are at `tx.out()`).
+async fn perform(a: Action, tx: &mut TxBatch, udp: &UdpIo, tun: &TunIo, core: &mut Dataplane) {
+    match a {
+        Action::None => {}
+        Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
+        Action::WriteTun { len } => {
+            if let Err(e) = tun.send(&tx.out()[..len]).await {
+                tracing::debug!(error = %e, "tun send");
+                core.count_drop(None, DropReason::SendFailed);
+            }
+        }
+        Action::SendPeer {
+            peer, transport, ..
+        } => {
+            // The QUIC transport (dataplane/src/quic/) plugs in here: hand it
+            // `tx.out()[..len]`, the plaintext packet for `peer`.
+            tracing::trace!(%transport, "no such transport in this build");
+            core.count_drop(Some(peer), DropReason::TransportUnavailable);
+        }
     }
-    b.build_async()
 }
