@@ -180,6 +180,12 @@ impl Cluster {
             match start.run().await {
                 Ok(mut cluster) => {
                     cluster.started_in = began.elapsed();
+                    eprintln!(
+                        "kube: cluster {} ready in {:.1?} (dir {})",
+                        cluster.url,
+                        cluster.started_in,
+                        cluster.dir.display()
+                    );
                     return Ok(cluster);
                 }
                 Err(StartError::PortInUse) => {
