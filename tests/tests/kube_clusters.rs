@@ -7,7 +7,6 @@ use std::time::Duration;
 use fleetboard_tests::kube::{Cluster, ClusterOptions, Tool, eventually};
 use fleetboard_tests::netns::{Netns, Underlay, require_net_admin, run};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -80,23 +79,12 @@ async fn cluster_in_a_namespace_serves_an_agent_in_another() {
         .create(&PostParams::default(), &config_map("for-agent"))
         .await
         .unwrap();
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "agent", "namespace": "fleetboard" },
-        "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"] }],
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "agent", "namespace": "fleetboard" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent" },
-        "subjects": [{ "kind": "ServiceAccount", "name": "agent", "namespace": "fleetboard" }],
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(admin.clone(), "fleetboard")
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), "fleetboard")
-        .create(&PostParams::default(), &binding)
+    cluster
+        .grant(
+            "fleetboard",
+            "agent",
+            json!([{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"] }]),
+        )
         .await
         .unwrap();
 

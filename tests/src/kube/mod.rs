@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -308,6 +309,36 @@ impl Cluster {
             .map(|s| s.token)
             .filter(|t| !t.is_empty())
             .context("TokenRequest answered without a token")
+    }
+
+    /// Grants service account `namespace/service_account` the RBAC `rules` (a JSON array of
+    /// PolicyRules, e.g. `[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]`)
+    /// in `namespace`, with a Role and a RoleBinding both named after the account.
+    pub async fn grant(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        rules: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": service_account, "namespace": namespace },
+            "rules": rules,
+        }))
+        .context("rules are not a list of PolicyRules")?;
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": service_account, "namespace": namespace },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account },
+            "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": namespace }],
+        }))?;
+        Api::<Role>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &role)
+            .await
+            .with_context(|| format!("creating Role {namespace}/{service_account}"))?;
+        Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &binding)
+            .await
+            .with_context(|| format!("creating RoleBinding {namespace}/{service_account}"))?;
+        Ok(())
     }
 
     /// Writes `<dir>/<file_stem>.kubeconfig` that authenticates with `token` against
