@@ -108,3 +108,21 @@ async fn cluster_in_a_namespace_serves_an_agent_in_another() {
     .unwrap();
     assert_eq!(got, "v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_listens_on_the_address_the_test_gives() {
+    let addr: IpAddr = "127.0.0.2".parse().unwrap();
+    let cluster = Cluster::start_with(ClusterOptions::on(addr)).await.unwrap();
+    assert!(
+        cluster.url().starts_with("https://127.0.0.2:"),
+        "{}",
+        cluster.url()
+    );
+    assert_eq!(cluster.url(), cluster.internal_url());
+    let namespaces = run(cluster
+        .kubectl()
+        .unwrap()
+        .args(["get", "namespaces", "-o", "name"]))
+    .unwrap();
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+}
