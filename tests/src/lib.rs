@@ -4,7 +4,9 @@
 //!   unique names and cleanup on drop (the "nodes" and the "internet" of ARCHITECTURE.md).
 //! - [`process`]: child processes that are killed when the test ends, and polling helpers.
 //! - [`binaries`]: where the workspace's built binaries are.
+//! - [`kube`]: real Kubernetes control planes (etcd + kube-apiserver) started per test.
 
 pub mod binaries;
+pub mod kube;
 pub mod netns;
 pub mod process;

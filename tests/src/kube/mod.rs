@@ -1,0 +1,634 @@
+//! Real Kubernetes API servers for tests: each [`Cluster`] is its own etcd and kube-apiserver
+//! (the binaries `tests/k8s/tools ensure` builds from their Go modules), with RBAC on, fresh
+//! certificates, service-account token signing, an admin kubeconfig and a kube-rs client.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use fleetboard_tests::kube::Cluster;
+//! let cluster = Cluster::start().await?;           // etcd + apiserver on 127.0.0.1
+//! let client = cluster.client();                    // admin (system:masters)
+//! let token = cluster.service_account_token("fleetboard", "agent").await?;
+//! let kubeconfig = cluster.token_kubeconfig("agent", &token)?; // for a component under test
+//! # Ok(()) }
+//! ```
+//!
+//! Clusters can listen on any address the test controls: [`ClusterOptions::on`] binds an
+//! address of the host namespace (e.g. the host end of a veth), [`ClusterOptions::in_netns`]
+//! runs etcd and the apiserver inside a namespace the test made (e.g. a "control-plane" host
+//! on the underlay), reachable by agents in other namespaces at that address and by the test
+//! itself through a loopback forwarder. Ports come from the kernel and a start that loses a
+//! port race is retried with new ones; each cluster also has its own etcd key prefix, so
+//! parallel tests never share state. Everything is killed and deleted on drop.
+
+mod forward;
+pub mod pki;
+pub mod tools;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub use forward::{Forwarder, NetnsDialer};
+pub use tools::Tool;
+
+use crate::netns::{Netns, unique_token};
+use crate::process::ChildGuard;
+
+/// How long a cluster may take to answer `/readyz` (typically a few seconds; generous for a
+/// busy 2-core machine starting several clusters at once).
+const READY_DEADLINE: Duration = Duration::from_secs(180);
+/// Poll interval for `/readyz`.
+const READY_POLL: Duration = Duration::from_millis(250);
+/// Starts that lose a port race (another process took a port between our probe and the bind)
+/// are retried with fresh ports this many times.
+const START_ATTEMPTS: usize = 4;
+/// Lifetime asked for minted service-account tokens (the apiserver's minimum is 10 minutes).
+const TOKEN_SECONDS: i64 = 3600;
+/// The service range the apiserver allocates ClusterIPs from. No traffic ever goes there (no
+/// kube-proxy), it is inside the test-reserved 198.18.0.0/15 anyway.
+const SERVICE_CIDR: &str = "198.19.255.0/24";
+
+/// Where and how a [`Cluster`] runs.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The address kube-apiserver listens and advertises on.
+    pub bind: IpAddr,
+    /// Run etcd and kube-apiserver inside this network namespace (`ip netns` name).
+    pub netns: Option<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self::loopback()
+    }
+}
+
+impl ClusterOptions {
+    /// On 127.0.0.1 of the host namespace.
+    pub fn loopback() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
+        }
+    }
+
+    /// On `addr` of the host namespace (e.g. the host end of a veth the test made).
+    pub fn on(addr: IpAddr) -> Self {
+        Self {
+            bind: addr,
+            netns: None,
+        }
+    }
+
+    /// Inside `ns`, listening on `addr` (an address of that namespace, e.g. its underlay
+    /// address, so agents in other namespaces reach the API there).
+    pub fn in_netns(ns: &Netns, addr: IpAddr) -> Self {
+        Self {
+            bind: addr,
+            netns: Some(ns.name().to_string()),
+        }
+    }
+}
+
+/// One running Kubernetes control plane (etcd + kube-apiserver). Dropping it kills both and
+/// deletes its directory (set `FLEETBOARD_KEEP_KUBE=1` to keep the directory and logs).
+pub struct Cluster {
+    client: kube::Client,
+    forwarder: Option<Forwarder>,
+    apiserver: ChildGuard,
+    etcd: ChildGuard,
+    dir: PathBuf,
+    pki: pki::PkiFiles,
+    url: String,
+    internal_url: String,
+    kubeconfig: PathBuf,
+    started_in: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("url", &self.url)
+            .field("internal_url", &self.internal_url)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// Why one start attempt failed.
+enum StartError {
+    /// A port was taken by someone else: retry with fresh ports.
+    PortInUse,
+    /// Anything else: give up.
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for StartError {
+    fn from(e: E) -> Self {
+        StartError::Failed(e.into())
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster on 127.0.0.1 and waits until it is ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(ClusterOptions::loopback()).await
+    }
+
+    /// Starts `n` independent clusters on 127.0.0.1, concurrently.
+    pub async fn start_many(n: usize) -> anyhow::Result<Vec<Self>> {
+        Self::start_all((0..n).map(|_| ClusterOptions::loopback()).collect()).await
+    }
+
+    /// Starts one cluster per options entry, concurrently.
+    pub async fn start_all(options: Vec<ClusterOptions>) -> anyhow::Result<Vec<Self>> {
+        futures::future::try_join_all(options.into_iter().map(Self::start_with)).await
+    }
+
+    /// Starts a cluster as `opts` says and waits until `/readyz` answers `ok`.
+    pub async fn start_with(opts: ClusterOptions) -> anyhow::Result<Self> {
+        let began = Instant::now();
+        let apiserver_bin = Tool::KubeApiserver.path()?;
+        let etcd_bin = Tool::Etcd.path()?;
+        let dir = std::env::temp_dir().join(format!("fb-kube-{}", unique_token()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dialer = opts.netns.as_deref().map(NetnsDialer::new).transpose()?;
+        let mut ips = vec![opts.bind];
+        if opts.bind != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            // The test process reaches in-namespace clusters through a loopback forwarder.
+            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let pki = pki::generate(&dir.join("pki"), &ips)?;
+        let mut last_log = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let start = Start {
+                opts: &opts,
+                dir: &dir,
+                pki: &pki,
+                attempt,
+                apiserver_bin: &apiserver_bin,
+                etcd_bin: &etcd_bin,
+                dialer: dialer.clone(),
+            };
+            match start.run().await {
+                Ok(mut cluster) => {
+                    cluster.started_in = began.elapsed();
+                    eprintln!(
+                        "kube: cluster {} ready in {:.1?} (dir {})",
+                        cluster.url,
+                        cluster.started_in,
+                        cluster.dir.display()
+                    );
+                    return Ok(cluster);
+                }
+                Err(StartError::PortInUse) => {
+                    last_log = format!("attempt {attempt}: a port was in use");
+                }
+                Err(StartError::Failed(e)) => {
+                    if std::env::var_os("FLEETBOARD_KEEP_KUBE").is_none() {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        anyhow::bail!("could not start a cluster in {START_ATTEMPTS} attempts: {last_log}")
+    }
+
+    /// The admin client (certificate in group `system:masters`).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The API URL as the test process reaches it (`https://ip:port`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The API URL on the cluster's own address, as components inside the test's network
+    /// namespaces reach it (equals [`Cluster::url`] for host-namespace clusters).
+    pub fn internal_url(&self) -> &str {
+        &self.internal_url
+    }
+
+    /// The admin kubeconfig file (for `kubectl`, `helm`, or a component run as admin).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The cluster CA certificate (PEM file).
+    pub fn ca_cert(&self) -> &Path {
+        &self.pki.ca_cert
+    }
+
+    /// The cluster's directory (certificates, kubeconfigs, logs, etcd data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How long [`Cluster::start_with`] took until `/readyz` said ok.
+    pub fn started_in(&self) -> Duration {
+        self.started_in
+    }
+
+    /// The kube-apiserver log so far (for assertion messages).
+    pub fn apiserver_log(&self) -> String {
+        self.apiserver.log()
+    }
+
+    /// `kubectl` (ours, see [`Tool::Kubectl`]) with the admin kubeconfig.
+    pub fn kubectl(&self) -> anyhow::Result<Command> {
+        let mut c = Command::new(Tool::Kubectl.path()?);
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c.env("KUBECONFIG", &self.kubeconfig);
+        Ok(c)
+    }
+
+    /// `helm` with the admin kubeconfig and its cache/config/data kept in the cluster's
+    /// directory (tests never share or touch `~/.config/helm`).
+    pub fn helm(&self) -> anyhow::Result<Command> {
+        let mut c = Command::new(Tool::Helm.path()?);
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        let home = self.dir.join("helm");
+        c.env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env("KUBECONFIG", &self.kubeconfig);
+        Ok(c)
+    }
+
+    /// Creates (if missing) namespace `namespace` and service account `name` in it, and mints
+    /// a token for it with the TokenRequest API. Grant it rights with Roles/RoleBindings
+    /// through [`Cluster::client`].
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        create_if_missing(&namespaces, &ns).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        create_if_missing(&accounts, &sa).await?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(TOKEN_SECONDS),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let answer = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("TokenRequest for {namespace}/{name}"))?;
+        answer
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .context("TokenRequest answered without a token")
+    }
+
+    /// Grants service account `namespace/service_account` the RBAC `rules` (a JSON array of
+    /// PolicyRules, e.g. `[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]`)
+    /// in `namespace`, with a Role and a RoleBinding both named after the account.
+    pub async fn grant(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        rules: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": service_account, "namespace": namespace },
+            "rules": rules,
+        }))
+        .context("rules are not a list of PolicyRules")?;
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": service_account, "namespace": namespace },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account },
+            "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": namespace }],
+        }))?;
+        Api::<Role>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &role)
+            .await
+            .with_context(|| format!("creating Role {namespace}/{service_account}"))?;
+        Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &binding)
+            .await
+            .with_context(|| format!("creating RoleBinding {namespace}/{service_account}"))?;
+        Ok(())
+    }
+
+    /// Writes `<dir>/<file_stem>.kubeconfig` that authenticates with `token` against
+    /// [`Cluster::internal_url`] (what a component in the test's namespaces uses).
+    pub fn token_kubeconfig(&self, file_stem: &str, token: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("{file_stem}.kubeconfig"));
+        write_kubeconfig(
+            &path,
+            &self.internal_url,
+            &self.pki.ca_cert,
+            serde_json::json!({ "token": token }),
+        )?;
+        Ok(path)
+    }
+
+    /// A kube-rs client that authenticates with `token` (reaching [`Cluster::url`]).
+    pub async fn client_with_token(&self, token: &str) -> anyhow::Result<kube::Client> {
+        let path = self
+            .dir
+            .join(format!("token-{}.kubeconfig", unique_token()));
+        write_kubeconfig(
+            &path,
+            &self.url,
+            &self.pki.ca_cert,
+            serde_json::json!({ "token": token }),
+        )?;
+        client_from_kubeconfig(&path).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "cluster {} (dir {}) kube-apiserver log tail:\n{}",
+                self.url,
+                self.dir.display(),
+                tail(&self.apiserver.log(), 40)
+            );
+        }
+        self.forwarder.take();
+        self.apiserver.kill();
+        self.etcd.kill();
+        if std::env::var_os("FLEETBOARD_KEEP_KUBE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One attempt to start etcd and kube-apiserver with fresh ports.
+struct Start<'a> {
+    opts: &'a ClusterOptions,
+    dir: &'a Path,
+    pki: &'a pki::PkiFiles,
+    attempt: usize,
+    apiserver_bin: &'a Path,
+    etcd_bin: &'a Path,
+    dialer: Option<NetnsDialer>,
+}
+
+impl Start<'_> {
+    async fn run(self) -> Result<Cluster, StartError> {
+        let [etcd_client, etcd_peer, secure] = free_ports()?;
+        let token = unique_token();
+        let etcd_dir = self.dir.join(format!("etcd-{}", self.attempt));
+        let client_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        let mut etcd_cmd = self.command(self.etcd_bin);
+        etcd_cmd
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", etcd_dir.display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .arg(format!("--initial-cluster-token=fb-{token}"))
+            // Test data is thrown away: skip fsync (it is most of etcd's latency on a busy disk).
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        let etcd_log = self.dir.join(format!("etcd-{}.log", self.attempt));
+        let mut etcd = ChildGuard::spawn("etcd", etcd_cmd, &etcd_log)?;
+
+        let bind = self.opts.bind;
+        let secure_addr = SocketAddr::new(bind, secure);
+        let mut api_cmd = self.command(self.apiserver_bin);
+        api_cmd
+            .arg(format!("--etcd-servers={client_url}"))
+            // Own prefix: even a misdirected connection could never mix two clusters' data.
+            .arg(format!("--etcd-prefix=/registry-{token}"))
+            .arg(format!("--bind-address={bind}"))
+            .arg(format!("--advertise-address={bind}"))
+            .arg(format!("--secure-port={secure}"))
+            .arg(format!("--cert-dir={}", self.dir.join("pki").display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                self.pki.server_cert.display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                self.pki.server_key.display()
+            ))
+            .arg(format!("--client-ca-file={}", self.pki.ca_cert.display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!(
+                "--service-account-key-file={}",
+                self.pki.sa_pub.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                self.pki.sa_key.display()
+            ))
+            .arg("--authorization-mode=Node,RBAC")
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            // No kubelets, no kube-proxy: the `kubernetes` Endpoints would point at a loopback
+            // address, which validation refuses; nothing reads them here.
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--profiling=false");
+        let api_log = self.dir.join(format!("apiserver-{}.log", self.attempt));
+        let mut apiserver = ChildGuard::spawn("kube-apiserver", api_cmd, &api_log)?;
+
+        let internal_url = format!("https://{}", secure_addr);
+        let forwarder = match &self.dialer {
+            Some(d) => Some(Forwarder::start(d.clone(), secure_addr).await?),
+            None => None,
+        };
+        let url = match &forwarder {
+            Some(f) => format!("https://{}", f.local_addr()),
+            None => internal_url.clone(),
+        };
+        let kubeconfig = self.dir.join("admin.kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &url,
+            &self.pki.ca_cert,
+            serde_json::json!({
+                "client-certificate": self.pki.admin_cert,
+                "client-key": self.pki.admin_key,
+            }),
+        )?;
+        let client = client_from_kubeconfig(&kubeconfig).await?;
+
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            for (name, child) in [("etcd", &mut etcd), ("kube-apiserver", &mut apiserver)] {
+                if let Some(status) = child.try_wait() {
+                    let log = child.log();
+                    if log.contains("address already in use") {
+                        return Err(StartError::PortInUse);
+                    }
+                    return Err(StartError::Failed(anyhow::anyhow!(
+                        "{name} exited ({status}) before the cluster was ready; log {}:\n{}",
+                        child.log_path().display(),
+                        tail(&log, 40)
+                    )));
+                }
+            }
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            let last = match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => break,
+                Ok(body) => body,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(StartError::Failed(anyhow::anyhow!(
+                    "kube-apiserver at {url} not ready after {READY_DEADLINE:?}: {last}\nlog {}:\n{}",
+                    api_log.display(),
+                    tail(&apiserver.log(), 40)
+                )));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        Ok(Cluster {
+            client,
+            forwarder,
+            apiserver,
+            etcd,
+            dir: self.dir.to_path_buf(),
+            pki: self.pki.clone(),
+            url,
+            internal_url,
+            kubeconfig,
+            started_in: Duration::ZERO,
+        })
+    }
+
+    /// `program`, inside the cluster's namespace when it has one.
+    fn command(&self, program: &Path) -> Command {
+        match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+/// Three distinct ports the kernel says are free right now (held together so they differ).
+/// Another process may still take one before etcd/apiserver bind it: [`StartError::PortInUse`]
+/// covers that.
+fn free_ports() -> std::io::Result<[u16; 3]> {
+    let listeners = [
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+    ];
+    Ok([
+        listeners[0].local_addr()?.port(),
+        listeners[1].local_addr()?.port(),
+        listeners[2].local_addr()?.port(),
+    ])
+}
+
+/// Creates `obj` unless it already exists.
+async fn create_if_missing<K>(api: &Api<K>, obj: &K) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a one-context kubeconfig for `server` trusting `ca`, with the given `user` entry.
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: serde_json::Value,
+) -> anyhow::Result<()> {
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "fleetboard-test", "cluster": {
+            "server": server,
+            "certificate-authority": ca,
+        }}],
+        "users": [{ "name": "user", "user": user }],
+        "contexts": [{ "name": "fleetboard-test", "context": {
+            "cluster": "fleetboard-test",
+            "user": "user",
+        }}],
+        "current-context": "fleetboard-test",
+    });
+    let text = serde_yaml::to_string(&config)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A kube-rs client configured from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls the async `f` every `every` until it returns `Ok(Some(v))` or `deadline` passes; the
+/// error names `what` and the last failure (the async twin of [`crate::process::wait_for`]).
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut f: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let end = Instant::now() + deadline;
+    let mut last = String::from("condition not met");
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= end {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
