@@ -1,5 +1,8 @@
 //! The `fleetboard` binary: one image, one binary, subcommands per role.
 
+mod dataplane;
+mod keys;
+
 use clap::{Parser, Subcommand};
 
 /// FleetBoard: connect Kubernetes clusters into one network.
@@ -13,6 +16,12 @@ struct Cli {
 /// The roles this binary can play.
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the userspace dataplane (`--config FILE`), or inspect one (`show`).
+    Dataplane(dataplane::DataplaneArgs),
+    /// Print a new private key (base64), like `wg genkey`.
+    Keygen,
+    /// Read a private key on stdin and print its public key, like `wg pubkey`.
+    Pubkey,
     /// Print the version and exit.
     Version,
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
@@ -22,7 +31,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Version => println!("fleetboard {}", env!("CARGO_PKG_VERSION")),
+        Command::Dataplane(args) => dataplane::main(args),
+        Command::Keygen => keys::genkey(),
+        Command::Pubkey => keys::pubkey(),
         Command::Nri(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -31,7 +42,11 @@ fn main() -> anyhow::Result<()> {
                 )
                 .init();
             tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(*args))?;
+            Ok(())
+        }
+        Command::Version => {
+            println!("fleetboard {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
         }
     }
-    Ok(())
 }

@@ -1,1 +1,30 @@
-//! Sans-IO core of the FleetBoard dataplane (no sockets, no TUN, no clock reads).
+//! Sans-IO core of the FleetBoard dataplane (no sockets, no TUN, no clock reads outside
+//! [`session`], which wraps boringtun).
+//!
+//! - [`config`]: the configuration value ([`DataplaneConfig`]) with `validate()`.
+//! - [`route`]: longest-prefix-match table, IPv4 and IPv6.
+//! - [`peer`]: the peer table and per-peer counters.
+//! - [`session`]: WireGuard sessions (boringtun `noise::Tunn`).
+//! - [`node`]: [`Dataplane`], the state machine: `handle_tun`, `handle_udp`,
+//!   `handle_peer_packet`, `handle_timeout`, `apply_config` in; [`Action`]s,
+//!   `poll_transmit`, `poll_timeout` out.
+//! - [`drop`]: [`DropReason`] and its counters.
+//! - [`wire`]: the IP header view.
+
+pub mod config;
+pub mod drop;
+pub mod key;
+pub mod node;
+pub mod peer;
+pub mod route;
+pub mod session;
+pub mod wire;
+
+pub use config::{
+    AdminConfig, ConfigError, DataplaneConfig, FieldError, InterfaceConfig, PeerConfig,
+    RouteConfig, Transport,
+};
+pub use drop::{DropCounters, DropReason};
+pub use key::{KeyError, PublicKey, SecretKey};
+pub use node::{Action, Dataplane, DataplaneStatus, MAX_PACKET, PeerView, TIMER_TICK, Transmit};
+pub use peer::{PeerCounters, PeerId, PeerStatus};

@@ -1,0 +1,394 @@
+//! The dataplane's configuration: a plain serde value, checked by [`DataplaneConfig::validate`]
+//! (every problem reported with the field that has it) and applied atomically by
+//! [`crate::Dataplane::apply_config`].
+//!
+//! Routing follows WireGuard's cryptokey routing: each peer's `allowed_ips` (plus any extra
+//! [`RouteConfig`] naming that peer) are both where packets to those addresses go and the only
+//! source addresses accepted from that peer.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::key::{PublicKey, SecretKey};
+
+/// Default UDP port of the dataplane (WireGuard and QUIC).
+pub const DEFAULT_LISTEN_PORT: u16 = 31820;
+/// Default TUN MTU: 1500 minus the WireGuard-over-IPv6 overhead (40 + 8 + 32), as `wg-quick`.
+pub const DEFAULT_MTU: u16 = 1420;
+/// Largest MTU we accept: the packet buffers are sized for it plus headroom.
+pub const MAX_MTU: u16 = 9000;
+/// Smallest MTU we accept (IPv4 minimum reassembly size).
+pub const MIN_MTU: u16 = 576;
+/// Smallest MTU with an IPv6 address (RFC 8200).
+pub const MIN_MTU_V6: u16 = 1280;
+
+/// How packets for a peer are carried over the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WireGuard protocol over UDP (boringtun `noise::Tunn`), handled inside the core.
+    #[default]
+    Wg,
+    /// QUIC datagrams (quinn), handled by the driver's QUIC transport; the core hands it
+    /// plaintext IP packets per peer.
+    Quic,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Wg => "wg",
+            Transport::Quic => "quic",
+        })
+    }
+}
+
+/// Everything a dataplane instance needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// The TUN device.
+    pub interface: InterfaceConfig,
+    /// This node's private key (base64, `fleetboard keygen`).
+    pub private_key: SecretKey,
+    /// UDP port to listen on (0 = any free port).
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    /// Address to bind the UDP socket to (default: all addresses, IPv6 dual-stack).
+    #[serde(default)]
+    pub listen_address: Option<IpAddr>,
+    /// Transport for peers that do not choose one.
+    #[serde(default)]
+    pub transport: Transport,
+    /// The peers this node talks to.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Extra routes to peers, in addition to their `allowed_ips`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The local admin endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Address of the HTTP server with `/metrics`, `/live`, `/ready` (none = not served).
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
+}
+
+fn default_listen_port() -> u16 {
+    DEFAULT_LISTEN_PORT
+}
+
+/// The TUN device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Device name (at most 15 bytes).
+    #[serde(default = "default_ifname")]
+    pub name: String,
+    /// MTU of the device.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Addresses with prefix length, e.g. `100.64.1.1/10`, `fd00:64::1:1/64`.
+    #[serde(default)]
+    pub addresses: Vec<IpNet>,
+}
+
+fn default_ifname() -> String {
+    "fb0".to_string()
+}
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's public key: its identity.
+    pub public_key: PublicKey,
+    /// A label for `show` and metrics (e.g. the cluster id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where to reach it; without one we wait for it to reach us (then roam to its address).
+    #[serde(default)]
+    pub endpoint: Option<SocketAddr>,
+    /// Addresses routed to this peer and accepted as source from it.
+    #[serde(default)]
+    pub allowed_ips: Vec<IpNet>,
+    /// Seconds between keepalives (NAT traversal, dead hub detection); none = off.
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+    /// Transport for this peer (default: the global `transport`).
+    #[serde(default)]
+    pub transport: Option<Transport>,
+}
+
+/// An extra route: `cidr` goes to `peer` (also accepted as source from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Destination prefix.
+    pub cidr: IpNet,
+    /// Public key of the peer the prefix is routed to.
+    pub peer: PublicKey,
+}
+
+/// The local admin endpoint (a unix socket with one JSON request and reply per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Path of the unix socket.
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+}
+
+/// Default admin socket path.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/fleetboard/dataplane.sock";
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_ADMIN_SOCKET)
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_admin_socket(),
+        }
+    }
+}
+
+/// One problem in a configuration, with the field it is in (e.g. `peers[1].allowed_ips[0]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<FieldError>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid dataplane config:")?;
+        for e in &self.0 {
+            write!(f, "\n  {}: {}", e.field, e.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl PeerConfig {
+    /// The transport for this peer, given the global default.
+    pub fn transport_or(&self, default: Transport) -> Transport {
+        self.transport.unwrap_or(default)
+    }
+
+    /// `name` or a short form of the public key, for logs and labels.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.public_key.to_base64()[..8].to_string())
+    }
+}
+
+impl DataplaneConfig {
+    /// Checks the whole config; the error lists every problem by field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let mut err = |field: String, problem: String| errs.push(FieldError { field, problem });
+
+        let ifc = &self.interface;
+        if ifc.name.is_empty() || ifc.name.len() > 15 {
+            err(
+                "interface.name".into(),
+                format!("must be 1 to 15 bytes, got {:?}", ifc.name),
+            );
+        }
+        if ifc.name.contains(['/', ' ', '\0']) {
+            err(
+                "interface.name".into(),
+                "must not contain '/', ' ' or NUL".into(),
+            );
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&ifc.mtu) {
+            err(
+                "interface.mtu".into(),
+                format!("must be in {MIN_MTU}..={MAX_MTU}, got {}", ifc.mtu),
+            );
+        } else if ifc.mtu < MIN_MTU_V6 && ifc.addresses.iter().any(|a| a.addr().is_ipv6()) {
+            err(
+                "interface.mtu".into(),
+                format!(
+                    "must be at least {MIN_MTU_V6} with an IPv6 address, got {}",
+                    ifc.mtu
+                ),
+            );
+        }
+        if ifc.addresses.iter().filter(|a| a.addr().is_ipv4()).count() > 1 {
+            err(
+                "interface.addresses".into(),
+                "at most one IPv4 address is supported".into(),
+            );
+        }
+
+        let own = self.private_key.public_key();
+        let mut keys = HashSet::new();
+        let mut cidrs: HashMap<IpNet, String> = HashMap::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.public_key == own {
+                err(
+                    format!("peers[{i}].public_key"),
+                    "is this node's own public key".into(),
+                );
+            }
+            if !keys.insert(p.public_key) {
+                err(
+                    format!("peers[{i}].public_key"),
+                    format!("duplicate peer {}", p.public_key),
+                );
+            }
+            if p.persistent_keepalive == Some(0) {
+                err(
+                    format!("peers[{i}].persistent_keepalive"),
+                    "must be at least 1 second (omit it to turn keepalives off)".into(),
+                );
+            }
+            if let Some(ep) = p.endpoint
+                && (ep.port() == 0 || ep.ip().is_unspecified())
+            {
+                err(
+                    format!("peers[{i}].endpoint"),
+                    format!("{ep} is not a reachable address"),
+                );
+            }
+            for (j, c) in p.allowed_ips.iter().enumerate() {
+                let field = format!("peers[{i}].allowed_ips[{j}]");
+                if *c != c.trunc() {
+                    err(
+                        field.clone(),
+                        format!("{c} has host bits set (did you mean {}?)", c.trunc()),
+                    );
+                }
+                if let Some(prev) = cidrs.insert(c.trunc(), field.clone()) {
+                    err(field, format!("{c} is already routed by {prev}"));
+                }
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = format!("routes[{i}].cidr");
+            if r.cidr != r.cidr.trunc() {
+                err(
+                    field.clone(),
+                    format!(
+                        "{} has host bits set (did you mean {}?)",
+                        r.cidr,
+                        r.cidr.trunc()
+                    ),
+                );
+            }
+            if let Some(prev) = cidrs.insert(r.cidr.trunc(), field.clone()) {
+                err(field, format!("{} is already routed by {prev}", r.cidr));
+            }
+            if !keys.contains(&r.peer) {
+                err(
+                    format!("routes[{i}].peer"),
+                    format!("no peer with public key {}", r.peer),
+                );
+            }
+        }
+        if self.admin.socket.as_os_str().is_empty() {
+            err("admin.socket".into(), "must not be empty".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> DataplaneConfig {
+        DataplaneConfig {
+            interface: InterfaceConfig {
+                name: "fb0".into(),
+                mtu: 1420,
+                addresses: vec!["100.64.1.1/10".parse().unwrap()],
+            },
+            private_key: SecretKey::from_random_bytes([1; 32]),
+            listen_port: DEFAULT_LISTEN_PORT,
+            listen_address: None,
+            transport: Transport::Wg,
+            peers: vec![PeerConfig {
+                public_key: SecretKey::from_random_bytes([2; 32]).public_key(),
+                name: None,
+                endpoint: None,
+                allowed_ips: vec!["100.64.0.0/10".parse().unwrap()],
+                persistent_keepalive: Some(25),
+                transport: None,
+            }],
+            routes: vec![],
+            admin: AdminConfig::default(),
+            metrics_address: None,
+        }
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        base().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let mut c = base();
+        c.interface.mtu = 100;
+        c.interface.name = "a-very-long-interface-name".into();
+        c.peers.push(c.peers[0].clone());
+        c.peers[1].allowed_ips = vec!["100.64.1.7/24".parse().unwrap()];
+        c.routes.push(RouteConfig {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            peer: SecretKey::from_random_bytes([9; 32]).public_key(),
+        });
+        let e = c.validate().unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|f| f.field.as_str()).collect();
+        for want in [
+            "interface.mtu",
+            "interface.name",
+            "peers[1].public_key",
+            "peers[1].allowed_ips[0]",
+            "routes[0].peer",
+        ] {
+            assert!(fields.contains(&want), "{want} missing in {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_cidr_is_reported_with_both_fields() {
+        let mut c = base();
+        let mut p = c.peers[0].clone();
+        p.public_key = SecretKey::from_random_bytes([3; 32]).public_key();
+        c.peers.push(p);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("peers[1].allowed_ips[0]") && e.contains("peers[0].allowed_ips[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn transport_parses_lowercase() {
+        let t: Transport = serde_json::from_str("\"quic\"").unwrap();
+        assert_eq!(t, Transport::Quic);
+    }
+}

@@ -1,0 +1,601 @@
+//! The dataplane state machine: inputs `handle_*`, outputs `poll_*` and [`Action`]s.
+//!
+//! The caller owns the buffers: every `handle_*` writes its main result into `out` and says
+//! what to do with it ([`Action`]); rarer extra outputs (handshake messages, keepalives,
+//! packets queued during a handshake) wait in a bounded queue drained with
+//! [`Dataplane::poll_transmit`]. Time is an argument (`now`) except inside boringtun, see
+//! [`crate::session`].
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
+use crate::drop::{DropCounters, DropReason};
+use crate::key::{PublicKey, SecretKey};
+use crate::peer::{PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
+use crate::route::RouteTable;
+use crate::session::{Identity, Incoming, Session, SessionOutput};
+use crate::wire::IpHeader;
+
+/// Size of a packet buffer the caller should pass as `out`: the largest MTU plus room for
+/// the WireGuard header and tag (and QUIC framing).
+pub const MAX_PACKET: usize = crate::config::MAX_MTU as usize + 256;
+/// How often WireGuard timers run (boringtun's devices use the same 250 ms).
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Window of the handshake rate limiter.
+const LIMITER_WINDOW: Duration = Duration::from_secs(1);
+/// Extra queued control datagrams beyond this are dropped: a peer that floods handshakes
+/// must not grow memory.
+const MAX_QUEUED: usize = 1024;
+/// Added to twice the keepalive interval before a silent peer gets a fresh handshake (the
+/// WireGuard REKEY_TIMEOUT).
+const DEAD_PEER_GRACE: Duration = Duration::from_secs(5);
+
+/// A datagram to send: `len` bytes at the start of the buffer that was passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Underlay destination.
+    pub dst: SocketAddr,
+    /// The peer it is for (none for a cookie reply to an unidentified sender).
+    pub peer: Option<PeerId>,
+    /// Length in the buffer.
+    pub len: usize,
+}
+
+/// What the caller must do with `out` after a `handle_*` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing (dropped and counted, or consumed, or queued for a handshake).
+    None,
+    /// Send `out[..len]` as one UDP datagram (WireGuard) to `dst`.
+    SendUdp(Transmit),
+    /// `out[..len]` is a plaintext IP packet for `peer`, whose transport (not wg) must
+    /// encapsulate and send it.
+    SendPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Its transport.
+        transport: Transport,
+        /// Length of the IP packet in `out`.
+        len: usize,
+    },
+    /// Write `out[..len]` (an IP packet) to the TUN device.
+    WriteTun {
+        /// Length of the IP packet in `out`.
+        len: usize,
+    },
+}
+
+/// A read-only view of a peer for transports.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerView<'a> {
+    /// Its handle.
+    pub id: PeerId,
+    /// Its configuration.
+    pub config: &'a PeerConfig,
+    /// Its transport.
+    pub transport: Transport,
+    /// Its current endpoint.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// A snapshot of the whole dataplane (for `show`, metrics and the admin API).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataplaneStatus {
+    /// This node's public key.
+    pub public_key: PublicKey,
+    /// Configured UDP port.
+    pub listen_port: u16,
+    /// TUN device name.
+    pub interface: String,
+    /// Peers.
+    pub peers: Vec<PeerStatus>,
+    /// Drops by reason, all peers and unidentified senders together.
+    pub drops: DropCounters,
+    /// Number of routes.
+    pub routes: usize,
+}
+
+struct Queued {
+    dst: SocketAddr,
+    peer: Option<PeerId>,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// The sans-IO dataplane.
+pub struct Dataplane {
+    config: DataplaneConfig,
+    key: SecretKey,
+    identity: Identity,
+    peers: PeerTable,
+    routes: RouteTable,
+    drops: DropCounters,
+    queue: VecDeque<Queued>,
+    free: Vec<Vec<u8>>,
+    scratch: Box<[u8]>,
+    next_tick: Instant,
+    next_limiter_reset: Instant,
+}
+
+impl Dataplane {
+    /// A dataplane with a validated `config`.
+    pub fn new(config: DataplaneConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let key = config.private_key.clone();
+        let mut dp = Self {
+            identity: Identity::new(&key),
+            key,
+            config: config.clone(),
+            peers: PeerTable::default(),
+            routes: RouteTable::new(),
+            drops: DropCounters::default(),
+            queue: VecDeque::new(),
+            free: Vec::new(),
+            scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            next_tick: now,
+            next_limiter_reset: now + LIMITER_WINDOW,
+        };
+        dp.config.peers.clear();
+        dp.config.routes.clear();
+        dp.apply_config(config)?;
+        Ok(dp)
+    }
+
+    /// The applied configuration.
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.config
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// Swaps in a new configuration atomically: peers whose key stays keep their sessions
+    /// (their traffic is not interrupted), new peers are added, missing ones removed, routes
+    /// rebuilt. Interface and socket settings are the driver's (they need a restart).
+    pub fn apply_config(&mut self, config: DataplaneConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        if config.private_key != self.key {
+            // A new identity invalidates every session.
+            self.key = config.private_key.clone();
+            self.identity = Identity::new(&self.key);
+            let ids: Vec<PeerId> = self.peers.iter().map(|p| p.id).collect();
+            for id in ids {
+                self.peers.remove(id);
+            }
+        }
+        // Remove peers that are gone.
+        let gone: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|p| {
+                !config
+                    .peers
+                    .iter()
+                    .any(|c| c.public_key == p.config.public_key)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in gone {
+            self.peers.remove(id);
+        }
+        // Update or add.
+        for pc in &config.peers {
+            let transport = pc.transport_or(config.transport);
+            match self.peers.by_key(&pc.public_key) {
+                Some(id) => {
+                    let p = self.peers.get_mut(id).expect("found by key");
+                    if p.config.persistent_keepalive != pc.persistent_keepalive {
+                        p.session =
+                            Session::new(&self.key, &pc.public_key, pc.persistent_keepalive, id.0);
+                    }
+                    if pc.endpoint.is_some() && pc.endpoint != p.config.endpoint {
+                        p.endpoint = pc.endpoint;
+                    }
+                    p.transport = transport;
+                    p.config = pc.clone();
+                }
+                None => {
+                    let id = self.peers.next_id();
+                    self.peers.insert(PeerState {
+                        id,
+                        config: pc.clone(),
+                        transport,
+                        endpoint: pc.endpoint,
+                        session: Session::new(
+                            &self.key,
+                            &pc.public_key,
+                            pc.persistent_keepalive,
+                            id.0,
+                        ),
+                        counters: PeerCounters::default(),
+                        last_rx: None,
+                        last_forced_handshake: None,
+                    });
+                }
+            }
+        }
+        let mut routes = RouteTable::new();
+        for p in self.peers.iter() {
+            for c in &p.config.allowed_ips {
+                routes.insert(c.trunc(), p.id);
+            }
+        }
+        for r in &config.routes {
+            if let Some(id) = self.peers.by_key(&r.peer) {
+                routes.insert(r.cidr.trunc(), id);
+            }
+        }
+        self.routes = routes;
+        self.config = config;
+        Ok(())
+    }
+
+    /// A packet read from the TUN device: route it to a peer.
+    #[inline]
+    pub fn handle_tun(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
+        let hdr = match IpHeader::parse(packet) {
+            Ok(h) => h,
+            Err(r) => return self.drop(None, r),
+        };
+        let Some(id) = self.routes.lookup(hdr.dst) else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        let Some(peer) = self.peers.get_mut(id) else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        match send_to(peer, packet, out) {
+            Ok(a) => a,
+            Err(r) => self.drop(Some(id), r),
+        }
+    }
+
+    /// A UDP datagram from `from`: decrypt it, then deliver to the TUN, relay it to another
+    /// peer, or answer a handshake.
+    pub fn handle_udp(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action {
+        let incoming = match self.identity.classify(from.ip(), datagram, out) {
+            Ok(Ok(i)) => i,
+            Ok(Err((a, b))) => {
+                // Under load: a cookie reply instead of a handshake.
+                out.copy_within(a..b, 0);
+                self.drops.add(DropReason::UnderLoad);
+                return Action::SendUdp(Transmit {
+                    dst: from,
+                    peer: None,
+                    len: b - a,
+                });
+            }
+            Err(r) => return self.drop(None, r),
+        };
+        let peer = match incoming {
+            Incoming::Initiation(key) => self
+                .peers
+                .by_key(&key)
+                .and_then(|id| self.peers.get_mut(id)),
+            Incoming::ForIndex(idx) => self.peers.by_session_index(idx),
+        };
+        let Some(peer) = peer else {
+            return self.drop(None, DropReason::UnknownPeer);
+        };
+        let id = peer.id;
+        let result = peer.session.decapsulate(from.ip(), datagram, out);
+        let is_cookie = datagram[0] == 3;
+        if result.is_ok() && !is_cookie {
+            // Authenticated: roam to the address it came from.
+            peer.endpoint = Some(from);
+            peer.last_rx = Some(now);
+            peer.counters.rx_bytes += datagram.len() as u64;
+            peer.counters.rx_packets += 1;
+        }
+        match result {
+            Err(r) => self.drop(Some(id), r),
+            Ok(SessionOutput::Done) => Action::None,
+            Ok(SessionOutput::Network(a, b)) => {
+                out.copy_within(a..b, 0);
+                peer.counters.tx_bytes += (b - a) as u64;
+                peer.counters.tx_packets += 1;
+                self.flush_session(id, from);
+                Action::SendUdp(Transmit {
+                    dst: from,
+                    peer: Some(id),
+                    len: b - a,
+                })
+            }
+            Ok(SessionOutput::Tunnel(a, b, src)) => {
+                if a != 0 {
+                    out.copy_within(a..b, 0);
+                }
+                self.forward_from(id, src, b - a, out)
+            }
+        }
+    }
+
+    /// A plaintext IP packet that a non-wg transport received from `from`: check its source
+    /// and deliver it to the TUN or relay it.
+    pub fn handle_peer_packet(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Action {
+        let hdr = match IpHeader::parse(packet) {
+            Ok(h) => h,
+            Err(r) => return self.drop(Some(from), r),
+        };
+        if out.len() < packet.len() {
+            return self.drop(Some(from), DropReason::TooLarge);
+        }
+        let Some(peer) = self.peers.get_mut(from) else {
+            return self.drop(None, DropReason::UnknownPeer);
+        };
+        peer.last_rx = Some(now);
+        peer.counters.rx_bytes += packet.len() as u64;
+        peer.counters.rx_packets += 1;
+        out[..packet.len()].copy_from_slice(packet);
+        self.forward_from(from, hdr.src, packet.len(), out)
+    }
+
+    /// Runs timers: WireGuard rekeys, keepalives and retries, the handshake rate limiter,
+    /// and a fresh handshake to a keepalive peer that fell silent (e.g. a restarted hub).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_limiter_reset {
+            self.identity.tick();
+            self.next_limiter_reset = now + LIMITER_WINDOW;
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TIMER_TICK;
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|p| p.transport == Transport::Wg)
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            let mut outputs = [None];
+            outputs[0] = peer.session.update_timers(&mut self.scratch).ok();
+            if let Some(k) = peer.config.persistent_keepalive {
+                let silent_for = Duration::from_secs(2 * u64::from(k)) + DEAD_PEER_GRACE;
+                let silent = peer
+                    .last_rx
+                    .is_none_or(|t| now.duration_since(t) > silent_for);
+                let recently = peer
+                    .last_forced_handshake
+                    .is_some_and(|t| now.duration_since(t) < silent_for);
+                if silent && !recently && peer.last_rx.is_some() {
+                    peer.last_forced_handshake = Some(now);
+                    if matches!(outputs[0], Some(SessionOutput::Network(..))) {
+                        // Already sending something this tick; try again next tick.
+                        peer.last_forced_handshake = None;
+                    } else {
+                        outputs[0] = peer.session.initiate(&mut self.scratch).ok();
+                        tracing::debug!(peer = %peer.config.label(), "peer silent, new handshake");
+                    }
+                }
+            }
+            if let Some(SessionOutput::Network(a, b)) = outputs[0] {
+                match peer.endpoint {
+                    Some(dst) => {
+                        peer.counters.tx_bytes += (b - a) as u64;
+                        peer.counters.tx_packets += 1;
+                        enqueue(
+                            &mut self.queue,
+                            &mut self.free,
+                            &mut self.drops,
+                            dst,
+                            Some(id),
+                            &self.scratch[a..b],
+                        );
+                    }
+                    None => {
+                        peer.counters.drops.add(DropReason::NoEndpoint);
+                        self.drops.add(DropReason::NoEndpoint);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When [`Dataplane::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_tick.min(self.next_limiter_reset))
+    }
+
+    /// The next queued control datagram, copied into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let q = self.queue.pop_front()?;
+        let len = q.len.min(buf.len());
+        buf[..len].copy_from_slice(&q.buf[..len]);
+        self.free.push(q.buf);
+        Some(Transmit {
+            dst: q.dst,
+            peer: q.peer,
+            len,
+        })
+    }
+
+    /// Counts a drop the I/O layer saw (e.g. a failed send).
+    pub fn count_drop(&mut self, peer: Option<PeerId>, reason: DropReason) {
+        self.drop(peer, reason);
+    }
+
+    /// The peer with this public key.
+    pub fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
+        self.peers.by_key(key)
+    }
+
+    /// A view of one peer.
+    pub fn peer(&self, id: PeerId) -> Option<PeerView<'_>> {
+        self.peers.get(id).map(view)
+    }
+
+    /// Views of all peers.
+    pub fn peers(&self) -> impl Iterator<Item = PeerView<'_>> {
+        self.peers.iter().map(view)
+    }
+
+    /// The peer a destination address is routed to.
+    pub fn route(&self, dst: IpAddr) -> Option<PeerId> {
+        self.routes.lookup(dst)
+    }
+
+    /// Drops by reason, all together.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// A snapshot for `show` and metrics.
+    pub fn status(&self) -> DataplaneStatus {
+        DataplaneStatus {
+            public_key: self.public_key(),
+            listen_port: self.config.listen_port,
+            interface: self.config.interface.name.clone(),
+            peers: self.peers.iter().map(PeerState::status).collect(),
+            drops: self.drops,
+            routes: self.routes.len(),
+        }
+    }
+
+    #[inline]
+    fn drop(&mut self, peer: Option<PeerId>, r: DropReason) -> Action {
+        tracing::trace!(reason = r.as_str(), "drop");
+        self.drops.add(r);
+        if let Some(p) = peer.and_then(|id| self.peers.get_mut(id)) {
+            p.counters.drops.add(r);
+        }
+        Action::None
+    }
+
+    /// After a handshake: sends what the session queued while it had no keys.
+    fn flush_session(&mut self, id: PeerId, dst: SocketAddr) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        while let Ok(SessionOutput::Network(a, b)) =
+            peer.session.decapsulate(dst.ip(), &[], &mut self.scratch)
+        {
+            peer.counters.tx_bytes += (b - a) as u64;
+            peer.counters.tx_packets += 1;
+            enqueue(
+                &mut self.queue,
+                &mut self.free,
+                &mut self.drops,
+                dst,
+                Some(id),
+                &self.scratch[a..b],
+            );
+        }
+    }
+
+    /// A decrypted packet of `len` bytes in `out` from peer `from` with inner source `src`:
+    /// cryptokey routing check, then TUN or relay.
+    #[inline]
+    fn forward_from(&mut self, from: PeerId, src: IpAddr, len: usize, out: &mut [u8]) -> Action {
+        if self.routes.lookup(src) != Some(from) {
+            return self.drop(Some(from), DropReason::SourceNotAllowed);
+        }
+        let dst = match IpHeader::parse(&out[..len]) {
+            Ok(h) => h.dst,
+            Err(r) => return self.drop(Some(from), r),
+        };
+        match self.routes.lookup(dst) {
+            Some(to) if to != from => {
+                // Relay: re-encrypt for the other peer, never through the host stack.
+                let Some(peer) = self.peers.get_mut(to) else {
+                    return self.drop(Some(from), DropReason::NoRoute);
+                };
+                self.scratch[..len].copy_from_slice(&out[..len]);
+                match send_to(peer, &self.scratch[..len], out) {
+                    Ok(a) => a,
+                    Err(r) => self.drop(Some(to), r),
+                }
+            }
+            _ => Action::WriteTun { len },
+        }
+    }
+}
+
+fn view(p: &PeerState) -> PeerView<'_> {
+    PeerView {
+        id: p.id,
+        config: &p.config,
+        transport: p.transport,
+        endpoint: p.endpoint,
+    }
+}
+
+/// Encapsulates `packet` for `peer` into `out`.
+#[inline]
+fn send_to(peer: &mut PeerState, packet: &[u8], out: &mut [u8]) -> Result<Action, DropReason> {
+    match peer.transport {
+        Transport::Quic => {
+            if out.len() < packet.len() {
+                return Err(DropReason::TooLarge);
+            }
+            out[..packet.len()].copy_from_slice(packet);
+            Ok(Action::SendPeer {
+                peer: peer.id,
+                transport: Transport::Quic,
+                len: packet.len(),
+            })
+        }
+        Transport::Wg => {
+            let Some(dst) = peer.endpoint else {
+                return Err(DropReason::NoEndpoint);
+            };
+            match peer.session.encapsulate(packet, out)? {
+                SessionOutput::Network(a, b) => {
+                    if a != 0 {
+                        out.copy_within(a..b, 0);
+                    }
+                    peer.counters.tx_bytes += (b - a) as u64;
+                    peer.counters.tx_packets += 1;
+                    Ok(Action::SendUdp(Transmit {
+                        dst,
+                        peer: Some(peer.id),
+                        len: b - a,
+                    }))
+                }
+                SessionOutput::Done => Ok(Action::None),
+                SessionOutput::Tunnel(..) => Err(DropReason::Malformed),
+            }
+        }
+    }
+}
+
+fn enqueue(
+    queue: &mut VecDeque<Queued>,
+    free: &mut Vec<Vec<u8>>,
+    drops: &mut DropCounters,
+    dst: SocketAddr,
+    peer: Option<PeerId>,
+    data: &[u8],
+) {
+    if queue.len() >= MAX_QUEUED {
+        drops.add(DropReason::SendFailed);
+        return;
+    }
+    let mut buf = free.pop().unwrap_or_else(|| vec![0u8; MAX_PACKET]);
+    let len = data.len().min(buf.len());
+    buf[..len].copy_from_slice(&data[..len]);
+    queue.push_back(Queued {
+        dst,
+        peer,
+        buf,
+        len,
+    });
+}

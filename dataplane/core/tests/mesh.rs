@@ -1,0 +1,275 @@
+//! A `Mesh` harness: three cores (hub, a, b) wired by an in-memory underlay, no sockets.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fleetboard_dataplane_core::{
+    Action, AdminConfig, Dataplane, DataplaneConfig, DropReason, InterfaceConfig, MAX_PACKET,
+    PeerConfig, SecretKey, Transport,
+};
+
+struct Node {
+    dp: Dataplane,
+    addr: SocketAddr,
+    tun_out: Vec<Vec<u8>>,
+}
+
+struct Mesh {
+    nodes: Vec<Node>,
+    wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    now: Instant,
+    buf: Vec<u8>,
+}
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_random_bytes([n; 32])
+}
+
+fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
+    DataplaneConfig {
+        interface: InterfaceConfig {
+            name: "fb0".into(),
+            mtu: 1420,
+            addresses: vec![addr.parse().unwrap()],
+        },
+        private_key: key(k),
+        listen_port: 31820,
+        listen_address: None,
+        transport: Transport::Wg,
+        peers,
+        routes: vec![],
+        admin: AdminConfig::default(),
+        metrics_address: None,
+    }
+}
+
+fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
+    PeerConfig {
+        public_key: key(k).public_key(),
+        name: Some(format!("n{k}")),
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+        allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        persistent_keepalive: Some(5),
+        transport: None,
+    }
+}
+
+const HUB: &str = "198.18.0.1:31820";
+const A: &str = "198.18.0.2:31820";
+const B: &str = "198.18.0.3:31820";
+
+impl Mesh {
+    /// hub (key 1) relays between a (key 2, 100.64.1.0/24) and b (key 3, 100.64.2.0/24).
+    fn hub_and_spokes() -> Self {
+        let now = Instant::now();
+        let hub = config(
+            1,
+            "100.64.0.1/10",
+            vec![
+                peer(2, None, &["100.64.1.0/24"]),
+                peer(3, None, &["100.64.2.0/24"]),
+            ],
+        );
+        let a = config(
+            2,
+            "100.64.1.1/10",
+            vec![peer(1, Some(HUB), &["100.64.0.0/10"])],
+        );
+        let b = config(
+            3,
+            "100.64.2.1/10",
+            vec![peer(1, Some(HUB), &["100.64.0.0/10"])],
+        );
+        let nodes = [(hub, HUB), (a, A), (b, B)]
+            .into_iter()
+            .map(|(c, addr)| Node {
+                dp: Dataplane::new(c, now).unwrap(),
+                addr: addr.parse().unwrap(),
+                tun_out: vec![],
+            })
+            .collect();
+        Mesh {
+            nodes,
+            wire: VecDeque::new(),
+            now,
+            buf: vec![0; MAX_PACKET],
+        }
+    }
+
+    fn act(&mut self, i: usize, a: Action) {
+        let from = self.nodes[i].addr;
+        match a {
+            Action::None => {}
+            Action::SendUdp(t) => self
+                .wire
+                .push_back((from, t.dst, self.buf[..t.len].to_vec())),
+            Action::WriteTun { len } => self.nodes[i].tun_out.push(self.buf[..len].to_vec()),
+            Action::SendPeer { .. } => panic!("no quic in this mesh"),
+        }
+        while let Some(t) = self.nodes[i].dp.poll_transmit(&mut self.buf) {
+            self.wire
+                .push_back((from, t.dst, self.buf[..t.len].to_vec()));
+        }
+    }
+
+    fn send_tun(&mut self, i: usize, pkt: &[u8]) {
+        let a = self.nodes[i].dp.handle_tun(pkt, &mut self.buf);
+        self.act(i, a);
+    }
+
+    fn run(&mut self) {
+        for _ in 0..1000 {
+            let Some((from, to, data)) = self.wire.pop_front() else {
+                return;
+            };
+            let Some(i) = self.nodes.iter().position(|n| n.addr == to) else {
+                continue;
+            };
+            let a = self.nodes[i]
+                .dp
+                .handle_udp(self.now, from, &data, &mut self.buf);
+            self.act(i, a);
+        }
+        panic!("mesh did not settle");
+    }
+
+    fn tick(&mut self, d: Duration) {
+        self.now += d;
+        for i in 0..self.nodes.len() {
+            self.nodes[i].dp.handle_timeout(self.now);
+            self.act(i, Action::None);
+        }
+        self.run();
+    }
+}
+
+fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+#[test]
+fn a_reaches_b_through_the_hub_relay() {
+    let mut m = Mesh::hub_and_spokes();
+    // b must be known to the hub first (it has no endpoint for b): b says hello.
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"hello hub"));
+    m.run();
+    assert_eq!(m.nodes[0].tun_out.len(), 1, "hub got b's packet on its TUN");
+
+    let pkt = ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"through the hub");
+    m.send_tun(1, &pkt);
+    m.run();
+    assert_eq!(
+        m.nodes[2].tun_out,
+        vec![pkt.clone()],
+        "b received a's packet"
+    );
+    assert_eq!(
+        m.nodes[0].tun_out.len(),
+        1,
+        "relay never touches the hub's TUN"
+    );
+
+    // And back.
+    let back = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"reply");
+    m.send_tun(2, &back);
+    m.run();
+    assert_eq!(m.nodes[1].tun_out, vec![back]);
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped() {
+    let mut m = Mesh::hub_and_spokes();
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"hi"));
+    m.run();
+    // a claims to be 100.64.2.9 (b's range): the hub must refuse it.
+    m.send_tun(1, &ipv4_udp([100, 64, 2, 9], [100, 64, 0, 1], b"spoof"));
+    m.run();
+    assert_eq!(m.nodes[0].tun_out.len(), 1);
+    assert_eq!(m.nodes[0].dp.drops().get(DropReason::SourceNotAllowed), 1);
+}
+
+#[test]
+fn garbage_and_unknown_keys_are_counted_not_delivered() {
+    let mut m = Mesh::hub_and_spokes();
+    let from: SocketAddr = "198.18.0.9:5000".parse().unwrap();
+    let now = m.now;
+    let mut buf = vec![0; MAX_PACKET];
+    for g in [
+        &b""[..],
+        b"\x01",
+        b"\x04\0\0\0garbage-garbage-garbage-garbage-garbage",
+        &[1u8; 148],
+    ] {
+        assert_eq!(
+            m.nodes[0].dp.handle_udp(now, from, g, &mut buf),
+            Action::None
+        );
+    }
+    assert!(m.nodes[0].dp.drops().total() >= 4);
+
+    // A stranger (key 9) who knows the hub's key but is not a peer of it.
+    let stranger = config(
+        9,
+        "100.64.9.1/10",
+        vec![peer(1, Some(HUB), &["100.64.0.0/10"])],
+    );
+    m.nodes.push(Node {
+        dp: Dataplane::new(stranger, now).unwrap(),
+        addr: "198.18.0.9:31820".parse().unwrap(),
+        tun_out: vec![],
+    });
+    m.send_tun(3, &ipv4_udp([100, 64, 9, 1], [100, 64, 0, 1], b"let me in"));
+    m.run();
+    assert!(m.nodes[0].tun_out.is_empty());
+    assert!(m.nodes[0].dp.drops().get(DropReason::UnknownPeer) >= 1);
+}
+
+#[test]
+fn restarted_hub_is_reconnected_by_keepalive_peers() {
+    let mut m = Mesh::hub_and_spokes();
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    for _ in 0..8 {
+        m.tick(Duration::from_secs(1));
+    }
+    // Restart the hub: new state, same config.
+    let cfg = m.nodes[0].dp.config().clone();
+    m.nodes[0].dp = Dataplane::new(cfg, m.now).unwrap();
+    m.nodes[0].tun_out.clear();
+    // Silent spokes re-handshake within 2 * keepalive + grace.
+    for _ in 0..40 {
+        m.tick(Duration::from_millis(500));
+    }
+    let pkt = ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"after restart");
+    m.send_tun(1, &pkt);
+    m.run();
+    assert_eq!(m.nodes[2].tun_out.last(), Some(&pkt));
+}
+
+#[test]
+fn removing_a_peer_at_runtime_stops_its_traffic_only() {
+    let mut m = Mesh::hub_and_spokes();
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    let mut cfg = m.nodes[0].dp.config().clone();
+    cfg.peers.retain(|p| p.name.as_deref() != Some("n3"));
+    m.nodes[0].dp.apply_config(cfg).unwrap();
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b2"));
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a2"));
+    m.run();
+    let got: Vec<&[u8]> = m.nodes[0].tun_out.iter().map(|p| &p[28..]).collect();
+    assert_eq!(got, vec![&b"a"[..], b"b", b"a2"]);
+}

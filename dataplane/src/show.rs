@@ -1,0 +1,93 @@
+//! `fleetboard dataplane show`: the status in the style of `wg show`.
+
+use std::fmt::Write as _;
+
+use fleetboard_dataplane_core::DataplaneStatus;
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// Formats the status like `wg show`.
+pub fn format(s: &DataplaneStatus) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "interface: {}", s.interface);
+    let _ = writeln!(o, "  public key: {}", s.public_key);
+    let _ = writeln!(o, "  listening port: {}", s.listen_port);
+    let _ = writeln!(o, "  routes: {}", s.routes);
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(r, v)| format!("{}={v}", r.as_str()))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  drops: {}",
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(" ")
+        }
+    );
+    for p in &s.peers {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "peer: {}", p.public_key);
+        if let Some(n) = &p.name {
+            let _ = writeln!(o, "  name: {n}");
+        }
+        let _ = writeln!(o, "  transport: {}", p.transport);
+        if let Some(e) = p.endpoint {
+            let _ = writeln!(o, "  endpoint: {e}");
+        }
+        let ips: Vec<String> = p.allowed_ips.iter().map(|c| c.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "  allowed ips: {}",
+            if ips.is_empty() {
+                "(none)".into()
+            } else {
+                ips.join(", ")
+            }
+        );
+        match p.last_handshake_secs_ago {
+            Some(s) => {
+                let _ = writeln!(o, "  latest handshake: {s} seconds ago");
+            }
+            None => {
+                let _ = writeln!(o, "  latest handshake: (none)");
+            }
+        }
+        let c = &p.counters;
+        let _ = writeln!(
+            o,
+            "  transfer: {} received, {} sent",
+            bytes(c.rx_bytes),
+            bytes(c.tx_bytes)
+        );
+        if let Some(k) = p.persistent_keepalive {
+            let _ = writeln!(o, "  persistent keepalive: every {k} seconds");
+        }
+        let pd: Vec<String> = c
+            .drops
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(r, v)| format!("{}={v}", r.as_str()))
+            .collect();
+        if !pd.is_empty() {
+            let _ = writeln!(o, "  drops: {}", pd.join(" "));
+        }
+    }
+    o
+}

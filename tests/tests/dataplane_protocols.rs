@@ -1,0 +1,56 @@
+//! ICMP echo, UDP and the IPv6 overlay cross the hub relay.
+
+mod dataplane_support;
+
+use std::time::Duration;
+
+use dataplane_support::*;
+use fleetboard_tests::process::{ChildGuard, wait_for};
+
+#[test]
+fn icmp_udp_and_ipv6_cross_the_hub() {
+    let t = Topology::up();
+    // ICMP both ways, v4 and v6, and to the hub itself.
+    t.a.wait_ping(B_V4, &t.logs());
+    t.b.wait_ping(A_V4, &t.logs());
+    t.a.wait_ping(HUB_V4, &t.logs());
+    t.a.wait_ping(B_V6, &t.logs());
+    t.b.wait_ping(A_V6, &t.logs());
+
+    // UDP, v4 and v6: a receiver on gw-b gets a datagram sent from gw-a.
+    for (dst, recv_addr) in [
+        (B_V4.to_string(), format!("UDP4-RECV:{{port}},bind={B_V4}")),
+        (
+            format!("[{B_V6}]"),
+            format!("UDP6-RECV:{{port}},bind=[{B_V6}]"),
+        ),
+    ] {
+        let port = 6000 + (std::process::id() % 1000) as u16;
+        let out = t.dir.0.join(format!("udp-{port}-{}.txt", dst.len()));
+        let mut recv = t.b.ns.command("socat");
+        recv.args([
+            "-u",
+            &recv_addr.replace("{port}", &port.to_string()),
+            &format!("OPEN:{},creat,append", out.display()),
+        ]);
+        let _r = ChildGuard::spawn("udp-recv", recv, &t.dir.0.join("udp-recv.log")).unwrap();
+        wait_for(
+            "udp datagram at gw-b",
+            DEADLINE,
+            Duration::from_millis(300),
+            || {
+                let mut send = t.a.ns.command("socat");
+                send.args(["-u", "-", &format!("UDP-SENDTO:{dst}:{port}")]);
+                send.stdin(std::process::Stdio::piped());
+                let mut c = send.spawn()?;
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"hello over udp\n")?;
+                c.wait()?;
+                Ok(std::fs::read_to_string(&out)
+                    .ok()
+                    .filter(|s| s.contains("hello over udp")))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.logs()));
+    }
+}
