@@ -61,6 +61,9 @@ pub struct NriArgs {
         default_value = "fleetboard-system"
     )]
     pub own_namespace: String,
+    /// Address of the HTTP server with /metrics, /live and /ready (none if unset).
+    #[arg(long, env = "FLEETBOARD_NRI_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Delay between attempts to (re)connect to the runtime, in milliseconds.
     #[arg(long, env = "FLEETBOARD_NRI_RECONNECT_MS", default_value_t = 1000)]
     pub reconnect_ms: u64,
@@ -103,6 +106,8 @@ pub struct PluginConfig {
     pub own_namespace: String,
     /// Reconnect delay.
     pub reconnect: Duration,
+    /// Where /metrics, /live and /ready are served.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl NriArgs {
@@ -201,6 +206,7 @@ impl NriArgs {
             state_file: self.state_file.clone(),
             own_namespace: self.own_namespace.clone(),
             reconnect: Duration::from_millis(self.reconnect_ms),
+            metrics_address: self.metrics_address,
         })
     }
 }

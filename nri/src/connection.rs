@@ -85,6 +85,11 @@ pub async fn session(plugin: &Arc<FleetPlugin>) -> Result<String, ConnectionErro
     };
     let reason = match registered {
         Ok(_) => {
+            crate::metrics::Metrics::inc(&plugin.metrics.registrations);
+            plugin
+                .metrics
+                .registered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
                 socket = %cfg.socket.display(),
                 name = %cfg.plugin_name,
@@ -95,6 +100,10 @@ pub async fn session(plugin: &Arc<FleetPlugin>) -> Result<String, ConnectionErro
         }
         Err(e) => Err(e),
     };
+    plugin
+        .metrics
+        .registered
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     drop(client);
     drop(mux);
     let _ = tokio::time::timeout(SERVER_SHUTDOWN_TIMEOUT, server.shutdown()).await;

@@ -59,6 +59,27 @@ pub struct PodRecord {
     pub name: String,
 }
 
+/// Reads the allocations recorded in a state file (pod sandbox id -> record), for readers
+/// such as the agent that publishes `router.fleetboard.io/parallel_ip` on the pods. A missing
+/// file means no allocations.
+pub fn read_allocations(path: &Path) -> Result<BTreeMap<String, PodRecord>, IpamError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(IpamError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let s: IpamState = serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(s.pods)
+}
+
 /// What is persisted.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct IpamState {

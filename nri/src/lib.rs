@@ -8,12 +8,14 @@
 //! - [`podnet`]: the veth pair, addresses and routes.
 //! - [`plugin`]: Configure, Synchronize and the pod sandbox events.
 //! - [`connection`]: registration and reconnection.
+//! - [`metrics`]: counters and the `/metrics`, `/live`, `/ready` server.
 //! - [`runtime`]: the runtime's side of the protocol, for tests and tools.
 
 pub mod api;
 pub mod config;
 pub mod connection;
 pub mod ipam;
+pub mod metrics;
 pub mod mux;
 pub mod plugin;
 pub mod podnet;
@@ -39,7 +41,15 @@ pub enum NriError {
 /// interfaces when the plugin stops; the state file carries their addresses to the next run.
 pub async fn run(args: NriArgs) -> Result<(), NriError> {
     let cfg = args.validate()?;
+    let listener = match cfg.metrics_address {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let plugin = Arc::new(plugin::FleetPlugin::new(cfg)?);
+    if let Some(l) = listener {
+        tracing::info!(address = ?l.local_addr().ok(), "serving /metrics, /live, /ready");
+        tokio::spawn(metrics::serve(l, plugin.clone()));
+    }
     tokio::select! {
         () = serve(plugin) => Ok(()),
         () = stop_signal() => {

@@ -10,6 +10,7 @@ use ttrpc::r#async::TtrpcContext;
 use crate::api::{self, Event, PodSandbox, api_ttrpc};
 use crate::config::PluginConfig;
 use crate::ipam::{Ipam, IpamError};
+use crate::metrics::Metrics;
 use crate::podnet::{PodNet, node_ifname};
 
 /// The pod annotation that carries the pod's parallel address (as FleetBoard publishes it).
@@ -64,6 +65,8 @@ pub enum PodTarget {
 
 /// The plugin: configuration, interface setup and the address manager.
 pub struct FleetPlugin {
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
     cfg: PluginConfig,
     net: PodNet,
     state: Mutex<State>,
@@ -108,6 +111,7 @@ impl FleetPlugin {
             "IPAM state loaded"
         );
         Ok(Self {
+            metrics: Metrics::default(),
             net: PodNet::new(&cfg),
             cfg,
             state: Mutex::new(State {
@@ -158,9 +162,10 @@ impl FleetPlugin {
 
     /// RunPodSandbox: allocate, persist, create the interface; undo everything on failure.
     pub async fn handle_run(&self, pod: &PodSandbox) -> ttrpc::Result<()> {
-        let target = self
-            .target(pod)
-            .map_err(|m| rpc_err(ttrpc::Code::INVALID_ARGUMENT, m))?;
+        let target = self.target(pod).map_err(|m| {
+            Metrics::inc(&self.metrics.malformed_requests);
+            rpc_err(ttrpc::Code::INVALID_ARGUMENT, m)
+        })?;
         let PodTarget::Netns(netns) = target else {
             tracing::debug!(pod = %pod.id, ?target, "no parallel interface for this pod");
             return Ok(());
@@ -171,11 +176,15 @@ impl FleetPlugin {
         let ip = st
             .ipam
             .allocate(&pod.id, &pod.namespace, &pod.name)
-            .map_err(ipam_err)?;
+            .map_err(|e| {
+                Metrics::inc(&self.metrics.setup_failures);
+                ipam_err(e)
+            })?;
         if !fresh && self.net.is_configured(&pod.id, &netns, ip).await {
             return Ok(());
         }
         if let Err(e) = self.net.setup(&pod.id, &netns, ip).await {
+            Metrics::inc(&self.metrics.setup_failures);
             if let Err(re) = st.ipam.release(&pod.id) {
                 tracing::error!(pod = %pod.id, error = %re, "releasing the address after a failed setup");
             }
@@ -185,6 +194,7 @@ impl FleetPlugin {
                 format!("fleetboard: pod {}/{}: {e}", pod.namespace, pod.name),
             ));
         }
+        Metrics::inc(&self.metrics.pods_configured);
         tracing::info!(
             pod = %pod.id, namespace = %pod.namespace, name = %pod.name, %ip,
             annotation = PARALLEL_IP_ANNOTATION,
@@ -196,7 +206,10 @@ impl FleetPlugin {
     /// StopPodSandbox / RemovePodSandbox: delete the interface and free the address;
     /// idempotent.
     pub async fn handle_release(&self, pod: &PodSandbox) -> ttrpc::Result<()> {
-        check_pod_id(&pod.id).map_err(|m| rpc_err(ttrpc::Code::INVALID_ARGUMENT, m))?;
+        check_pod_id(&pod.id).map_err(|m| {
+            Metrics::inc(&self.metrics.malformed_requests);
+            rpc_err(ttrpc::Code::INVALID_ARGUMENT, m)
+        })?;
         let mut st = self.state.lock().await;
         st.gone.insert(pod.id.clone());
         self.net.teardown(&pod.id).await.map_err(|e| {
@@ -206,6 +219,7 @@ impl FleetPlugin {
             )
         })?;
         if let Some(rec) = st.ipam.release(&pod.id).map_err(ipam_err)? {
+            Metrics::inc(&self.metrics.pods_released);
             tracing::info!(pod = %pod.id, ip = %rec.ip, "pod interface released");
         }
         Ok(())
@@ -231,6 +245,9 @@ impl FleetPlugin {
             .ipam
             .retain(|id| wanted.contains_key(id))
             .map_err(ipam_err)?;
+        self.metrics
+            .leaks_freed
+            .fetch_add(freed.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (id, rec) in &freed {
             if let Err(e) = self.net.teardown(id).await {
                 tracing::warn!(pod = %id, error = %e, "removing a leaked interface");
@@ -287,6 +304,11 @@ impl FleetPlugin {
                 }
             }
         }
+    }
+
+    /// Number of allocated addresses.
+    pub async fn allocations(&self) -> usize {
+        self.state.lock().await.ipam.len()
     }
 
     /// Address of `pod_id`, if it has one.

@@ -187,6 +187,49 @@ impl PluginConn {
         Ok(())
     }
 
+    /// Synchronize split into messages of `per_msg` pods (`more` set on all but the last), as
+    /// containerd does when the pod list is too large for one message. Checks that the plugin
+    /// answers `more` on the partial messages.
+    pub async fn synchronize_split(
+        &self,
+        pods: Vec<PodSandbox>,
+        per_msg: usize,
+    ) -> Result<(), HarnessError> {
+        let chunks: Vec<Vec<PodSandbox>> =
+            pods.chunks(per_msg.max(1)).map(|c| c.to_vec()).collect();
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let more = i + 1 < n;
+            let req = api::SynchronizeRequest {
+                pods: chunk,
+                more,
+                ..Default::default()
+            };
+            let resp = self
+                .client
+                .synchronize(ctx(), &req)
+                .await
+                .map_err(|e| HarnessError::Call("Synchronize", e))?;
+            if resp.more != more {
+                return Err(HarnessError::Call(
+                    "Synchronize",
+                    ttrpc::Error::Others("plugin does not handle split sync requests".into()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// StateChange carrying a pod event (how older runtimes deliver pod events).
+    pub async fn state_change(&self, event: api::Event, pod: &PodSandbox) -> ttrpc::Result<()> {
+        let req = api::StateChangeEvent {
+            event: event.into(),
+            pod: Some(pod.clone()).into(),
+            ..Default::default()
+        };
+        self.client.state_change(ctx(), &req).await.map(|_| ())
+    }
+
     /// RunPodSandbox.
     pub async fn run_pod(&self, pod: &PodSandbox) -> ttrpc::Result<()> {
         let req = api::RunPodSandboxRequest {

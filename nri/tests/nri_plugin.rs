@@ -372,3 +372,95 @@ async fn nri_pods_on_two_nodes_reach_each_other_over_node_routing() -> anyhow::R
     a.ns.exec("ping", &["-c", "2", "-W", "5", &ip_b])?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nri_split_synchronize_and_state_change_events() -> anyhow::Result<()> {
+    require_net_admin();
+    let mut node = Node::new(16)?;
+    node.start_plugin()?;
+    let conn = node.connect(vec![]).await?;
+    // Pod events delivered as StateChange (older runtimes).
+    let a = Pod::new("a")?;
+    conn.state_change(fleetboard_nri::api::Event::RUN_POD_SANDBOX, &a.sandbox)
+        .await?;
+    let ip_a = a
+        .address()
+        .expect("eth-fleet after StateChange(RUN_POD_SANDBOX)");
+    let b = Pod::new("b")?;
+    conn.run_pod(&b.sandbox).await?;
+
+    // A runtime restart with a pod list split over several Synchronize messages: every pod
+    // in any part is kept, the rest freed.
+    conn.close().await;
+    let path = node.runtime.path().to_path_buf();
+    node.runtime = NriRuntime::bind(&path)?;
+    let conn = node.runtime.accept(DEADLINE).await?;
+    assert_eq!(conn.configure().await?, 0b111);
+    let c = Pod::new("c")?;
+    conn.synchronize_split(vec![a.sandbox.clone(), c.sandbox.clone()], 1)
+        .await?;
+    wait_for("b freed, c set up", DEADLINE, EVERY, || {
+        Ok((!b.has_interface() && c.address().is_some()).then_some(()))
+    })?;
+    assert_eq!(a.address(), Some(ip_a));
+    let recorded = fleetboard_nri::ipam::read_allocations(&node.state_file())?;
+    assert_eq!(recorded.len(), 2);
+    assert!(recorded.contains_key(&a.sandbox.id) && recorded.contains_key(&c.sandbox.id));
+
+    conn.state_change(fleetboard_nri::api::Event::REMOVE_POD_SANDBOX, &a.sandbox)
+        .await?;
+    assert!(!a.has_interface());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nri_plugin_inside_the_node_namespace_serves_metrics() -> anyhow::Result<()> {
+    require_net_admin();
+    const PORT: u16 = 9470; // inside the node namespace: no clash with other tests
+    let mut node = Node::new(17)?;
+    node.start_plugin_in_node(PORT)?;
+    let conn = node.connect(vec![]).await?;
+    wait_for("/ready", DEADLINE, EVERY, || {
+        Ok(node
+            .http_get(PORT, "/ready")
+            .starts_with("HTTP/1.0 200")
+            .then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", node.logs()))?;
+    assert!(node.http_get(PORT, "/live").contains("200 OK"));
+
+    let a = Pod::new("a")?;
+    conn.run_pod(&a.sandbox).await?;
+    assert!(a.address().is_some(), "eth-fleet");
+    // The node end is in the plugin's own namespace (no --node-netns).
+    assert_eq!(node.node_interfaces()?.len(), 1);
+    a.ns.exec("ping", &["-c", "1", "-W", "5", &node.gateway.to_string()])?;
+    let mut bad = a.sandbox.clone();
+    bad.id.clear();
+    assert!(conn.run_pod(&bad).await.is_err());
+
+    let m = node.http_get(PORT, "/metrics");
+    for line in [
+        "fleetboard_nri_pods_configured_total 1",
+        "fleetboard_nri_malformed_requests_total 1",
+        "fleetboard_nri_allocations 1",
+        "fleetboard_nri_registered 1",
+    ] {
+        assert!(m.contains(line), "{line} missing in\n{m}");
+    }
+    conn.stop_pod(&a.sandbox).await?;
+    assert!(
+        node.http_get(PORT, "/metrics")
+            .contains("fleetboard_nri_allocations 0")
+    );
+
+    // Not registered any more once the runtime is gone.
+    conn.close().await;
+    wait_for("/ready 503", DEADLINE, EVERY, || {
+        Ok(node
+            .http_get(PORT, "/ready")
+            .starts_with("HTTP/1.0 503")
+            .then_some(()))
+    })?;
+    Ok(())
+}

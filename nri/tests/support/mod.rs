@@ -65,18 +65,31 @@ impl Node {
         self.dir.join("ipam.json")
     }
 
-    /// Starts (or restarts) the plugin process: `fleetboard nri ...`.
+    /// Starts (or restarts) the plugin process: `fleetboard nri ...` in the host namespace,
+    /// putting the node ends into the node namespace (`--node-netns`).
     pub fn start_plugin(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(bin("fleetboard"));
+        cmd.arg("nri").arg("--node-netns").arg(self.ns_path());
+        self.spawn_plugin(cmd)
+    }
+
+    /// Starts the plugin inside the node namespace (node ends stay in its own namespace), with
+    /// its metrics server on `127.0.0.1:<port>` there.
+    pub fn start_plugin_in_node(&mut self, port: u16) -> anyhow::Result<()> {
+        let mut cmd = self.ns.command(bin("fleetboard").to_str().unwrap());
+        cmd.arg("nri")
+            .arg("--metrics-address")
+            .arg(format!("127.0.0.1:{port}"));
+        self.spawn_plugin(cmd)
+    }
+
+    fn spawn_plugin(&mut self, mut cmd: Command) -> anyhow::Result<()> {
         cmd.env("RUST_LOG", "debug")
-            .arg("nri")
             .arg("--socket")
             .arg(self.runtime.path())
             .args(["--pod-cidr", &self.pod_cidr])
             .args(["--tunnel-cidr", TUNNEL_CIDR])
             .args(["--service-cidr", SERVICE_CIDR])
-            .arg("--node-netns")
-            .arg(self.ns_path())
             .arg("--state-file")
             .arg(self.state_file())
             .args(["--reconnect-ms", "100"]);
@@ -120,6 +133,14 @@ impl Node {
             "subscribed to {events:#b}, want Run/Stop/RemovePodSandbox"
         );
         Ok(conn)
+    }
+
+    /// `GET path` on the plugin's metrics server in the node namespace (bash `/dev/tcp`).
+    pub fn http_get(&self, port: u16, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        self.ns.exec("bash", &["-c", &script]).unwrap_or_default()
     }
 
     /// Names of node-side pod interfaces (`fbn*`).
