@@ -65,6 +65,9 @@ pub enum DriverError {
         /// The error.
         source: io::Error,
     },
+    /// The QUIC transport could not start (identity files, socket).
+    #[error("quic transport: {0}")]
+    Quic(#[from] crate::quic::QuicError),
     /// A fatal I/O error in the loop.
     #[error("dataplane I/O: {0}")]
     Io(#[from] io::Error),
@@ -82,6 +85,8 @@ pub struct DataplaneDriver {
     admin_listener: Option<tokio::net::UnixListener>,
     metrics_listener: Option<tokio::net::TcpListener>,
     admin_path: PathBuf,
+    /// The QUIC transport, when the config has a QUIC identity.
+    quic: Option<crate::quic::QuicLink>,
 }
 
 impl DataplaneDriver {
@@ -119,6 +124,10 @@ impl DataplaneDriver {
             source,
         })?;
         let (calls_tx, calls_rx) = mpsc::channel(ADMIN_QUEUE);
+        let mut quic = crate::quic::QuicLink::start(&config)?;
+        if let Some(q) = quic.as_mut() {
+            q.sync(&core);
+        }
         tracing::info!(
             public_key = %core.public_key(),
             udp = %udp.local_addr()?,
@@ -139,6 +148,7 @@ impl DataplaneDriver {
             admin_listener: Some(admin_listener),
             metrics_listener,
             admin_path,
+            quic,
         })
     }
 
@@ -214,11 +224,29 @@ impl DataplaneDriver {
                         }
                     }
                 }
+                Some(m) = quic_recv(&mut self.quic) => {
+                    let now = Instant::now();
+                    let mut next = Some(m);
+                    let mut done = 0;
+                    while let Some(m) = next {
+                        let a = self.core.handle_peer_packet(now, m.peer, &m.packet, &mut out);
+                        self.perform(a, &out).await;
+                        done += 1;
+                        next = if done < BATCH {
+                            self.quic.as_mut().and_then(|q| q.try_recv())
+                        } else {
+                            None
+                        };
+                    }
+                }
                 r = self.tun.readable() => {
                     r?;
                     for _ in 0..BATCH {
                         match self.tun.try_recv(&mut rbuf) {
                             Ok(n) => {
+                                if let Some(q) = &self.quic {
+                                    q.clamp_mss(&mut rbuf[..n]);
+                                }
                                 let a = self.core.handle_tun(&rbuf[..n], &mut out);
                                 self.perform(a, &out).await;
                             }
@@ -254,11 +282,34 @@ impl DataplaneDriver {
                 }
             }
             Action::SendPeer {
+                peer,
+                transport: fleetboard_dataplane_core::Transport::Quic,
+                len,
+            } if self.quic.is_some() => self.send_quic(peer, &out[..len]).await,
+            Action::SendPeer {
                 peer, transport, ..
             } => {
                 tracing::trace!(%transport, "no such transport in this build");
                 self.core
                     .count_drop(Some(peer), DropReason::TransportUnavailable);
+            }
+        }
+    }
+
+    async fn send_quic(&mut self, peer: fleetboard_dataplane_core::PeerId, packet: &[u8]) {
+        use crate::quic::LinkSend;
+        let Some(q) = self.quic.as_mut() else { return };
+        match q.send(peer, packet) {
+            LinkSend::Sent => {}
+            LinkSend::Dropped(r) => self.core.count_drop(Some(peer), r),
+            LinkSend::TooBig { icmp_len } => {
+                self.core.count_drop(Some(peer), DropReason::TooLarge);
+                if icmp_len > 0 {
+                    let icmp = q.icmp(icmp_len);
+                    if let Err(e) = self.tun.try_send(icmp) {
+                        tracing::debug!(error = %e, "tun send icmp");
+                    }
+                }
             }
         }
     }
@@ -285,7 +336,13 @@ impl DataplaneDriver {
 
     fn handle_admin(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => Response::Status(Box::new(self.core.status())),
+            Request::Status => {
+                let mut st = self.core.status();
+                if let Some(q) = &self.quic {
+                    q.fill_status(&mut st);
+                }
+                Response::Status(Box::new(st))
+            }
             Request::GetConfig => Response::Config(Box::new(self.core.config().clone())),
             Request::Reload => match self.reload() {
                 Ok(()) => Response::Ok,
@@ -312,6 +369,9 @@ impl DataplaneDriver {
             tracing::warn!("interface, listen, admin and metrics settings change only on restart");
         }
         self.core.apply_config(c).map_err(|e| e.to_string())?;
+        if let Some(q) = self.quic.as_mut() {
+            q.sync(&self.core);
+        }
         tracing::info!(peers = self.core.config().peers.len(), "config applied");
         Ok(())
     }
@@ -322,6 +382,16 @@ impl DataplaneDriver {
         };
         let c = config_file::load(&path).map_err(|e| e.to_string())?;
         self.apply(c)
+    }
+}
+
+/// The next packet of the QUIC transport; pending forever without one.
+async fn quic_recv(
+    q: &mut Option<crate::quic::QuicLink>,
+) -> Option<crate::quic::Received<fleetboard_dataplane_core::PeerId>> {
+    match q {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,6 +41,7 @@ fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
         routes: vec![],
         admin: AdminConfig::default(),
         metrics_address: None,
+        quic: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
         allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         persistent_keepalive: Some(5),
         transport: None,
+        fingerprint: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`fleetboard_dataplane_core::mtu`] (QUIC adds 66 bytes on IPv4, 86 on IPv6).
 
 mod identity;
+mod link;
 mod stats;
 mod tls;
 mod transport;
@@ -20,6 +21,7 @@ use fleetboard_dataplane_core::mtu::{self, Encapsulation, UnderlayFamily};
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 pub use identity::{ClusterCa, Fingerprint, Identity, IdentityError, generate_identity_pem};
+pub use link::{LinkSend, QuicLink};
 pub use stats::{EndpointStats, PeerStats};
 pub use tls::udp_socket;
 pub use transport::{ALPN, MAX_BACKOFF, MIN_BACKOFF, QuicPeer, QuicTransport, Received, SendError};
