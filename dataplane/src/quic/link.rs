@@ -63,8 +63,6 @@ pub struct QuicLink {
     rx: mpsc::Receiver<Received<PeerId>>,
     peers: HashMap<PeerId, QuicPeer<PeerId>, BuildHasherDefault<IdHasher>>,
     keys: Vec<(PublicKey, PeerId)>,
-    router_v4: Option<IpAddr>,
-    router_v6: Option<IpAddr>,
     mss_v4: u16,
     mss_v6: u16,
     icmp: Vec<u8>,
@@ -110,21 +108,11 @@ impl QuicLink {
             );
         }
         let (transport, rx) = QuicTransport::bind(qc)?;
-        let addr = |v4: bool| {
-            config
-                .interface
-                .addresses
-                .iter()
-                .map(|n| n.addr())
-                .find(|a| a.is_ipv4() == v4)
-        };
         let mut link = Self {
             transport,
             rx,
             peers: HashMap::default(),
             keys: Vec::new(),
-            router_v4: addr(true),
-            router_v6: addr(false),
             mss_v4: mtu::mss_for_mtu(tunnel_mtu, false),
             mss_v6: mtu::mss_for_mtu(tunnel_mtu, true),
             icmp: vec![0u8; icmp::ICMPV6_ERROR_MAX],
@@ -194,11 +182,12 @@ impl QuicLink {
             Ok(()) => LinkSend::Sent,
             Err(SendError::NotConnected) => LinkSend::Dropped(DropReason::NoEndpoint),
             Err(SendError::TooBig { max }) => {
-                let router = if packet.first().map(|b| b >> 4) == Some(6) {
-                    self.router_v6
-                } else {
-                    self.router_v4
-                };
+                // Sourced from the packet's own destination (as if the far end answered):
+                // the sending host drops an error sourced from its own address as martian,
+                // and rp_filter accepts this one since that address routes into the TUN.
+                let router = fleetboard_dataplane_core::wire::IpHeader::parse(packet)
+                    .ok()
+                    .map(|h| h.dst);
                 let mtu = u16::try_from(max).unwrap_or(u16::MAX);
                 let icmp_len = router
                     .and_then(|r| icmp::packet_too_big(packet, mtu, r, &mut self.icmp).ok())
