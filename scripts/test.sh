@@ -19,5 +19,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # One build of the workspace (bins + tests), then the tests; the e2e tests find the
 # binaries next to themselves.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-run
 cargo test --workspace --locked -- --test-threads="${FLEETBOARD_TEST_THREADS:-4}"

@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use fleetboard_dataplane_core::{Action, Dataplane, DataplaneConfig, DropReason, MAX_PACKET};
-use tokio::net::UdpSocket;
+
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::admin::{self, AdminCall, Request, Response};
+use crate::udp::{RX_BUFFERS, RxBatch, TxBatch, UdpIo};
 use crate::{config_file, metrics};
 
 /// Packets taken from one source per loop turn. 64 keeps a turn under ~100 µs of crypto
@@ -76,8 +77,7 @@ pub enum DriverError {
 /// The running dataplane's sockets and state.
 pub struct DataplaneDriver {
     core: Dataplane,
-    udp: UdpSocket,
-    udp_v6: bool,
+    udp: UdpIo,
     tun: AsyncDevice,
     config_path: Option<PathBuf>,
     calls_tx: mpsc::Sender<AdminCall>,
@@ -112,8 +112,7 @@ impl DataplaneDriver {
         let std_sock = StdUdpSocket::bind(addr)
             .and_then(|s| s.set_nonblocking(true).map(|_| s))
             .map_err(|source| DriverError::Udp { addr, source })?;
-        let udp =
-            UdpSocket::from_std(std_sock).map_err(|source| DriverError::Udp { addr, source })?;
+        let udp = UdpIo::new(std_sock).map_err(|source| DriverError::Udp { addr, source })?;
         let tun = open_tun(&config).map_err(|source| DriverError::Tun {
             name: config.interface.name.clone(),
             source,
@@ -139,7 +138,6 @@ impl DataplaneDriver {
         );
         Ok(Self {
             core,
-            udp_v6: bind_ip.is_ipv6(),
             udp,
             tun,
             config_path,
@@ -181,8 +179,9 @@ impl DataplaneDriver {
             });
         }
         let mut hup = signal(SignalKind::hangup())?;
-        let mut rbuf = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET];
+        let mut rx = RxBatch::default();
+        let mut tx = TxBatch::default();
+        let mut tun_buf = vec![0u8; MAX_PACKET];
         tokio::pin!(shutdown);
         loop {
             let deadline = self
@@ -208,18 +207,21 @@ impl DataplaneDriver {
                 r = self.udp.readable() => {
                     r?;
                     let now = Instant::now();
-                    for _ in 0..BATCH {
-                        match self.udp.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => {
-                                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                                let a = self.core.handle_udp(now, from, &rbuf[..n], &mut out);
-                                self.perform(a, &out).await;
-                            }
+                    for _ in 0..BATCH.div_ceil(RX_BUFFERS) {
+                        let n = match self.udp.try_recv(&mut rx) {
+                            Ok(n) => n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => {
                                 // ICMP errors surface here (port unreachable); not fatal.
                                 tracing::debug!(error = %e, "udp recv");
                                 break;
+                            }
+                        };
+                        for i in 0..n {
+                            let (from, datagrams) = rx.datagrams(i);
+                            for d in datagrams {
+                                let a = self.core.handle_udp(now, from, d, tx.out());
+                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                         }
                     }
@@ -229,8 +231,8 @@ impl DataplaneDriver {
                     let mut next = Some(m);
                     let mut done = 0;
                     while let Some(m) = next {
-                        let a = self.core.handle_peer_packet(now, m.peer, &m.packet, &mut out);
-                        self.perform(a, &out).await;
+                        let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tx.out());
+                        perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         done += 1;
                         next = if done < BATCH {
                             self.quic.as_mut().and_then(|q| q.try_recv())
@@ -242,13 +244,13 @@ impl DataplaneDriver {
                 r = self.tun.readable() => {
                     r?;
                     for _ in 0..BATCH {
-                        match self.tun.try_recv(&mut rbuf) {
+                        match self.tun.try_recv(&mut tun_buf) {
                             Ok(n) => {
                                 if let Some(q) = &self.quic {
-                                    q.clamp_mss(&mut rbuf[..n]);
+                                    q.clamp_mss(&mut tun_buf[..n]);
                                 }
-                                let a = self.core.handle_tun(&rbuf[..n], &mut out);
-                                self.perform(a, &out).await;
+                                let a = self.core.handle_tun(&tun_buf[..n], tx.out());
+                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => return Err(e.into()),
@@ -256,82 +258,15 @@ impl DataplaneDriver {
                     }
                 }
             }
-            while let Some(t) = self.core.poll_transmit(&mut out) {
-                self.send_udp(t.dst, t.peer, &out[..t.len]).await;
+            while let Some(t) = self.core.poll_transmit(tx.out()) {
+                tx.push(&self.udp, &mut self.core, t.dst, t.peer, t.len)
+                    .await;
             }
+            tx.flush(&self.udp, &mut self.core).await;
         }
         let _ = std::fs::remove_file(&self.admin_path);
         tracing::info!("dataplane stopped");
         Ok(())
-    }
-
-    async fn perform(&mut self, a: Action, out: &[u8]) {
-        match a {
-            Action::None => {}
-            Action::SendUdp(t) => self.send_udp(t.dst, t.peer, &out[..t.len]).await,
-            Action::WriteTun { len } => {
-                let r = match self.tun.try_send(&out[..len]) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.tun.send(&out[..len]).await
-                    }
-                    r => r,
-                };
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "tun send");
-                    self.core.count_drop(None, DropReason::SendFailed);
-                }
-            }
-            Action::SendPeer {
-                peer,
-                transport: fleetboard_dataplane_core::Transport::Quic,
-                len,
-            } if self.quic.is_some() => self.send_quic(peer, &out[..len]).await,
-            Action::SendPeer {
-                peer, transport, ..
-            } => {
-                tracing::trace!(%transport, "no such transport in this build");
-                self.core
-                    .count_drop(Some(peer), DropReason::TransportUnavailable);
-            }
-        }
-    }
-
-    async fn send_quic(&mut self, peer: fleetboard_dataplane_core::PeerId, packet: &[u8]) {
-        use crate::quic::LinkSend;
-        let Some(q) = self.quic.as_mut() else { return };
-        match q.send(peer, packet) {
-            LinkSend::Sent => {}
-            LinkSend::Dropped(r) => self.core.count_drop(Some(peer), r),
-            LinkSend::TooBig { icmp_len } => {
-                self.core.count_drop(Some(peer), DropReason::TooLarge);
-                if icmp_len > 0 {
-                    let icmp = q.icmp(icmp_len);
-                    if let Err(e) = self.tun.try_send(icmp) {
-                        tracing::debug!(error = %e, "tun send icmp");
-                    }
-                }
-            }
-        }
-    }
-
-    async fn send_udp(
-        &mut self,
-        dst: SocketAddr,
-        peer: Option<fleetboard_dataplane_core::PeerId>,
-        data: &[u8],
-    ) {
-        let dst = match (self.udp_v6, dst.ip()) {
-            (true, IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), dst.port()),
-            _ => dst,
-        };
-        let r = match self.udp.try_send_to(data, dst) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.udp.send_to(data, dst).await,
-            r => r,
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, %dst, "udp send");
-            self.core.count_drop(peer, DropReason::SendFailed);
-        }
     }
 
     fn handle_admin(&mut self, req: Request) -> Response {
@@ -382,6 +317,70 @@ impl DataplaneDriver {
         };
         let c = config_file::load(&path).map_err(|e| e.to_string())?;
         self.apply(c)
+    }
+}
+
+/// Carries out what the core decided for one packet (its bytes are at `tx.out()`).
+async fn perform(
+    a: Action,
+    tx: &mut TxBatch,
+    udp: &UdpIo,
+    tun: &AsyncDevice,
+    core: &mut Dataplane,
+    quic: &mut Option<crate::quic::QuicLink>,
+) {
+    match a {
+        Action::None => {}
+        Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
+        Action::WriteTun { len } => {
+            let pkt = &tx.out()[..len];
+            let r = match tun.try_send(pkt) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tun.send(pkt).await,
+                r => r,
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tun send");
+                core.count_drop(None, DropReason::SendFailed);
+            }
+        }
+        Action::SendPeer {
+            peer,
+            transport: fleetboard_dataplane_core::Transport::Quic,
+            len,
+        } if quic.is_some() => {
+            if let Some(q) = quic.as_mut() {
+                send_quic(q, peer, &tx.out()[..len], tun, core);
+            }
+        }
+        Action::SendPeer {
+            peer, transport, ..
+        } => {
+            tracing::trace!(%transport, "no such transport in this build");
+            core.count_drop(Some(peer), DropReason::TransportUnavailable);
+        }
+    }
+}
+
+/// Hands a packet to the QUIC transport; a too-big one is answered with ICMP on the TUN.
+fn send_quic(
+    q: &mut crate::quic::QuicLink,
+    peer: fleetboard_dataplane_core::PeerId,
+    packet: &[u8],
+    tun: &AsyncDevice,
+    core: &mut Dataplane,
+) {
+    use crate::quic::LinkSend;
+    match q.send(peer, packet) {
+        LinkSend::Sent => {}
+        LinkSend::Dropped(r) => core.count_drop(Some(peer), r),
+        LinkSend::TooBig { icmp_len } => {
+            core.count_drop(Some(peer), DropReason::TooLarge);
+            if icmp_len > 0
+                && let Err(e) = tun.try_send(q.icmp(icmp_len))
+            {
+                tracing::debug!(error = %e, "tun send icmp");
+            }
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod driver;
 pub mod metrics;
 pub mod quic;
 pub mod show;
+pub mod udp;
 
 pub use admin::{AdminClient, AdminError, Request, Response};
 pub use driver::{DataplaneDriver, DriverError};

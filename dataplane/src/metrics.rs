@@ -17,14 +17,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{AdminCall, Request, Response};
 
+/// Name, help and value of one per-peer counter.
+type PeerMetric = (
+    &'static str,
+    &'static str,
+    fn(&fleetboard_dataplane_core::PeerStatus) -> u64,
+);
+
 /// Renders the status in the Prometheus text format.
 pub fn render(s: &DataplaneStatus) -> String {
     let mut o = String::with_capacity(4096);
-    let peer_metrics: [(
-        &str,
-        &str,
-        fn(&fleetboard_dataplane_core::PeerStatus) -> u64,
-    ); 4] = [
+    let peer_metrics: [PeerMetric; 4] = [
         (
             "fleetboard_peer_rx_bytes_total",
             "Underlay bytes received from the peer.",

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# First FleetBoard dataplane benchmark: iperf3 (one TCP stream) in one run over
+#   1. the raw underlay: gw-a -> gw-b over veth + bridge, no tunnel;
+#   2. the tunnel, one hop: gw-a -> hub's overlay address (100.64.0.1);
+#   3. the tunnel through the hub relay: gw-a -> hub -> gw-b (100.64.1.1 -> 100.64.2.1).
+# Writes the figures and the exact command to perf/RESULTS.md. Needs root.
+#
+#   perf/bench.sh                     # release build, 10 s per measurement
+#   DURATION=5 perf/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "bench: needs root"; exit 1; }
+command -v iperf3 >/dev/null || scripts/install-deps.sh
+if [ -z "${FLEETBOARD:-}" ]; then
+    cargo build --release -p fleetboard >&2
+    FLEETBOARD="${CARGO_TARGET_DIR:-target}/release/fleetboard"
+fi
+FB="$(realpath "$FLEETBOARD")"
+DURATION="${DURATION:-10}"
+
+source scripts/topology.sh
+topo_up
+topo_wait
+
+raw=$(iperf_gbps "$GA" 198.18.0.3 "$GB" "$DURATION")
+echo "bench: raw veth+bridge      $raw Gbit/s"
+direct=$(iperf_gbps "$GA" 100.64.0.1 "$HUB" "$DURATION")
+echo "bench: tunnel gw-a -> hub   $direct Gbit/s"
+relay=$(iperf_gbps "$GA" 100.64.2.1 "$GB" "$DURATION")
+echo "bench: tunnel via hub relay $relay Gbit/s"
+
+cat >perf/RESULTS.md <<MD
+# Dataplane throughput
+
+Command (as root, from the repository root): \`DURATION=$DURATION perf/bench.sh\`
+(release build; one iperf3 TCP stream, ${DURATION} s each; namespaces and bridge as in
+\`scripts/topology.sh\`).
+
+Run: $(date -u +"%Y-%m-%d %H:%M UTC"), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),
+\`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`, machine shared with other builds.
+
+| path | Gbit/s |
+|---|---|
+| raw underlay (veth + bridge, no tunnel) | $raw |
+| tunnel, one hop (gw-a -> hub overlay address) | $direct |
+| tunnel through the hub relay (gw-a -> hub -> gw-b) | $relay |
+
+Notes: the dataplane is one tokio task per node (current-thread runtime), one packet per
+syscall on TUN and UDP (batching is readiness-based: up to 64 packets per source per loop
+turn), no GSO/GRO or TUN offload yet. In the relay case three dataplanes and iperf3 share
+the cores.
+MD
+echo "bench: wrote perf/RESULTS.md"
