@@ -30,6 +30,7 @@ echo "bench: tunnel gw-a -> hub   $direct Gbit/s"
 relay=$(iperf_gbps "$GA" 100.64.2.1 "$GB" "$DURATION")
 echo "bench: tunnel via hub relay $relay Gbit/s"
 
+offload=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/a.log" | grep -ao 'offload=[a-z]*' | head -1 || true)
 cat >perf/RESULTS.md <<MD
 # Dataplane throughput
 
@@ -46,9 +47,10 @@ Run: $(date -u +"%Y-%m-%d %H:%M UTC"), $(nproc) cores ($(grep -m1 'model name' /
 | tunnel, one hop (gw-a -> hub overlay address) | $direct |
 | tunnel through the hub relay (gw-a -> hub -> gw-b) | $relay |
 
-Notes: the dataplane is one tokio task per node (current-thread runtime), one packet per
-syscall on TUN and UDP (batching is readiness-based: up to 64 packets per source per loop
-turn), no GSO/GRO or TUN offload yet. In the relay case three dataplanes and iperf3 share
-the cores.
+Dataplane I/O: one tokio task per node (current-thread runtime); UDP with recvmmsg + GRO and
+GSO sends (quinn-udp); TUN with TCP segmentation offload when available (this run:
+TUN ${offload:-offload=unknown}), one packet per TUN write. In the relay case three dataplanes
+and iperf3 share the cores; the machine was shared with other builds (load average
+$(cut -d' ' -f1 /proc/loadavg) at the end of the run), so figures are indicative.
 MD
 echo "bench: wrote perf/RESULTS.md"

@@ -12,13 +12,13 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fleetboard_dataplane_core::{Action, Dataplane, DataplaneConfig, DropReason, MAX_PACKET};
+use fleetboard_dataplane_core::{Action, Dataplane, DataplaneConfig, DropReason};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::admin::{self, AdminCall, Request, Response};
+use crate::tun::{TunIo, TunRx};
 use crate::udp::{RX_BUFFERS, RxBatch, TxBatch, UdpIo};
 use crate::{config_file, metrics};
 
@@ -78,7 +78,7 @@ pub enum DriverError {
 pub struct DataplaneDriver {
     core: Dataplane,
     udp: UdpIo,
-    tun: AsyncDevice,
+    tun: TunIo,
     config_path: Option<PathBuf>,
     calls_tx: mpsc::Sender<AdminCall>,
     calls_rx: mpsc::Receiver<AdminCall>,
@@ -113,7 +113,7 @@ impl DataplaneDriver {
             .and_then(|s| s.set_nonblocking(true).map(|_| s))
             .map_err(|source| DriverError::Udp { addr, source })?;
         let udp = UdpIo::new(std_sock).map_err(|source| DriverError::Udp { addr, source })?;
-        let tun = open_tun(&config).map_err(|source| DriverError::Tun {
+        let tun = TunIo::open(&config).map_err(|source| DriverError::Tun {
             name: config.interface.name.clone(),
             source,
         })?;
@@ -181,7 +181,7 @@ impl DataplaneDriver {
         let mut hup = signal(SignalKind::hangup())?;
         let mut rx = RxBatch::default();
         let mut tx = TxBatch::default();
-        let mut tun_buf = vec![0u8; MAX_PACKET];
+        let mut tun_rx = TunRx::default();
         tokio::pin!(shutdown);
         loop {
             let deadline = self
@@ -243,18 +243,26 @@ impl DataplaneDriver {
                 }
                 r = self.tun.readable() => {
                     r?;
-                    for _ in 0..BATCH {
-                        match self.tun.try_recv(&mut tun_buf) {
-                            Ok(n) => {
-                                if let Some(q) = &self.quic {
-                                    q.clamp_mss(&mut tun_buf[..n]);
-                                }
-                                let a = self.core.handle_tun(&tun_buf[..n], tx.out());
-                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
-                            }
+                    let mut taken = 0;
+                    while taken < BATCH {
+                        let n = match self.tun.try_recv(&mut tun_rx) {
+                            Ok(n) => n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
+                            Err(e) => {
+                                // A read the offload layer could not parse: drop, go on.
+                                tracing::debug!(error = %e, "tun recv");
+                                self.core.count_drop(None, DropReason::Malformed);
+                                break;
+                            }
+                        };
+                        for i in 0..n {
+                            if let Some(q) = &self.quic {
+                                q.clamp_mss(tun_rx.packet_mut(i));
+                            }
+                            let a = self.core.handle_tun(tun_rx.packet(i), tx.out());
+                            perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         }
+                        taken += n.max(1);
                     }
                 }
             }
@@ -325,7 +333,7 @@ async fn perform(
     a: Action,
     tx: &mut TxBatch,
     udp: &UdpIo,
-    tun: &AsyncDevice,
+    tun: &TunIo,
     core: &mut Dataplane,
     quic: &mut Option<crate::quic::QuicLink>,
 ) {
@@ -333,12 +341,7 @@ async fn perform(
         Action::None => {}
         Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
         Action::WriteTun { len } => {
-            let pkt = &tx.out()[..len];
-            let r = match tun.try_send(pkt) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tun.send(pkt).await,
-                r => r,
-            };
-            if let Err(e) = r {
+            if let Err(e) = tun.send(&tx.out()[..len]).await {
                 tracing::debug!(error = %e, "tun send");
                 core.count_drop(None, DropReason::SendFailed);
             }
@@ -355,6 +358,8 @@ async fn perform(
         Action::SendPeer {
             peer, transport, ..
         } => {
+            // The QUIC transport (dataplane/src/quic/) plugs in here: hand it
+            // `tx.out()[..len]`, the plaintext packet for `peer`.
             tracing::trace!(%transport, "no such transport in this build");
             core.count_drop(Some(peer), DropReason::TransportUnavailable);
         }
@@ -366,7 +371,7 @@ fn send_quic(
     q: &mut crate::quic::QuicLink,
     peer: fleetboard_dataplane_core::PeerId,
     packet: &[u8],
-    tun: &AsyncDevice,
+    tun: &TunIo,
     core: &mut Dataplane,
 ) {
     use crate::quic::LinkSend;
@@ -392,18 +397,4 @@ async fn quic_recv(
         Some(q) => q.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Creates the TUN device with the configured name, MTU and addresses (brought up).
-fn open_tun(c: &DataplaneConfig) -> io::Result<AsyncDevice> {
-    let mut b = DeviceBuilder::new()
-        .name(c.interface.name.clone())
-        .mtu(c.interface.mtu);
-    for a in &c.interface.addresses {
-        b = match a {
-            ipnet::IpNet::V4(n) => b.ipv4(n.addr(), n.prefix_len(), None),
-            ipnet::IpNet::V6(n) => b.ipv6(n.addr(), n.prefix_len()),
-        };
-    }
-    b.build_async()
 }

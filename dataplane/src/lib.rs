@@ -20,7 +20,9 @@
 //!   against P's allowed CIDRs (cryptokey routing) and returns `WriteTun` or a relay action,
 //!   exactly as for wg. The transport finds peers with `core.peers()` / `core.peer(id)` /
 //!   `core.peer_by_key(key)` (endpoint, public key, allowed IPs), and must re-read them after
-//!   `apply_config` (the driver tells it with its `on_config` hook).
+//!   every `apply_config` (admin call or SIGHUP, both in `driver.rs`).
+//! - In `driver.rs` the `Action::SendPeer` arm of `perform` is where the QUIC transport is
+//!   called; its receive path feeds `handle_peer_packet` from the event loop's `select!`.
 //!
 //! The driver is one task owning the core (no lock on the hot path); admin requests and
 //! reloads reach it over a channel.
@@ -31,6 +33,7 @@ pub mod driver;
 pub mod metrics;
 pub mod quic;
 pub mod show;
+pub mod tun;
 pub mod udp;
 
 pub use admin::{AdminClient, AdminError, Request, Response};

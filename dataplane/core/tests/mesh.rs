@@ -275,3 +275,76 @@ fn removing_a_peer_at_runtime_stops_its_traffic_only() {
     let got: Vec<&[u8]> = m.nodes[0].tun_out.iter().map(|p| &p[28..]).collect();
     assert_eq!(got, vec![&b"a"[..], b"b", b"a2"]);
 }
+
+#[test]
+fn non_wg_peers_get_plaintext_for_their_transport() {
+    let now = Instant::now();
+    let mut cfg = config(
+        1,
+        "100.64.0.1/10",
+        vec![
+            peer(2, None, &["100.64.1.0/24"]),
+            peer(3, None, &["100.64.2.0/24"]),
+        ],
+    );
+    cfg.peers[1].transport = Some(Transport::Quic);
+    let mut dp = Dataplane::new(cfg, now).unwrap();
+    let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
+    let mut out = vec![0; MAX_PACKET];
+
+    // TUN -> quic peer: the plaintext packet, for the transport to carry.
+    let pkt = ipv4_udp([100, 64, 0, 1], [100, 64, 2, 5], b"over quic");
+    match dp.handle_tun(&pkt, &mut out) {
+        Action::SendPeer {
+            peer,
+            transport,
+            len,
+        } => {
+            assert_eq!((peer, transport), (quic_peer, Transport::Quic));
+            assert_eq!(&out[..len], &pkt[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // quic peer -> TUN, with the cryptokey-routing source check.
+    let back = ipv4_udp([100, 64, 2, 5], [100, 64, 0, 1], b"back");
+    assert_eq!(
+        dp.handle_peer_packet(now, quic_peer, &back, &mut out),
+        Action::WriteTun { len: back.len() }
+    );
+    let spoof = ipv4_udp([100, 64, 1, 5], [100, 64, 0, 1], b"spoof");
+    assert_eq!(
+        dp.handle_peer_packet(now, quic_peer, &spoof, &mut out),
+        Action::None
+    );
+    assert_eq!(dp.drops().get(DropReason::SourceNotAllowed), 1);
+}
+
+#[test]
+fn a_peer_that_changes_address_keeps_working() {
+    let mut m = Mesh::hub_and_spokes();
+    m.send_tun(
+        1,
+        &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"from old address"),
+    );
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    // a's NAT mapping changes: same keys, new source address and port.
+    m.nodes[1].addr = "198.18.0.22:40000".parse().unwrap();
+    m.send_tun(
+        1,
+        &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"from new address"),
+    );
+    m.run();
+    // The hub learnt the new endpoint from the authenticated packet: b's reply reaches a.
+    let reply = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"reply to roamed a");
+    m.send_tun(2, &reply);
+    m.run();
+    assert_eq!(m.nodes[1].tun_out.last(), Some(&reply));
+    let hub = m.nodes[0].dp.status();
+    let a = hub
+        .peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some("n2"))
+        .unwrap();
+    assert_eq!(a.endpoint, Some("198.18.0.22:40000".parse().unwrap()));
+}
