@@ -288,6 +288,10 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
         ],
     );
     cfg.peers[1].transport = Some(Transport::Quic);
+    // A quic peer needs a pinned key and this node a QUIC identity (config validation).
+    cfg.peers[1].fingerprint = Some("ab".repeat(32));
+    cfg.quic.certificate = Some("/etc/fleetboard/quic.crt".into());
+    cfg.quic.private_key = Some("/etc/fleetboard/quic.key".into());
     let mut dp = Dataplane::new(cfg, now).unwrap();
     let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
     let mut out = vec![0; MAX_PACKET];
