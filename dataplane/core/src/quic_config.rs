@@ -150,6 +150,65 @@ pub(crate) fn validate(c: &DataplaneConfig, err: &mut impl FnMut(String, String)
 mod tests {
     use super::*;
 
+    fn config(yaml_peers: &str, quic: &str) -> DataplaneConfig {
+        let json = format!(
+            r#"{{"interface": {{"addresses": ["100.64.1.1/10"]}},
+                "private_key": "{}",
+                "peers": [{yaml_peers}], "quic": {{{quic}}}}}"#,
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn fields(c: &DataplaneConfig) -> Vec<String> {
+        c.validate()
+            .err()
+            .map(|e| e.0.into_iter().map(|f| f.field).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn quic_config_errors_name_the_field() {
+        let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        let quic_peer = format!(r#"{{"public_key": "{key}", "transport": "quic"}}"#);
+        let c = config(&quic_peer, "");
+        assert_eq!(
+            fields(&c),
+            [
+                "peers[0].fingerprint",
+                "quic.certificate",
+                "quic.private_key"
+            ]
+        );
+        let fp = "ab".repeat(32);
+        let pinned =
+            format!(r#"{{"public_key": "{key}", "transport": "quic", "fingerprint": "{fp}"}}"#);
+        let ok = config(&pinned, r#""certificate": "/c", "private_key": "/k""#);
+        assert_eq!(fields(&ok), Vec::<String>::new());
+        assert_eq!(ok.quic.listen_port, DEFAULT_QUIC_PORT);
+        let bad_fp = pinned.replace(&fp, "nope");
+        assert_eq!(
+            fields(&config(
+                &bad_fp,
+                r#""certificate": "/c", "private_key": "/k""#
+            )),
+            ["peers[0].fingerprint"]
+        );
+        let same_port = config(
+            &pinned,
+            r#""certificate": "/c", "private_key": "/k", "listen_port": 31820"#,
+        );
+        assert_eq!(fields(&same_port), ["quic.listen_port"]);
+        let ca_unnamed = config(
+            &quic_peer,
+            r#""certificate": "/c", "private_key": "/k", "ca": "/ca""#,
+        );
+        assert_eq!(fields(&ca_unnamed), ["peers[0].name"]);
+        // wg-only configs need nothing of this.
+        let wg = format!(r#"{{"public_key": "{key}"}}"#);
+        assert_eq!(fields(&config(&wg, "")), Vec::<String>::new());
+    }
+
     #[test]
     fn fingerprints_and_names() {
         assert!(fingerprint_is_valid(&"ab".repeat(32)));
