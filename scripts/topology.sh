@@ -4,6 +4,8 @@
 # dataplane in each. gw-a (100.64.1.1) and gw-b (100.64.2.1) know only the hub (198.18.0.1,
 # 100.64.0.1), which relays between them. Needs $FB (the fleetboard binary). Sets
 # $HUB $GA $GB $NET (namespace names) and $WORK (configs, logs); removes everything on EXIT.
+# TRANSPORT=quic (default wg) runs every tunnel over QUIC (identities from
+# `fleetboard quic-identity`, peers pinned by fingerprint, hub QUIC port 31821).
 
 T="d$$"                       # unique suffix: several runs can share the machine
 NET="fbd-net-$T" HUB="fbd-hub-$T" GA="fbd-gwa-$T" GB="fbd-gwb-$T"
@@ -42,14 +44,27 @@ topo_up() {
         "$FB" keygen >"$WORK/$n.key"
         "$FB" pubkey <"$WORK/$n.key" >"$WORK/$n.pub"
     done
+    # QUIC (TRANSPORT=quic): extra config lines per node ($n.quic) and per peer ($n.fp).
+    local hub_ep="198.18.0.1:31820"
+    for n in hub a b; do
+        : >"$WORK/$n.quic"
+        : >"$WORK/$n.fp"
+        if [ "${TRANSPORT:-wg}" = quic ]; then
+            printf ', fingerprint: "%s"' "$("$FB" quic-identity --name "gw-$n" --dir "$WORK/$n-quic")" >"$WORK/$n.fp"
+            printf 'transport: quic\nquic: { certificate: "%s", private_key: "%s" }\n' \
+                "$WORK/$n-quic/quic.crt" "$WORK/$n-quic/quic.key" >"$WORK/$n.quic"
+            hub_ep="198.18.0.1:31821"
+        fi
+    done
     cat >"$WORK/hub.yaml" <<YAML
 interface: { name: fb0, addresses: ["100.64.0.1/10"] }
 private_key: "$(key hub)"
 listen_port: 31820
 admin: { socket: "$WORK/hub.sock" }
+$(cat "$WORK/hub.quic")
 peers:
-  - { name: gw-a, public_key: "$(pub a)", allowed_ips: ["100.64.1.0/24"] }
-  - { name: gw-b, public_key: "$(pub b)", allowed_ips: ["100.64.2.0/24"] }
+  - { name: gw-a, public_key: "$(pub a)", allowed_ips: ["100.64.1.0/24"]$(cat "$WORK/a.fp") }
+  - { name: gw-b, public_key: "$(pub b)", allowed_ips: ["100.64.2.0/24"]$(cat "$WORK/b.fp") }
 YAML
     for n in a b; do
         local idx=1
@@ -59,8 +74,9 @@ interface: { name: fb0, addresses: ["100.64.$idx.1/10"] }
 private_key: "$(key $n)"
 listen_port: 31820
 admin: { socket: "$WORK/$n.sock" }
+$(cat "$WORK/$n.quic")
 peers:
-  - { name: hub, public_key: "$(pub hub)", endpoint: "198.18.0.1:31820", allowed_ips: ["100.64.0.0/10"], persistent_keepalive: 5 }
+  - { name: hub, public_key: "$(pub hub)", endpoint: "$hub_ep", allowed_ips: ["100.64.0.0/10"], persistent_keepalive: 5$(cat "$WORK/hub.fp") }
 YAML
     done
 

@@ -66,6 +66,9 @@ pub enum DriverError {
         /// The error.
         source: io::Error,
     },
+    /// The QUIC transport could not start (identity files, socket).
+    #[error("quic transport: {0}")]
+    Quic(#[from] crate::quic::QuicError),
     /// A fatal I/O error in the loop.
     #[error("dataplane I/O: {0}")]
     Io(#[from] io::Error),
@@ -82,6 +85,8 @@ pub struct DataplaneDriver {
     admin_listener: Option<tokio::net::UnixListener>,
     metrics_listener: Option<tokio::net::TcpListener>,
     admin_path: PathBuf,
+    /// The QUIC transport, when the config has a QUIC identity.
+    quic: Option<crate::quic::QuicLink>,
 }
 
 impl DataplaneDriver {
@@ -118,6 +123,10 @@ impl DataplaneDriver {
             source,
         })?;
         let (calls_tx, calls_rx) = mpsc::channel(ADMIN_QUEUE);
+        let mut quic = crate::quic::QuicLink::start(&config)?;
+        if let Some(q) = quic.as_mut() {
+            q.sync(&core);
+        }
         tracing::info!(
             public_key = %core.public_key(),
             udp = %udp.local_addr()?,
@@ -137,6 +146,7 @@ impl DataplaneDriver {
             admin_listener: Some(admin_listener),
             metrics_listener,
             admin_path,
+            quic,
         })
     }
 
@@ -211,9 +221,24 @@ impl DataplaneDriver {
                             let (from, datagrams) = rx.datagrams(i);
                             for d in datagrams {
                                 let a = self.core.handle_udp(now, from, d, tx.out());
-                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core).await;
+                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                         }
+                    }
+                }
+                Some(m) = quic_recv(&mut self.quic) => {
+                    let now = Instant::now();
+                    let mut next = Some(m);
+                    let mut done = 0;
+                    while let Some(m) = next {
+                        let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tx.out());
+                        perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                        done += 1;
+                        next = if done < BATCH {
+                            self.quic.as_mut().and_then(|q| q.try_recv())
+                        } else {
+                            None
+                        };
                     }
                 }
                 r = self.tun.readable() => {
@@ -231,8 +256,11 @@ impl DataplaneDriver {
                             }
                         };
                         for i in 0..n {
+                            if let Some(q) = &self.quic {
+                                q.clamp_mss(tun_rx.packet_mut(i));
+                            }
                             let a = self.core.handle_tun(tun_rx.packet(i), tx.out());
-                            perform(a, &mut tx, &self.udp, &self.tun, &mut self.core).await;
+                            perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         }
                         taken += n.max(1);
                     }
@@ -251,7 +279,13 @@ impl DataplaneDriver {
 
     fn handle_admin(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => Response::Status(Box::new(self.core.status())),
+            Request::Status => {
+                let mut st = self.core.status();
+                if let Some(q) = &self.quic {
+                    q.fill_status(&mut st);
+                }
+                Response::Status(Box::new(st))
+            }
             Request::GetConfig => Response::Config(Box::new(self.core.config().clone())),
             Request::Reload => match self.reload() {
                 Ok(()) => Response::Ok,
@@ -278,6 +312,9 @@ impl DataplaneDriver {
             tracing::warn!("interface, listen, admin and metrics settings change only on restart");
         }
         self.core.apply_config(c).map_err(|e| e.to_string())?;
+        if let Some(q) = self.quic.as_mut() {
+            q.sync(&self.core);
+        }
         tracing::info!(peers = self.core.config().peers.len(), "config applied");
         Ok(())
     }
@@ -292,7 +329,14 @@ impl DataplaneDriver {
 }
 
 /// Carries out what the core decided for one packet (its bytes are at `tx.out()`).
-async fn perform(a: Action, tx: &mut TxBatch, udp: &UdpIo, tun: &TunIo, core: &mut Dataplane) {
+async fn perform(
+    a: Action,
+    tx: &mut TxBatch,
+    udp: &UdpIo,
+    tun: &TunIo,
+    core: &mut Dataplane,
+    quic: &mut Option<crate::quic::QuicLink>,
+) {
     match a {
         Action::None => {}
         Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
@@ -303,6 +347,15 @@ async fn perform(a: Action, tx: &mut TxBatch, udp: &UdpIo, tun: &TunIo, core: &m
             }
         }
         Action::SendPeer {
+            peer,
+            transport: fleetboard_dataplane_core::Transport::Quic,
+            len,
+        } if quic.is_some() => {
+            if let Some(q) = quic.as_mut() {
+                send_quic(q, peer, &tx.out()[..len], tun, core);
+            }
+        }
+        Action::SendPeer {
             peer, transport, ..
         } => {
             // The QUIC transport (dataplane/src/quic/) plugs in here: hand it
@@ -310,5 +363,38 @@ async fn perform(a: Action, tx: &mut TxBatch, udp: &UdpIo, tun: &TunIo, core: &m
             tracing::trace!(%transport, "no such transport in this build");
             core.count_drop(Some(peer), DropReason::TransportUnavailable);
         }
+    }
+}
+
+/// Hands a packet to the QUIC transport; a too-big one is answered with ICMP on the TUN.
+fn send_quic(
+    q: &mut crate::quic::QuicLink,
+    peer: fleetboard_dataplane_core::PeerId,
+    packet: &[u8],
+    tun: &TunIo,
+    core: &mut Dataplane,
+) {
+    use crate::quic::LinkSend;
+    match q.send(peer, packet) {
+        LinkSend::Sent => {}
+        LinkSend::Dropped(r) => core.count_drop(Some(peer), r),
+        LinkSend::TooBig { icmp_len } => {
+            core.count_drop(Some(peer), DropReason::TooLarge);
+            if icmp_len > 0
+                && let Err(e) = tun.try_send(q.icmp(icmp_len))
+            {
+                tracing::debug!(error = %e, "tun send icmp");
+            }
+        }
+    }
+}
+
+/// The next packet of the QUIC transport; pending forever without one.
+async fn quic_recv(
+    q: &mut Option<crate::quic::QuicLink>,
+) -> Option<crate::quic::Received<fleetboard_dataplane_core::PeerId>> {
+    match q {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -22,6 +22,16 @@ enum Command {
     Keygen,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
+    /// Write a QUIC identity (`<dir>/quic.key`, `<dir>/quic.crt`, self-signed for `--name`)
+    /// and print its fingerprint: the value peers pin as `fingerprint`.
+    QuicIdentity {
+        /// Gateway name (certificate DNS name).
+        #[arg(long)]
+        name: String,
+        /// Folder to write the key and certificate into.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Print the version and exit.
     Version,
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
@@ -34,6 +44,17 @@ fn main() -> anyhow::Result<()> {
         Command::Dataplane(args) => dataplane::main(args),
         Command::Keygen => keys::genkey(),
         Command::Pubkey => keys::pubkey(),
+        Command::QuicIdentity { name, dir } => {
+            let (key, cert, fp) = fleetboard_dataplane::quic::generate_identity_pem(&name)?;
+            std::fs::create_dir_all(&dir)?;
+            let key_path = dir.join("quic.key");
+            std::fs::write(&key_path, key)?;
+            std::fs::write(dir.join("quic.crt"), cert)?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+            println!("{fp}");
+            Ok(())
+        }
         Command::Version => {
             println!("fleetboard {}", env!("CARGO_PKG_VERSION"));
             Ok(())

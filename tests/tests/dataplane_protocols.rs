@@ -5,11 +5,21 @@ mod dataplane_support;
 use std::time::Duration;
 
 use dataplane_support::*;
+use fleetboard_dataplane::core::Transport;
 use fleetboard_tests::process::{ChildGuard, wait_for};
 
 #[test]
 fn icmp_udp_and_ipv6_cross_the_hub() {
-    let t = Topology::up();
+    icmp_udp_ipv6(Transport::Wg);
+}
+
+#[test]
+fn quic_icmp_udp_and_ipv6_cross_the_hub() {
+    icmp_udp_ipv6(Transport::Quic);
+}
+
+fn icmp_udp_ipv6(transport: Transport) {
+    let t = Topology::up_with(transport);
     // ICMP both ways, v4 and v6, and to the hub itself.
     t.a.wait_ping(B_V4, &t.logs());
     t.b.wait_ping(A_V4, &t.logs());

@@ -3,10 +3,20 @@
 mod dataplane_support;
 
 use dataplane_support::*;
+use fleetboard_dataplane::core::Transport;
 
 #[test]
 fn tcp_64mib_through_the_hub_arrives_byte_identical() {
-    let t = Topology::up();
+    relay_64mib(Transport::Wg);
+}
+
+#[test]
+fn quic_tcp_64mib_through_the_hub_arrives_byte_identical() {
+    relay_64mib(Transport::Quic);
+}
+
+fn relay_64mib(transport: Transport) {
+    let t = Topology::up_with(transport);
     let (file, want) = random_file(&t.dir.0, 64);
     let got = tcp_transfer(&t.dir.0, &t.a, &t.b, B_V4, &file);
     assert_eq!(

@@ -77,6 +77,9 @@ pub struct DataplaneConfig {
     /// Address of the HTTP server with `/metrics`, `/live`, `/ready` (none = not served).
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
+    /// The QUIC transport (identity, port, underlay MTU); used when a peer's transport is quic.
+    #[serde(default)]
+    pub quic: crate::quic_config::QuicSettings,
 }
 
 fn default_listen_port() -> u16 {
@@ -126,6 +129,9 @@ pub struct PeerConfig {
     /// Transport for this peer (default: the global `transport`).
     #[serde(default)]
     pub transport: Option<Transport>,
+    /// QUIC: pinned SHA-256 of the peer's certificate public key (base64 or hex).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// An extra route: `cidr` goes to `peer` (also accepted as source from it).
@@ -304,6 +310,7 @@ impl DataplaneConfig {
                 );
             }
         }
+        crate::quic_config::validate(self, &mut err);
         if self.admin.socket.as_os_str().is_empty() {
             err("admin.socket".into(), "must not be empty".into());
         }
@@ -337,10 +344,12 @@ mod tests {
                 allowed_ips: vec!["100.64.0.0/10".parse().unwrap()],
                 persistent_keepalive: Some(25),
                 transport: None,
+                fingerprint: None,
             }],
             routes: vec![],
             admin: AdminConfig::default(),
             metrics_address: None,
+            quic: Default::default(),
         }
     }
 

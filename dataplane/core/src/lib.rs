@@ -21,6 +21,7 @@ pub mod mss;
 pub mod mtu;
 pub mod node;
 pub mod peer;
+pub mod quic_config;
 pub mod route;
 pub mod session;
 pub mod wire;

@@ -30,10 +30,12 @@ fn dp() -> Dataplane {
             ],
             persistent_keepalive: None,
             transport: None,
+            fingerprint: None,
         }],
         routes: vec![],
         admin: AdminConfig::default(),
         metrics_address: None,
+        quic: Default::default(),
     };
     Dataplane::new(cfg, Instant::now()).unwrap()
 }

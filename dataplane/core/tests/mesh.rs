@@ -41,6 +41,7 @@ fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
         routes: vec![],
         admin: AdminConfig::default(),
         metrics_address: None,
+        quic: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
         allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         persistent_keepalive: Some(5),
         transport: None,
+        fingerprint: None,
     }
 }
 
@@ -286,6 +288,10 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
         ],
     );
     cfg.peers[1].transport = Some(Transport::Quic);
+    // A quic peer needs a pinned key and this node a QUIC identity (config validation).
+    cfg.peers[1].fingerprint = Some("ab".repeat(32));
+    cfg.quic.certificate = Some("/etc/fleetboard/quic.crt".into());
+    cfg.quic.private_key = Some("/etc/fleetboard/quic.key".into());
     let mut dp = Dataplane::new(cfg, now).unwrap();
     let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
     let mut out = vec![0; MAX_PACKET];

@@ -6,8 +6,31 @@
 //! [`QuicTransport::upsert_peer`] give a [`QuicPeer`] handle per peer to send with; received
 //! packets arrive as [`Received`] on the channel `bind` returns. Sizes: see
 //! [`fleetboard_dataplane_core::mtu`] (QUIC adds 66 bytes on IPv4, 86 on IPv6).
+//!
+//! # In the dataplane config
+//!
+//! ```yaml
+//! transport: quic                 # default for peers; or per peer `transport: quic|wg`
+//! quic:
+//!   listen_port: 31821            # beside WireGuard's 31820
+//!   certificate: /etc/fleetboard/quic.crt   # `fleetboard quic-identity --name gw-a --dir ...`
+//!   private_key: /etc/fleetboard/quic.key
+//!   ca: /etc/fleetboard/ca.crt    # optional: trust certificates this CA issued per peer name
+//!   underlay_mtu: 1500
+//! peers:
+//!   - name: hub
+//!     public_key: ...             # still the peer's id in routes and status
+//!     endpoint: 198.18.0.1:31821  # the peer's QUIC port; without it we only accept
+//!     fingerprint: 47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=   # SHA-256 of its SPKI
+//! ```
+//!
+//! [`QuicLink`] is what the driver holds: it starts the endpoint from that config, keeps one
+//! [`QuicPeer`] per quic peer of the core, answers too-big packets with ICMP
+//! ([`fleetboard_dataplane_core::icmp`]) and clamps TCP SYNs
+//! ([`fleetboard_dataplane_core::mss`]).
 
 mod identity;
+mod link;
 mod stats;
 mod tls;
 mod transport;
@@ -20,6 +43,7 @@ use fleetboard_dataplane_core::mtu::{self, Encapsulation, UnderlayFamily};
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 pub use identity::{ClusterCa, Fingerprint, Identity, IdentityError, generate_identity_pem};
+pub use link::{LinkSend, QuicLink};
 pub use stats::{EndpointStats, PeerStats};
 pub use tls::udp_socket;
 pub use transport::{ALPN, MAX_BACKOFF, MIN_BACKOFF, QuicPeer, QuicTransport, Received, SendError};

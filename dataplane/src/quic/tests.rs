@@ -256,12 +256,16 @@ async fn simultaneous_dials_converge_on_one_connection() {
     let b_to_a = b.t.upsert_peer(peer_cfg(1, "gw-a", &a, true)).unwrap();
     deliver(&a_to_b, &mut b.rx, ipv4_packet(60, 1)).await;
     deliver(&b_to_a, &mut a.rx, ipv4_packet(60, 2)).await;
-    // Both keep the connection gw-a (the lower name) dialed: b sees a's own socket address.
-    wait_for("one connection", || {
-        b_to_a.stats().remote == Some(a.t.local_addr().unwrap())
-            && a_to_b.stats().remote == Some(b.t.local_addr().unwrap())
+    // Both converge on the connection dialed by the lower fingerprint: it stays up and
+    // carries traffic both ways (a flapping pair would keep dropping these).
+    wait_for("both connected", || {
+        a_to_b.is_connected() && b_to_a.is_connected()
     })
     .await;
+    for i in 0..20 {
+        deliver(&a_to_b, &mut b.rx, ipv4_packet(60, i)).await;
+        deliver(&b_to_a, &mut a.rx, ipv4_packet(60, i)).await;
+    }
     deliver(&a_to_b, &mut b.rx, ipv4_packet(60, 3)).await;
     deliver(&b_to_a, &mut a.rx, ipv4_packet(60, 4)).await;
 }

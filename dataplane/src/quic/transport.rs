@@ -4,7 +4,7 @@
 //! **Who dials.** Every peer with a configured `endpoint` is dialed (with exponential backoff
 //! between [`MIN_BACKOFF`] and [`MAX_BACKOFF`]) whenever no connection to it is up; every side
 //! accepts. When both sides dial at once, both keep the connection dialed by the gateway whose
-//! name sorts lower and close the other, so they converge on one connection.
+//! key fingerprint sorts lower and close the other, so they converge on one connection.
 //!
 //! **Restarts.** Stateless-reset tokens are keyed by a secret derived from the gateway's
 //! private key, so a restarted gateway answers its peers' packets on the old connection with a
@@ -180,7 +180,7 @@ impl<T> QuicPeer<T> {
 
 struct Shared<T> {
     endpoint: Endpoint,
-    name: String,
+    fingerprint: Fingerprint,
     chain: Vec<CertificateDer<'static>>,
     key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
     ca: Option<rustls_pki_types::TrustAnchor<'static>>,
@@ -229,7 +229,7 @@ impl<T: Clone + Send + Sync + 'static> QuicTransport<T> {
         let (tx, rx) = mpsc::channel(config.rx_queue);
         let shared = Arc::new(Shared {
             endpoint,
-            name: config.name.clone(),
+            fingerprint: config.identity.fingerprint,
             chain: config.identity.chain.clone(),
             key: config.identity.key.clone_key(),
             ca: config.ca_anchor()?,
@@ -407,11 +407,24 @@ fn rebuild_trust<T>(sh: &Shared<T>, peers: &HashMap<String, Arc<PeerState<T>>>) 
     sh.trust.store(Arc::new(trust));
 }
 
-/// Whether `conn` is the one both sides keep when two exist: the one the lower name dialed.
-fn preferred(local: &str, peer: &str, conn: &Connection) -> bool {
+/// Fingerprint of the certificate the other side presented on `conn`.
+fn remote_fingerprint(conn: &Connection) -> Option<Fingerprint> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    Fingerprint::of_cert(certs.first()?).ok()
+}
+
+/// Whether `conn` is the one both sides keep when two exist: the one dialed by the side whose
+/// key fingerprint is lower (both sides know both keys from the handshake, so they agree).
+fn preferred(local: &Fingerprint, conn: &Connection) -> bool {
+    let Some(remote) = remote_fingerprint(conn) else {
+        return false;
+    };
     match conn.side() {
-        Side::Client => local < peer,
-        Side::Server => peer < local,
+        Side::Client => *local < remote,
+        Side::Server => remote < *local,
     }
 }
 
@@ -429,7 +442,7 @@ fn install<T: Clone + Send + Sync + 'static>(
     if let Some(old) = peer.conn.load_full()
         && old.close_reason().is_none()
     {
-        if preferred(&sh.name, &peer.name, &old) && !preferred(&sh.name, &peer.name, &conn) {
+        if preferred(&sh.fingerprint, &old) && !preferred(&sh.fingerprint, &conn) {
             conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate");
             return false;
         }

@@ -170,6 +170,7 @@ pub fn peer(name: &str, key: &SecretKey, endpoint: Option<&str>, cidrs: &[&str])
         allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         persistent_keepalive: if endpoint.is_some() { Some(5) } else { None },
         transport: None,
+        fingerprint: None,
     }
 }
 
@@ -229,13 +230,38 @@ fn base_config(dir: &Path, name: &str, key: SecretKey, v4: &str, v6: &str) -> Da
             socket: dir.join(format!("{name}.sock")),
         },
         metrics_address: Some(format!("127.0.0.1:{METRICS_PORT}").parse().unwrap()),
+        quic: Default::default(),
     }
+}
+
+/// The hub's QUIC endpoint (the QUIC transport listens beside WireGuard's port).
+pub const HUB_QUIC_EP: &str = "198.18.0.1:31821";
+
+/// Writes a fresh QUIC identity for `name` into `dir`; returns its fingerprint.
+pub fn quic_identity(dir: &Path, name: &str) -> String {
+    let (key, cert, fp) = fleetboard_dataplane::quic::generate_identity_pem(name).unwrap();
+    std::fs::write(dir.join(format!("{name}-quic.key")), key).unwrap();
+    std::fs::write(dir.join(format!("{name}-quic.crt")), cert).unwrap();
+    fp.to_string()
+}
+
+/// Switches `config` (of node `name`) to the QUIC transport with the identity files in `dir`.
+pub fn use_quic(dir: &Path, name: &str, config: &mut DataplaneConfig) {
+    config.transport = Transport::Quic;
+    config.quic.certificate = Some(dir.join(format!("{name}-quic.crt")));
+    config.quic.private_key = Some(dir.join(format!("{name}-quic.key")));
 }
 
 impl Topology {
     /// Creates the namespaces and configs; `hub_knows_b` = false leaves gw-b out of the hub's
     /// peers (for runtime-add tests). Nothing is started.
     pub fn new(hub_knows_b: bool) -> Self {
+        Self::new_with(hub_knows_b, Transport::Wg)
+    }
+
+    /// As [`Topology::new`], every node using `transport` (QUIC: identities generated into
+    /// the temp dir, peers pinned by fingerprint, members dialing the hub's QUIC port).
+    pub fn new_with(hub_knows_b: bool, transport: Transport) -> Self {
         require_net_admin();
         let dir = TempDir::new();
         let underlay = Underlay::new().unwrap();
@@ -269,6 +295,26 @@ impl Topology {
             Some(HUB_EP),
             &["100.64.0.0/10", "fd00:64::/32"],
         ));
+        if transport == Transport::Quic {
+            let fp: Vec<String> = ["hub", "gw-a", "gw-b"]
+                .iter()
+                .map(|n| quic_identity(&dir.0, n))
+                .collect();
+            for (name, cfg) in [("hub", &mut hub), ("gw-a", &mut a), ("gw-b", &mut b)] {
+                use_quic(&dir.0, name, cfg);
+                for p in &mut cfg.peers {
+                    let i = match p.name.as_deref() {
+                        Some("hub") => 0,
+                        Some("gw-a") => 1,
+                        _ => 2,
+                    };
+                    p.fingerprint = Some(fp[i].clone());
+                    if p.endpoint.is_some() {
+                        p.endpoint = Some(HUB_QUIC_EP.parse().unwrap());
+                    }
+                }
+            }
+        }
         Self {
             hub: node("hub", &dir.0, &underlay, "198.18.0.1", hub),
             a: node("gw-a", &dir.0, &underlay, "198.18.0.2", a),
@@ -297,7 +343,12 @@ impl Topology {
 
     /// Started, and gw-a reaches gw-b through the hub.
     pub fn up() -> Self {
-        let mut t = Self::new(true);
+        Self::up_with(Transport::Wg)
+    }
+
+    /// As [`Topology::up`] with `transport`.
+    pub fn up_with(transport: Transport) -> Self {
+        let mut t = Self::new_with(true, transport);
         t.start();
         t.a.wait_ping(B_V4, &t.logs());
         t
