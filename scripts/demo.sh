@@ -9,14 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, TUN devices)"; exit 1; }
-command -v iperf3 >/dev/null || scripts/install-deps.sh
-if [ -z "${FLEETBOARD:-}" ]; then
-    cargo build --release -p fleetboard >&2
-    FLEETBOARD="${CARGO_TARGET_DIR:-target}/release/fleetboard"
-fi
-FB="$(realpath "$FLEETBOARD")"
-DURATION="${DURATION:-5}"
+source scripts/prepare.sh
+fb_prepare demo 5
 
 source scripts/topology.sh
 topo_up
