@@ -452,6 +452,9 @@ impl Start<'_> {
                 self.pki.sa_key.display()
             ))
             .arg("--authorization-mode=Node,RBAC")
+            // Members join a hub with a bootstrap token (a `bootstrap.kubernetes.io/token`
+            // Secret in kube-system, generated at install time by the hub chart).
+            .arg("--enable-bootstrap-token-auth")
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
             // No kubelets, no kube-proxy: the `kubernetes` Endpoints would point at a loopback
             // address, which validation refuses; nothing reads them here.
