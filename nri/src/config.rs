@@ -64,6 +64,14 @@ pub struct NriArgs {
     /// Address of the HTTP server with /metrics, /live and /ready (none if unset).
     #[arg(long, env = "FLEETBOARD_NRI_METRICS_ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Kubeconfig for publishing pods' parallel addresses as the annotation
+    /// `router.fleetboard.io/parallel_ip` (default: the in-cluster service account when running
+    /// in a pod; no annotations otherwise).
+    #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not publish the `router.fleetboard.io/parallel_ip` annotation on pods.
+    #[arg(long, env = "FLEETBOARD_NO_POD_ANNOTATIONS")]
+    pub no_pod_annotations: bool,
     /// Delay between attempts to (re)connect to the runtime, in milliseconds.
     #[arg(long, env = "FLEETBOARD_NRI_RECONNECT_MS", default_value_t = 1000)]
     pub reconnect_ms: u64,
@@ -108,6 +116,10 @@ pub struct PluginConfig {
     pub reconnect: Duration,
     /// Where /metrics, /live and /ready are served.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Kubeconfig for the pod annotations (None: in-cluster when available).
+    pub kubeconfig: Option<PathBuf>,
+    /// Publish pods' parallel addresses as annotations.
+    pub annotate_pods: bool,
 }
 
 impl NriArgs {
@@ -207,6 +219,8 @@ impl NriArgs {
             own_namespace: self.own_namespace.clone(),
             reconnect: Duration::from_millis(self.reconnect_ms),
             metrics_address: self.metrics_address,
+            kubeconfig: self.kubeconfig.clone(),
+            annotate_pods: !self.no_pod_annotations,
         })
     }
 }

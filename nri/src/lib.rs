@@ -9,8 +9,10 @@
 //! - [`plugin`]: Configure, Synchronize and the pod sandbox events.
 //! - [`connection`]: registration and reconnection.
 //! - [`metrics`]: counters and the `/metrics`, `/live`, `/ready` server.
+//! - [`annotate`]: the pods' `router.fleetboard.io/parallel_ip` annotation.
 //! - [`runtime`]: the runtime's side of the protocol, for tests and tools.
 
+pub mod annotate;
 pub mod api;
 pub mod config;
 pub mod connection;
@@ -34,6 +36,9 @@ pub enum NriError {
     /// The IPAM state cannot be used.
     #[error(transparent)]
     Ipam(#[from] ipam::IpamError),
+    /// No Kubernetes client for the pod annotations.
+    #[error(transparent)]
+    Annotate(#[from] annotate::AnnotateError),
 }
 
 /// Runs the plugin until SIGINT/SIGTERM: validates `args`, loads the IPAM state, then keeps a
@@ -45,7 +50,22 @@ pub async fn run(args: NriArgs) -> Result<(), NriError> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    let kube = if cfg.annotate_pods {
+        annotate::client(cfg.kubeconfig.as_deref()).await?
+    } else {
+        None
+    };
     let plugin = Arc::new(plugin::FleetPlugin::new(cfg)?);
+    match kube {
+        Some(client) => {
+            tracing::info!(
+                annotation = plugin::PARALLEL_IP_ANNOTATION,
+                "publishing pods' parallel addresses"
+            );
+            plugin.enable_annotations(client);
+        }
+        None => tracing::info!("no Kubernetes API configured: pods are not annotated"),
+    }
     if let Some(l) = listener {
         tracing::info!(address = ?l.local_addr().ok(), "serving /metrics, /live, /ready");
         tokio::spawn(metrics::serve(l, plugin.clone()));

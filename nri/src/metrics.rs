@@ -117,7 +117,26 @@ pub async fn serve(listener: tokio::net::TcpListener, plugin: Arc<FleetPlugin>) 
 }
 
 async fn metrics(State(p): State<Arc<FleetPlugin>>) -> impl IntoResponse {
-    let body = p.metrics.render(p.allocations().await);
+    let mut body = p.metrics.render(p.allocations().await);
+    let a = &p.annotate_metrics;
+    for (name, help, c) in [
+        (
+            "fleetboard_nri_pod_annotations_total",
+            "Pods annotated with their parallel address.",
+            &a.written,
+        ),
+        (
+            "fleetboard_nri_pod_annotation_failures_total",
+            "Failed attempts to annotate a pod (retried).",
+            &a.failures,
+        ),
+    ] {
+        let _ = writeln!(
+            body,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

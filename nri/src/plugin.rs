@@ -2,11 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Mutex;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::annotate::{AnnotateMetrics, Annotator};
 use crate::api::{self, Event, PodSandbox, api_ttrpc};
 use crate::config::PluginConfig;
 use crate::ipam::{Ipam, IpamError};
@@ -67,9 +68,12 @@ pub enum PodTarget {
 pub struct FleetPlugin {
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Counters of the pod annotation task.
+    pub annotate_metrics: Arc<AnnotateMetrics>,
     cfg: PluginConfig,
     net: PodNet,
     state: Mutex<State>,
+    annotator: OnceLock<Annotator>,
 }
 
 struct State {
@@ -112,6 +116,8 @@ impl FleetPlugin {
         );
         Ok(Self {
             metrics: Metrics::default(),
+            annotate_metrics: Arc::default(),
+            annotator: OnceLock::new(),
             net: PodNet::new(&cfg),
             cfg,
             state: Mutex::new(State {
@@ -181,6 +187,7 @@ impl FleetPlugin {
                 ipam_err(e)
             })?;
         if !fresh && self.net.is_configured(&pod.id, &netns, ip).await {
+            self.publish(pod, ip);
             return Ok(());
         }
         if let Err(e) = self.net.setup(&pod.id, &netns, ip).await {
@@ -195,6 +202,7 @@ impl FleetPlugin {
             ));
         }
         Metrics::inc(&self.metrics.pods_configured);
+        self.publish(pod, ip);
         tracing::info!(
             pod = %pod.id, namespace = %pod.namespace, name = %pod.name, %ip,
             annotation = PARALLEL_IP_ANNOTATION,
@@ -292,10 +300,14 @@ impl FleetPlugin {
                 }
             };
             if !fresh && self.net.is_configured(&id, &netns, ip).await {
+                self.publish(&pod, ip);
                 continue;
             }
             match self.net.setup(&id, &netns, ip).await {
-                Ok(()) => tracing::info!(pod = %id, %ip, "synchronize: pod interface (re)created"),
+                Ok(()) => {
+                    self.publish(&pod, ip);
+                    tracing::info!(pod = %id, %ip, "synchronize: pod interface (re)created")
+                }
                 Err(e) => {
                     tracing::warn!(pod = %id, error = %e, "synchronize: pod interface setup failed");
                     if fresh {
@@ -303,6 +315,19 @@ impl FleetPlugin {
                     }
                 }
             }
+        }
+    }
+
+    /// Publishes pods' parallel addresses through `client` from now on (see [`crate::annotate`]).
+    pub fn enable_annotations(&self, client: kube::Client) {
+        let _ = self
+            .annotator
+            .set(Annotator::spawn(client, self.annotate_metrics.clone()));
+    }
+
+    fn publish(&self, pod: &PodSandbox, ip: std::net::Ipv4Addr) {
+        if let Some(a) = self.annotator.get() {
+            a.publish(&pod.namespace, &pod.name, ip);
         }
     }
 

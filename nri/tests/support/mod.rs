@@ -73,6 +73,14 @@ impl Node {
         self.spawn_plugin(cmd)
     }
 
+    /// Like [`Node::start_plugin`], with extra flags (e.g. `--kubeconfig`).
+    pub fn start_plugin_with(&mut self, extra: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin("fleetboard"));
+        cmd.arg("nri").arg("--node-netns").arg(self.ns_path());
+        cmd.args(extra);
+        self.spawn_plugin(cmd)
+    }
+
     /// Starts the plugin inside the node namespace (node ends stay in its own namespace), with
     /// its metrics server on `127.0.0.1:<port>` there.
     pub fn start_plugin_in_node(&mut self, port: u16) -> anyhow::Result<()> {

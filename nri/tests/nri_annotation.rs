@@ -1,0 +1,106 @@
+//! The plugin publishes every pod's parallel address on its Pod object (annotation
+//! `router.fleetboard.io/parallel_ip`) in a real kube-apiserver, without making the runtime
+//! wait: a Pod the apiserver learns about only later is annotated once it appears.
+//!
+//! Needs root (network namespaces), the `fleetboard` binary and the Kubernetes test tools
+//! (`tests/k8s/tools ensure`).
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use fleetboard_nri::plugin::PARALLEL_IP_ANNOTATION;
+use fleetboard_tests::kube::{Cluster, eventually};
+use fleetboard_tests::netns::require_net_admin;
+use k8s_openapi::api::core::v1::Pod as PodObject;
+use kube::api::{Api, PostParams};
+use support::*;
+
+fn pod_object(name: &str) -> anyhow::Result<PodObject> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] }
+    }))?)
+}
+
+async fn annotation_becomes(pods: &Api<PodObject>, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    eventually(
+        &format!("pod {name} annotated with {ip}"),
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            let pod = pods.get(name).await?;
+            let got = pod
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get(PARALLEL_IP_ANNOTATION)
+                .cloned();
+            Ok((got.as_deref() == Some(ip.to_string().as_str())).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nri_publishes_the_parallel_ip_annotation_on_pods() -> anyhow::Result<()> {
+    require_net_admin();
+    let cluster = Cluster::start().await?;
+    // No controller-manager runs in the fixture: the `default` ServiceAccount that Pod
+    // admission looks up is created here.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(cluster.client(), "default");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({ "metadata": { "name": "default" } }))?,
+    )
+    .await?;
+    let pods: Api<PodObject> = Api::namespaced(cluster.client(), "default");
+    pods.create(&PostParams::default(), &pod_object("early")?)
+        .await?;
+
+    let mut node = Node::new(21)?;
+    node.start_plugin_with(&["--kubeconfig".as_ref(), cluster.kubeconfig().as_os_str()])?;
+    let conn = node.connect(vec![]).await?;
+
+    // A Pod the apiserver already has, and one it learns about after its sandbox runs.
+    let early = Pod::new("early")?;
+    let late = Pod::new("late")?;
+    conn.run_pod(&early.sandbox).await?;
+    conn.run_pod(&late.sandbox).await?;
+    let ip_early = early.address().expect("pod early has eth-fleet");
+    let ip_late = late.address().expect("pod late has eth-fleet");
+
+    annotation_becomes(&pods, "early", ip_early)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nplugin log:\n{}", node.logs()))?;
+    pods.create(&PostParams::default(), &pod_object("late")?)
+        .await?;
+    annotation_becomes(&pods, "late", ip_late)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nplugin log:\n{}", node.logs()))?;
+
+    // A restarted plugin re-publishes the kept addresses of the pods Synchronize reports.
+    let mut p = pods.get("early").await?;
+    p.metadata.annotations = None;
+    p.metadata.managed_fields = None;
+    pods.replace("early", &PostParams::default(), &p).await?;
+    drop(conn);
+    node.kill_plugin();
+    node.start_plugin_with(&["--kubeconfig".as_ref(), cluster.kubeconfig().as_os_str()])?;
+    let _conn = node
+        .connect(vec![early.sandbox.clone(), late.sandbox.clone()])
+        .await?;
+    annotation_becomes(&pods, "early", ip_early)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nplugin log:\n{}", node.logs()))?;
+    assert_eq!(
+        early.address(),
+        Some(ip_early),
+        "address kept across the restart"
+    );
+    Ok(())
+}
