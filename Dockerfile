@@ -24,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/kubectl-peers /out/kubectl-peers
 
 # ---- runtime: a small Debian with the two binaries, non-root ----
-FROM debian:trixie-slim AS runtime
+FROM debian:13.2-slim AS runtime
 COPY --from=builder /out/fleetboard /usr/local/bin/fleetboard
 COPY --from=builder /out/kubectl-peers /usr/local/bin/kubectl-peers
 # cap_net_admin as a file capability lets the non-root user create the TUN device; setcap is
