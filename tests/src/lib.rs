@@ -3,10 +3,12 @@
 //! - [`netns`]: network namespaces, veth links and bridges made by the test itself, with
 //!   unique names and cleanup on drop (the "nodes" and the "internet" of ARCHITECTURE.md).
 //! - [`process`]: child processes that are killed when the test ends, and polling helpers.
+//! - [`charts`]: the Helm charts of the checkout and the values files of the chart tests.
 //! - [`binaries`]: where the workspace's built binaries are.
 //! - [`kube`]: real Kubernetes control planes (etcd + kube-apiserver) started per test.
 
 pub mod binaries;
+pub mod charts;
 pub mod kube;
 pub mod netns;
 pub mod process;

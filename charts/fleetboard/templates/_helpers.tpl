@@ -1,0 +1,34 @@
+{{/* Labels every object of the release carries. */}}
+{{- define "fleetboard.labels" -}}
+app.kubernetes.io/name: fleetboard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* Labels that select the hub pods. */}}
+{{- define "fleetboard.selectorLabels" -}}
+app.kubernetes.io/name: fleetboard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: hub
+{{- end }}
+
+{{/* The container image. */}}
+{{- define "fleetboard.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* Id of the bootstrap token: set, or derived from the release (stable across upgrades). */}}
+{{- define "fleetboard.tokenID" -}}
+{{- if .Values.bootstrapToken.id -}}
+{{ .Values.bootstrapToken.id }}
+{{- else -}}
+{{ printf "%s/%s" .Release.Namespace .Release.Name | sha256sum | trunc 6 }}
+{{- end -}}
+{{- end }}
+
+{{/* The public tunnel endpoint, required. */}}
+{{- define "fleetboard.endpoint" -}}
+{{ required "tunnel.endpoint is required: the public host name or IP address members reach the hub's UDP port at (--set tunnel.endpoint=...)" .Values.tunnel.endpoint }}
+{{- end }}

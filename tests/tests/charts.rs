@@ -1,0 +1,1029 @@
+//! The hub chart (`charts/fleetboard`) and the member chart (`charts/fleetboard-agent`):
+//! `helm lint` and `helm template` with every values file of `tests/charts-values/` (valid ones
+//! render, invalid ones fail naming the bad value), and `helm install` into a real apiserver:
+//! objects created, CRDs Established, a random bootstrap token that survives `helm upgrade`
+//! and lets a member manage Peers but not read Secrets, and RBAC that allows the hub and the
+//! agent exactly what they need (`kubectl auth can-i`). No controller-manager or kubelet runs
+//! in the fixture, so pods never start: the tests check objects, not pods.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use fleetboard_control::crd::peer::Peer;
+use fleetboard_tests::charts::{
+    AGENT_CHART, HUB_CHART, ValuesFile, chart_crds, chart_dir, helm_offline, values_files,
+    wait_established,
+};
+use fleetboard_tests::kube::{Cluster, eventually};
+use fleetboard_tests::netns::unique_token;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+const NS: &str = "fleetboard-system";
+const DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs `cmd`, returning its output whether it succeeded or not.
+fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// stdout and stderr together.
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `cmd`, which must succeed; returns stdout.
+fn ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn temp_home() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fb-helm-{}", unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The documents `helm template` rendered, as JSON values.
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn args_of(container: &serde_json::Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The container of a workload only asks for NET_ADMIN, after dropping everything.
+fn assert_net_admin_only(container: &serde_json::Value) {
+    let caps = &container["securityContext"]["capabilities"];
+    assert_eq!(caps["add"], json!(["NET_ADMIN"]), "{container}");
+    assert_eq!(caps["drop"], json!(["ALL"]), "{container}");
+    assert_ne!(container["securityContext"]["privileged"], json!(true));
+}
+
+fn env_field_ref(container: &serde_json::Value, name: &str) -> String {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name}: {container}"))["valueFrom"]["fieldRef"]["fieldPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn valid_values_lint_and_render() {
+    let home = temp_home();
+    let files: Vec<ValuesFile> = values_files()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.valid)
+        .collect();
+    assert!(
+        files.iter().any(|f| f.chart == HUB_CHART) && files.iter().any(|f| f.chart == AGENT_CHART)
+    );
+    for file in &files {
+        let chart = chart_dir(file.chart);
+        let lint = ok(helm_offline(&home)
+            .unwrap()
+            .args(["lint", "--strict"])
+            .arg(&chart)
+            .arg("-f")
+            .arg(&file.path));
+        assert!(
+            lint.contains("0 chart(s) failed"),
+            "{}: {lint}",
+            file.path.display()
+        );
+        let rendered = ok(helm_offline(&home)
+            .unwrap()
+            .args(["template", "fb", "--namespace", NS])
+            .arg(&chart)
+            .arg("-f")
+            .arg(&file.path));
+        let values: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&file.path).unwrap()).unwrap();
+        let docs = documents(&rendered);
+        if file.chart == HUB_CHART {
+            check_hub_render(&docs, &values);
+        } else {
+            check_agent_render(&docs, &values);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+fn check_hub_render(docs: &[serde_json::Value], values: &serde_json::Value) {
+    let deploy = find(docs, "Deployment", "fleetboard-hub");
+    let replicas = values["replicaCount"].as_i64().unwrap_or(2);
+    assert_eq!(deploy["spec"]["replicas"], json!(replicas));
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "fleetboard-hub");
+    assert_ne!(pod["hostNetwork"], json!(true));
+    let c = &pod["containers"][0];
+    assert_net_admin_only(c);
+    assert_eq!(env_field_ref(c, "POD_NAME"), "metadata.name");
+    let args = args_of(c);
+    let transport = values["tunnel"]["transport"].as_str().unwrap_or("wg");
+    let endpoint = values["tunnel"]["endpoint"].as_str().unwrap();
+    let cidr = values["tunnel"]["cidr"].as_str().unwrap_or("100.64.0.0/10");
+    for want in [
+        "hub".to_string(),
+        format!("--namespace={NS}"),
+        format!("--transport={transport}"),
+        format!("--endpoint={endpoint}"),
+        format!("--tunnel-cidr={cidr}"),
+        format!(
+            "--cluster-id={}",
+            values["cluster"]["clusterID"].as_str().unwrap_or("hub")
+        ),
+    ] {
+        assert!(args.contains(&want), "hub args lack {want}: {args:?}");
+    }
+    if let Some(v6) = values["tunnel"]["cidrV6"].as_str() {
+        assert!(args.contains(&format!("--tunnel-cidr={v6}")), "{args:?}");
+    }
+    let port = values["tunnel"]["port"].as_i64().unwrap_or(31820);
+    let svc = find(docs, "Service", "fleetboard-hub");
+    let svc_type = values["service"]["type"].as_str().unwrap_or("LoadBalancer");
+    assert_eq!(svc["spec"]["type"], svc_type);
+    assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
+    assert_eq!(svc["spec"]["ports"][0]["port"], json!(port));
+    if let Some(np) = values["service"]["nodePort"].as_i64() {
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], json!(np));
+    }
+    let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
+    if values["metrics"]["annotations"] == json!(true) {
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            json!(values["metrics"]["port"].as_i64().unwrap().to_string())
+        );
+    } else {
+        assert!(annotations.get("prometheus.io/scrape").is_none());
+    }
+    if let Some(sel) = values.get("nodeSelector") {
+        assert_eq!(&pod["nodeSelector"], sel);
+    }
+    // The bootstrap token: right type and groups, a random secret of the right shape.
+    let token = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["type"] == "bootstrap.kubernetes.io/token")
+        .expect("bootstrap token Secret rendered");
+    assert_eq!(token["metadata"]["namespace"], "kube-system");
+    let data = |k: &str| decode(token["data"][k].as_str().unwrap_or_default());
+    let id = data("token-id");
+    assert_eq!(token["metadata"]["name"], format!("bootstrap-token-{id}"));
+    assert!(is_token_part(&id, 6), "{id}");
+    assert!(is_token_part(&data("token-secret"), 16));
+    assert_eq!(data("auth-extra-groups"), "system:bootstrappers:fleetboard");
+    assert_eq!(data("usage-bootstrap-authentication"), "true");
+    if let Some(want) = values["bootstrapToken"]["id"].as_str() {
+        assert_eq!(id, want);
+    }
+}
+
+fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
+    let ds = find(docs, "DaemonSet", "fleetboard-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "fleetboard-agent");
+    assert_ne!(pod["hostNetwork"], json!(true));
+    let c = &pod["containers"][0];
+    assert_net_admin_only(c);
+    assert_eq!(env_field_ref(c, "NODE_NAME"), "spec.nodeName");
+    let token_env = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "FLEETBOARD_HUB_TOKEN")
+        .expect("FLEETBOARD_HUB_TOKEN env");
+    assert_eq!(
+        token_env["valueFrom"]["secretKeyRef"],
+        json!({"name": "fleetboard-hub-token", "key": "token"})
+    );
+    let args = args_of(c);
+    let hub = &values["hub"];
+    for want in [
+        "agent".to_string(),
+        format!("--namespace={NS}"),
+        format!(
+            "--cluster-id={}",
+            values["cluster"]["clusterID"].as_str().unwrap()
+        ),
+        format!("--hub-url={}", hub["hubURL"].as_str().unwrap()),
+        format!(
+            "--transport={}",
+            values["tunnel"]["transport"].as_str().unwrap_or("wg")
+        ),
+    ] {
+        assert!(args.contains(&want), "agent args lack {want}: {args:?}");
+    }
+    for cidr in values["cluster"]["cidrs"].as_array().into_iter().flatten() {
+        assert!(
+            args.contains(&format!("--cidr={}", cidr.as_str().unwrap())),
+            "{args:?}"
+        );
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.contains(hub["token"].as_str().unwrap())),
+        "token on the command line: {args:?}"
+    );
+    let secret = find(docs, "Secret", "fleetboard-hub-token");
+    assert_eq!(
+        decode(secret["data"]["token"].as_str().unwrap()),
+        hub["token"].as_str().unwrap()
+    );
+    let has_ca = hub["caData"].as_str().is_some_and(|s| !s.is_empty());
+    assert_eq!(
+        args.contains(&"--hub-ca-file=/etc/fleetboard/hub/ca.crt".to_string()),
+        has_ca
+    );
+    if has_ca {
+        assert_eq!(secret["data"]["ca.crt"], hub["caData"]);
+    }
+    let ports = c["ports"].as_array().unwrap();
+    let tunnel = ports.iter().find(|p| p["name"] == "tunnel").unwrap();
+    assert_eq!(tunnel["protocol"], "UDP");
+    assert_eq!(
+        tunnel.get("hostPort").is_some(),
+        values["tunnel"]["hostPort"] == json!(true)
+    );
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ] {
+        assert!(kinds.contains(&k), "agent chart lacks a {k}: {kinds:?}");
+    }
+}
+
+fn decode(b64: &str) -> String {
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b64.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn is_token_part(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Both the schema (bad CIDR, transport, cluster id, token, URL, unknown key) and the
+/// templates (`required` values) refuse invalid values with a message naming the value.
+#[test]
+fn invalid_values_fail_naming_the_bad_value() {
+    let home = temp_home();
+    let files: Vec<ValuesFile> = values_files()
+        .unwrap()
+        .into_iter()
+        .filter(|f| !f.valid)
+        .collect();
+    assert!(files.len() >= 8, "{files:?}");
+    for file in &files {
+        assert!(
+            !file.expect.is_empty(),
+            "{} has no `# expect:` line",
+            file.path.display()
+        );
+        let chart = chart_dir(file.chart);
+        let out = output(
+            helm_offline(&home)
+                .unwrap()
+                .args(["template", "fb", "--namespace", NS])
+                .arg(&chart)
+                .arg("-f")
+                .arg(&file.path),
+        );
+        let msg = text(&out);
+        assert!(
+            !out.status.success(),
+            "{} rendered:\n{msg}",
+            file.path.display()
+        );
+        for want in &file.expect {
+            assert!(
+                msg.contains(want),
+                "{}: error does not name {want:?}:\n{msg}",
+                file.path.display()
+            );
+        }
+        // helm lint reports it too: schema errors fail, a missing `required` value is reported.
+        let lint = output(
+            helm_offline(&home)
+                .unwrap()
+                .arg("lint")
+                .arg(&chart)
+                .arg("-f")
+                .arg(&file.path),
+        );
+        let lint_msg = text(&lint);
+        for want in &file.expect {
+            assert!(
+                lint_msg.contains(want),
+                "{}: lint does not report {want:?}:\n{lint_msg}",
+                file.path.display()
+            );
+        }
+    }
+    // Linting the charts as shipped (default values) is clean.
+    for chart in [HUB_CHART, AGENT_CHART] {
+        let lint = ok(helm_offline(&home)
+            .unwrap()
+            .arg("lint")
+            .arg(chart_dir(chart)));
+        assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// `helm install` refuses every invalid values file (nothing gets installed), naming the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_values_fail_at_install() {
+    let cluster = Cluster::start().await.unwrap();
+    for file in values_files().unwrap().into_iter().filter(|f| !f.valid) {
+        let out = output(
+            cluster
+                .helm()
+                .unwrap()
+                .args(["install", "bad", "--namespace", NS, "--create-namespace"])
+                .arg(chart_dir(file.chart))
+                .arg("-f")
+                .arg(&file.path),
+        );
+        let msg = text(&out);
+        assert!(
+            !out.status.success(),
+            "{} installed:\n{msg}",
+            file.path.display()
+        );
+        for want in &file.expect {
+            assert!(
+                msg.contains(want),
+                "{}: install error does not name {want:?}:\n{msg}",
+                file.path.display()
+            );
+        }
+    }
+    let list = ok(cluster.helm().unwrap().args(["list", "-A", "-q"]));
+    assert!(
+        list.trim().is_empty(),
+        "releases after failed installs: {list}"
+    );
+}
+
+fn install_hub(cluster: &Cluster, extra: &[&str]) -> String {
+    ok(cluster
+        .helm()
+        .unwrap()
+        .args([
+            "install",
+            "fleetboard",
+            "--namespace",
+            NS,
+            "--create-namespace",
+        ])
+        .arg(chart_dir(HUB_CHART))
+        .args(["--set", "tunnel.endpoint=198.18.0.10"])
+        .args(extra))
+}
+
+/// The bootstrap token `<id>.<secret>` stored in the cluster's kube-system Secrets by the chart.
+async fn bootstrap_token(cluster: &Cluster) -> (String, String) {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), "kube-system");
+    let list = secrets
+        .list(&ListParams::default().labels("fleetboard.io/bootstrap-token=fleetboard"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1, "one bootstrap token Secret");
+    let s = &list.items[0];
+    assert_eq!(s.type_.as_deref(), Some("bootstrap.kubernetes.io/token"));
+    let data = s.data.clone().unwrap_or_default();
+    let field =
+        |k: &str| String::from_utf8(data.get(k).map(|b| b.0.clone()).unwrap_or_default()).unwrap();
+    assert_eq!(field("usage-bootstrap-authentication"), "true");
+    assert_eq!(
+        field("auth-extra-groups"),
+        "system:bootstrappers:fleetboard"
+    );
+    let (id, secret) = (field("token-id"), field("token-secret"));
+    assert!(
+        is_token_part(&id, 6) && is_token_part(&secret, 16),
+        "{id}.{secret}"
+    );
+    assert_eq!(
+        s.metadata.name.as_deref(),
+        Some(format!("bootstrap-token-{id}").as_str())
+    );
+    (s.metadata.name.clone().unwrap(), format!("{id}.{secret}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_members() {
+    let clusters = Cluster::start_many(2).await.unwrap();
+    let (hub, other) = (&clusters[0], &clusters[1]);
+    let notes = install_hub(hub, &[]);
+    install_hub(other, &[]);
+    let client = hub.client();
+
+    // CRDs from crds/ (the Peer CRD, and whatever else the chart ships) are Established.
+    let crds = chart_crds(HUB_CHART).unwrap();
+    assert!(
+        crds.iter()
+            .any(|c| c.metadata.name.as_deref() == Some("peers.fleetboard.io"))
+    );
+    for crd in &crds {
+        wait_established(&client, crd.metadata.name.as_deref().unwrap(), DEADLINE)
+            .await
+            .unwrap();
+    }
+    // The objects.
+    let deploy = Api::<Deployment>::namespaced(client.clone(), NS)
+        .get("fleetboard-hub")
+        .await
+        .unwrap();
+    let spec = deploy.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("fleetboard-hub"));
+    let c = &pod.containers[0];
+    let pod_name = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "POD_NAME")
+        .unwrap();
+    assert_eq!(
+        pod_name
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.name"
+    );
+    let caps = c
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap();
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    let svc = Api::<Service>::namespaced(client.clone(), NS)
+        .get("fleetboard-hub")
+        .await
+        .unwrap();
+    let svc_spec = svc.spec.unwrap();
+    assert_eq!(svc_spec.type_.as_deref(), Some("LoadBalancer"));
+    let port = &svc_spec.ports.unwrap()[0];
+    assert_eq!((port.port, port.protocol.as_deref()), (31820, Some("UDP")));
+    Api::<ServiceAccount>::namespaced(client.clone(), NS)
+        .get("fleetboard-hub")
+        .await
+        .unwrap();
+    for name in ["fleetboard-hub", "fleetboard-member"] {
+        Api::<Role>::namespaced(client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap();
+    }
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), NS)
+        .get("fleetboard-member")
+        .await
+        .unwrap();
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("Group", "system:bootstrappers:fleetboard")
+    );
+    // Nothing cluster-wide is granted to the hub.
+    let crbs = Api::<ClusterRoleBinding>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        !crbs.items.iter().any(|b| b
+            .subjects
+            .iter()
+            .flatten()
+            .any(
+                |s| s.name.starts_with("fleetboard") || s.name.contains("bootstrappers:fleetboard")
+            )),
+        "a ClusterRoleBinding for fleetboard"
+    );
+
+    // The token: generated at install time, so two installs differ; kept by an upgrade.
+    let (secret_name, token) = bootstrap_token(hub).await;
+    let (_, other_token) = bootstrap_token(other).await;
+    assert_ne!(
+        token.split('.').nth(1),
+        other_token.split('.').nth(1),
+        "two installs share a token secret"
+    );
+    ok(hub
+        .helm()
+        .unwrap()
+        .args(["upgrade", "fleetboard", "--namespace", NS])
+        .arg(chart_dir(HUB_CHART))
+        .args([
+            "--set",
+            "tunnel.endpoint=198.18.0.10",
+            "--set",
+            "replicaCount=3",
+        ]));
+    let (_, after) = bootstrap_token(hub).await;
+    assert_eq!(after, token, "helm upgrade changed the bootstrap token");
+    let deploy = Api::<Deployment>::namespaced(client.clone(), NS)
+        .get("fleetboard-hub")
+        .await
+        .unwrap();
+    assert_eq!(
+        deploy.spec.unwrap().replicas,
+        Some(3),
+        "the upgrade applied"
+    );
+
+    // NOTES print the member install command with the token's Secret and the hub's values.
+    for want in [
+        "helm install fleetboard-agent",
+        "--set cluster.clusterID=<member-cluster-id>",
+        "--set hub.hubURL=",
+        "--set hub.token=",
+        "--set hub.caData=",
+        secret_name.as_str(),
+        "kubectl peers",
+    ] {
+        assert!(notes.contains(want), "NOTES lack {want:?}:\n{notes}");
+    }
+    // The NOTES' token command, run against the hub, prints exactly the token.
+    let line = notes
+        .lines()
+        .find(|l| l.trim_start().starts_with("HUB_TOKEN=$("))
+        .unwrap();
+    let inner = line
+        .trim()
+        .trim_start_matches("HUB_TOKEN=$(")
+        .trim_end_matches(')');
+    let printed = ok(Command::new("sh").arg("-c").arg(inner.replacen(
+        "kubectl",
+        &format!(
+                "{} --kubeconfig {}",
+                fleetboard_tests::kube::Tool::Kubectl
+                    .path()
+                    .unwrap()
+                    .display(),
+                hub.kubeconfig().display()
+            ),
+        1,
+    )));
+    assert_eq!(printed.trim(), token);
+
+    // A member authenticated with the token manages Peers in the shared namespace...
+    let member = hub.client_with_token(&token).await.unwrap();
+    let peers: Api<Peer> = Api::namespaced(member.clone(), NS);
+    let p: Peer = serde_json::from_value(json!({
+        "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
+        "metadata": { "name": "member-a" },
+        "spec": { "clusterId": "member-a", "endpoint": "198.18.1.1" },
+    }))
+    .unwrap();
+    eventually("the member creates its Peer", DEADLINE, POLL, || async {
+        match peers.create(&PostParams::default(), &p).await {
+            Ok(_) => Ok(Some(())),
+            // 404 until the CRD is served, 401 until the apiserver's token cache has the Secret.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 401 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+    .unwrap();
+    let names: Vec<String> = peers
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names, ["member-a"]);
+    // ...and nothing else: no Secrets anywhere, no Peers outside the shared namespace, no status.
+    for ns in [NS, "kube-system", "default"] {
+        let err = Api::<Secret>::namespaced(member.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 403),
+            "list secrets in {ns}: {err:?}"
+        );
+    }
+    let err = Api::<Secret>::namespaced(member.clone(), "kube-system")
+        .get(&secret_name)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err:?}"
+    );
+    let err = Api::<Peer>::namespaced(member.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err:?}"
+    );
+    let err = peers
+        .patch_status(
+            "member-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"allocatedCidrs": ["100.64.9.0/24"]}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "a member wrote Peer status: {err:?}"
+    );
+    // A made-up token is refused outright.
+    let bogus = hub
+        .client_with_token("abcdef.0123456789abcdef")
+        .await
+        .unwrap();
+    let err = Api::<Peer>::namespaced(bogus, NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 401),
+        "{err:?}"
+    );
+
+    // Uninstalling revokes the token.
+    ok(hub
+        .helm()
+        .unwrap()
+        .args(["uninstall", "fleetboard", "--namespace", NS]));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    assert!(
+        secrets.get_opt(&secret_name).await.unwrap().is_none(),
+        "token Secret left after uninstall"
+    );
+}
+
+/// `kubectl auth can-i <verb> <resource> [-n ns] --as <who>` (plus extra args): yes or no.
+fn can_i(
+    cluster: &Cluster,
+    who: &str,
+    verb: &str,
+    resource: &str,
+    ns: Option<&str>,
+    extra: &[&str],
+) -> bool {
+    let mut cmd = cluster.kubectl().unwrap();
+    cmd.args(["auth", "can-i", verb, resource, "--as", who])
+        .args(extra);
+    match ns {
+        Some(ns) => cmd.args(["-n", ns]),
+        None => cmd.arg("--all-namespaces"),
+    };
+    let out = output(&mut cmd);
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(answer == "yes" || answer == "no", "{cmd:?}: {}", text(&out));
+    answer == "yes"
+}
+
+/// Checks every (verb, resource, namespace, extra args) of `allowed` is allowed for `who` and
+/// every one of `denied` is denied; reports all mismatches at once.
+fn check_rights(
+    cluster: &Cluster,
+    who: &str,
+    allowed: &[(&str, &str, Option<&str>, &[&str])],
+    denied: &[(&str, &str, Option<&str>, &[&str])],
+) {
+    let mut wrong = Vec::new();
+    for (want, set) in [(true, allowed), (false, denied)] {
+        for (verb, resource, ns, extra) in set {
+            if can_i(cluster, who, verb, resource, *ns, extra) != want {
+                wrong.push(format!(
+                    "{} {verb} {resource} {} {extra:?}",
+                    if want {
+                        "DENIED but needed:"
+                    } else {
+                        "ALLOWED but not needed:"
+                    },
+                    ns.map(|n| format!("-n {n}"))
+                        .unwrap_or_else(|| "(all namespaces)".into())
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{who}:\n{}", wrong.join("\n"));
+}
+
+const NONE: &[&str] = &[];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_agent_get_exactly_the_rights_they_need() {
+    let cluster = Cluster::start().await.unwrap();
+    install_hub(&cluster, &[]);
+    let token = bootstrap_token(&cluster).await.1;
+    let ca = std::fs::read(cluster.ca_cert()).unwrap();
+    let ca_b64 = ok(Command::new("base64").arg("-w0").arg(cluster.ca_cert()));
+    assert!(!ca.is_empty());
+    let notes = ok(cluster
+        .helm()
+        .unwrap()
+        .args(["install", "fleetboard-agent", "--namespace", NS])
+        .arg(chart_dir(AGENT_CHART))
+        .args([
+            "--set",
+            "cluster.clusterID=member-a",
+            "--set",
+            &format!("hub.hubURL={}", cluster.url()),
+        ])
+        .args([
+            "--set",
+            &format!("hub.token={token}"),
+            "--set",
+            &format!("hub.caData={}", ca_b64.trim()),
+        ]));
+    assert!(notes.contains("member-a"), "{notes}");
+    let client = cluster.client();
+
+    // The agent's objects.
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), NS)
+        .get("fleetboard-agent")
+        .await
+        .unwrap();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let node = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .unwrap();
+    assert_eq!(
+        node.value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "spec.nodeName"
+    );
+    let caps = c
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap();
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    assert_ne!(pod.host_network, Some(true));
+    let hub_secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get("fleetboard-hub-token")
+        .await
+        .unwrap();
+    let data = hub_secret.data.unwrap();
+    assert_eq!(data["token"].0, token.as_bytes());
+    assert_eq!(data["ca.crt"].0, ca);
+    Api::<ClusterRole>::all(client.clone())
+        .get("fleetboard-agent")
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .get("fleetboard-agent")
+        .await
+        .unwrap();
+
+    let hub = format!("system:serviceaccount:{NS}:fleetboard-hub");
+    let ns = Some(NS);
+    let status: &[&str] = &["--subresource=status"];
+    let mut allowed: Vec<(&str, &str, Option<&str>, &[&str])> = Vec::new();
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        allowed.push((verb, "peers.fleetboard.io", ns, NONE));
+        allowed.push((verb, "peers.fleetboard.io", ns, status));
+    }
+    for verb in ["get", "list", "watch"] {
+        allowed.push((verb, "exportedservices.fleetboard.io", ns, NONE));
+    }
+    allowed.extend([
+        ("create", "leases.coordination.k8s.io", ns, NONE),
+        ("get", "leases.coordination.k8s.io/fleetboard-hub", ns, NONE),
+        (
+            "update",
+            "leases.coordination.k8s.io/fleetboard-hub",
+            ns,
+            NONE,
+        ),
+        ("create", "secrets", ns, NONE),
+        ("get", "secrets/fleetboard-hub-keys", ns, NONE),
+        ("update", "secrets/fleetboard-hub-keys", ns, NONE),
+        ("create", "events", ns, NONE),
+    ]);
+    let denied: Vec<(&str, &str, Option<&str>, &[&str])> = vec![
+        ("deletecollection", "peers.fleetboard.io", ns, NONE),
+        ("create", "peers.fleetboard.io", Some("default"), NONE),
+        ("list", "peers.fleetboard.io", None, NONE),
+        ("create", "exportedservices.fleetboard.io", ns, NONE),
+        ("delete", "exportedservices.fleetboard.io", ns, NONE),
+        ("get", "secrets", ns, NONE),
+        ("list", "secrets", ns, NONE),
+        ("get", "secrets/fleetboard-cluster-keys", ns, NONE),
+        ("delete", "secrets/fleetboard-hub-keys", ns, NONE),
+        ("get", "secrets", Some("kube-system"), NONE),
+        ("list", "secrets", None, NONE),
+        ("get", "leases.coordination.k8s.io/other", ns, NONE),
+        (
+            "delete",
+            "leases.coordination.k8s.io/fleetboard-hub",
+            ns,
+            NONE,
+        ),
+        ("list", "nodes", None, NONE),
+        ("get", "pods", ns, NONE),
+        ("create", "pods", ns, NONE),
+        ("create", "clusterrolebindings", None, NONE),
+        ("create", "rolebindings", ns, NONE),
+        ("impersonate", "users", None, NONE),
+        ("*", "*", None, NONE),
+        ("*", "*", ns, NONE),
+    ];
+    check_rights(&cluster, &hub, &allowed, &denied);
+
+    let agent = format!("system:serviceaccount:{NS}:fleetboard-agent");
+    let mut allowed: Vec<(&str, &str, Option<&str>, &[&str])> = Vec::new();
+    for verb in ["get", "list", "watch", "patch"] {
+        allowed.push((verb, "nodes", None, NONE));
+        allowed.push((verb, "pods", None, NONE));
+    }
+    for verb in ["get", "list", "watch"] {
+        allowed.push((verb, "namespaces", None, NONE));
+        allowed.push((verb, "services", None, NONE));
+    }
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        allowed.push((verb, "endpointslices.discovery.k8s.io", None, NONE));
+        for r in [
+            "serviceexports.multicluster.x-k8s.io",
+            "serviceimports.multicluster.x-k8s.io",
+        ] {
+            allowed.push((verb, r, None, NONE));
+            allowed.push((verb, r, None, status));
+        }
+    }
+    allowed.extend([
+        ("create", "events", Some("default"), NONE),
+        ("get", "secrets", ns, NONE),
+        ("create", "secrets", ns, NONE),
+        ("update", "secrets", ns, NONE),
+        ("create", "leases.coordination.k8s.io", ns, NONE),
+        (
+            "get",
+            "leases.coordination.k8s.io/fleetboard-gateway",
+            ns,
+            NONE,
+        ),
+        (
+            "update",
+            "leases.coordination.k8s.io/fleetboard-gateway",
+            ns,
+            NONE,
+        ),
+    ]);
+    let denied: Vec<(&str, &str, Option<&str>, &[&str])> = vec![
+        ("create", "nodes", None, NONE),
+        ("update", "nodes", None, NONE),
+        ("delete", "nodes", None, NONE),
+        ("create", "pods", ns, NONE),
+        ("delete", "pods", ns, NONE),
+        ("create", "pods/exec", ns, NONE),
+        ("create", "services", ns, NONE),
+        ("delete", "namespaces", None, NONE),
+        ("get", "configmaps", ns, NONE),
+        (
+            "deletecollection",
+            "endpointslices.discovery.k8s.io",
+            None,
+            NONE,
+        ),
+        (
+            "deletecollection",
+            "serviceexports.multicluster.x-k8s.io",
+            None,
+            NONE,
+        ),
+        (
+            "deletecollection",
+            "serviceimports.multicluster.x-k8s.io",
+            None,
+            NONE,
+        ),
+        ("list", "secrets", ns, NONE),
+        ("delete", "secrets", ns, NONE),
+        ("get", "secrets", Some("kube-system"), NONE),
+        ("get", "secrets", Some("default"), NONE),
+        ("get", "leases.coordination.k8s.io/fleetboard-hub", ns, NONE),
+        (
+            "delete",
+            "leases.coordination.k8s.io/fleetboard-gateway",
+            ns,
+            NONE,
+        ),
+        ("get", "peers.fleetboard.io", ns, NONE),
+        ("create", "clusterrolebindings", None, NONE),
+        ("impersonate", "serviceaccounts", None, NONE),
+        ("*", "*", None, NONE),
+    ];
+    check_rights(&cluster, &agent, &allowed, &denied);
+
+    // The member identity (bootstrap token group) in the hub: its Role and nothing else.
+    let member_args: &[&str] = &[
+        "--as-group",
+        "system:bootstrappers",
+        "--as-group",
+        "system:bootstrappers:fleetboard",
+    ];
+    let who = "system:bootstrap:abcdef";
+    let mut allowed: Vec<(&str, &str, Option<&str>, &[&str])> = Vec::new();
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        allowed.push((verb, "peers.fleetboard.io", ns, member_args));
+        allowed.push((verb, "exportedservices.fleetboard.io", ns, member_args));
+    }
+    let denied: Vec<(&str, &str, Option<&str>, &[&str])> = vec![
+        ("deletecollection", "peers.fleetboard.io", ns, member_args),
+        (
+            "update",
+            "peers.fleetboard.io",
+            ns,
+            &[
+                "--as-group",
+                "system:bootstrappers:fleetboard",
+                "--subresource=status",
+            ],
+        ),
+        ("get", "secrets", ns, member_args),
+        ("get", "peers.fleetboard.io", Some("default"), member_args),
+        ("get", "leases.coordination.k8s.io", ns, member_args),
+        ("list", "nodes", None, member_args),
+    ];
+    check_rights(&cluster, who, &allowed, &denied);
+}
