@@ -3,3 +3,6 @@
 
 pub mod crd;
 pub mod ipam;
+pub mod embedded;
+pub mod keys;
+pub mod leader;
