@@ -7,6 +7,7 @@
 //! - [`kube`]: real Kubernetes control planes (etcd + kube-apiserver) started per test.
 
 pub mod binaries;
+pub mod fleet;
 pub mod kube;
 pub mod netns;
 pub mod process;
