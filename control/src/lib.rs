@@ -6,3 +6,4 @@ pub mod ipam;
 pub mod embedded;
 pub mod keys;
 pub mod leader;
+pub mod hub;
