@@ -7,3 +7,4 @@ pub mod embedded;
 pub mod ipam;
 pub mod keys;
 pub mod leader;
+pub mod hub;
