@@ -1,5 +1,10 @@
 //! Kubernetes control plane of FleetBoard: CRDs (`Peer`), CIDR allocation, and (next) the hub
 //! and agent controllers that turn these objects into dataplane configuration.
 
+pub mod agent;
 pub mod crd;
+pub mod embedded;
 pub mod ipam;
+pub mod keys;
+pub mod leader;
+pub mod hub;

@@ -1,5 +1,6 @@
 //! The `fleetboard` binary: one image, one binary, subcommands per role.
 
+mod agent;
 mod dataplane;
 mod keys;
 
@@ -34,6 +35,8 @@ enum Command {
     },
     /// Print the version and exit.
     Version,
+    /// Member agent (one per node): joins the hub, elects the gateway, runs the tunnels.
+    Agent(Box<agent::AgentArgs>),
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
     Nri(Box<fleetboard_nri::NriArgs>),
 }
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             println!("fleetboard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Agent(args) => agent::main(*args),
         Command::Nri(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

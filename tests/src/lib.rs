@@ -9,6 +9,7 @@
 
 pub mod binaries;
 pub mod charts;
+pub mod fleet;
 pub mod kube;
 pub mod netns;
 pub mod process;

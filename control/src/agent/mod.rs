@@ -1,0 +1,164 @@
+//! `fleetboard agent`: the member side of the control plane, one per node.
+//!
+//! Every agent publishes its Node's inner-tunnel key and underlay address (annotations
+//! `fleetboard.io/public-key`, `fleetboard.io/tunnel-ip`) and runs for the Lease
+//! `fleetboard-gateway`. The winner is the **gateway**: it registers the cluster's `Peer` in
+//! the hub, learns the block the hub allocates, gives every Node a sub-block
+//! (`fleetboard.io/node-cidr`), and runs the dataplane with the cluster keys (the hub, direct
+//! peers when both sides are public, one inner tunnel per other node). Every other node runs
+//! a dataplane with its own key and one peer, the gateway. Nodes, the Lease and the hub's
+//! Peers are watched; any change re-plans ([`plan`]) and re-applies.
+
+pub mod hub;
+pub mod plan;
+mod reconcile;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use hub::{HubAccess, HubError};
+pub use reconcile::run;
+
+use crate::crd::peer::Transport;
+
+/// Node annotation: the node's sub-block of the cluster block (written by the gateway).
+pub const NODE_CIDR_ANNOTATION: &str = "fleetboard.io/node-cidr";
+/// Node annotation: the node's inner-tunnel public key (written by its agent).
+pub const PUBLIC_KEY_ANNOTATION: &str = "fleetboard.io/public-key";
+/// Node annotation: the node's underlay address (written by its agent).
+pub const TUNNEL_IP_ANNOTATION: &str = "fleetboard.io/tunnel-ip";
+/// Secret with the cluster keys (the same whichever node is gateway).
+pub const CLUSTER_KEYS_SECRET: &str = "fleetboard-cluster-keys";
+/// Lease electing the gateway.
+pub const GATEWAY_LEASE: &str = "fleetboard-gateway";
+/// Field manager of the agent's server-side applies.
+pub const FIELD_MANAGER: &str = "fleetboard.io/agent";
+
+/// The Secret holding a node's inner-tunnel key.
+pub fn node_keys_secret(node: &str) -> String {
+    format!("fleetboard-node-{node}")
+}
+
+/// Everything `fleetboard agent` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Member namespace (keys, Lease).
+    pub namespace: String,
+    /// This cluster's id (its Peer's name in the hub).
+    pub cluster_id: String,
+    /// This node's name.
+    pub node_name: String,
+    /// This node's underlay address (its `tunnel-ip`).
+    pub node_ip: IpAddr,
+    /// Public address of the gateway (default: `node_ip`).
+    pub endpoint: Option<String>,
+    /// WireGuard UDP port (QUIC listens on the next one).
+    pub listen_port: u16,
+    /// Transport towards the hub and other members.
+    pub transport: Transport,
+    /// True when other members can reach this cluster's gateway directly.
+    pub public: bool,
+    /// Extra CIDRs the cluster announces.
+    pub cidrs: Vec<IpNet>,
+    /// Prefix length of a node's sub-block.
+    pub node_block_prefix: u8,
+    /// How to reach the hub.
+    pub hub: HubAccess,
+    /// Shared namespace in the hub.
+    pub hub_namespace: String,
+    /// TUN device name.
+    pub tun_name: String,
+    /// Folder for the admin socket and QUIC identity files.
+    pub state_dir: PathBuf,
+    /// `/metrics`, `/live`, `/ready` of the dataplane.
+    pub metrics_address: Option<SocketAddr>,
+    /// Member kubeconfig (none: in-cluster or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Gateway Lease duration (a dead gateway is replaced after this).
+    pub lease_duration: Duration,
+    /// Gateway Lease renew interval.
+    pub renew_interval: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A flag is wrong.
+    #[error("{flag}: {problem}")]
+    Config {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The hub cannot be used.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The member apiserver cannot be used.
+    #[error("member cluster API ({what}): {source}")]
+    Member {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// The keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeysError),
+    /// The gateway election failed.
+    #[error(transparent)]
+    Leader(#[from] crate::leader::LeaderError),
+    /// The state dir is not usable.
+    #[error("--state-dir {path}: {source}")]
+    StateDir {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl AgentConfig {
+    /// Checks the flags that can be checked without any I/O.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |flag, problem: String| Err(AgentError::Config { flag, problem });
+        if self.cluster_id.is_empty() {
+            return bad("--cluster-id", "must not be empty".into());
+        }
+        if self.node_name.is_empty() {
+            return bad("--node-name", "must not be empty (or set NODE_NAME)".into());
+        }
+        if self.node_block_prefix == 0 || self.node_block_prefix > 32 {
+            return bad(
+                "--node-block-prefix",
+                format!("{} is not an IPv4 prefix length", self.node_block_prefix),
+            );
+        }
+        if self.listen_port == 0 || self.listen_port == u16::MAX {
+            return bad(
+                "--listen-port",
+                "must be 1..=65534 (QUIC uses the next port)".into(),
+            );
+        }
+        if self.tun_name.is_empty() || self.tun_name.len() > 15 {
+            return bad("--tun-name", "must be 1 to 15 bytes".into());
+        }
+        if self.renew_interval.is_zero() || self.renew_interval * 3 >= self.lease_duration * 2 {
+            return bad(
+                "--renew-interval",
+                "must be above zero and below two thirds of --lease-duration".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The endpoint announced in the Peer.
+    pub fn public_endpoint(&self) -> String {
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| self.node_ip.to_string())
+    }
+}

@@ -1,0 +1,597 @@
+//! The agent's loop: watch Nodes, the gateway Lease and the hub's Peers; on every change
+//! re-plan and apply (annotations, the Peer, the dataplane).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetboard_dataplane::core::{DataplaneConfig, PublicKey};
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
+
+use super::plan::{
+    self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
+};
+use super::{
+    AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE,
+    NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_IP_ANNOTATION, node_keys_secret,
+};
+use crate::crd::peer::{Peer, PeerSpec};
+use crate::embedded::{EmbeddedDataplane, admin_socket};
+use crate::keys::{GatewayKeys, load_or_create};
+use crate::leader::LeaderElection;
+
+/// Re-plan at least this often even without events (a missed event, a dataplane that died).
+const RESYNC: Duration = Duration::from_secs(10);
+/// Events closer together than this are handled in one pass (a burst of watch events).
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often non-gateway nodes read the gateway Lease (a moved gateway is followed within it).
+const LEASE_POLL: Duration = Duration::from_secs(1);
+/// Retry delay after a failed pass.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Runs the agent until `shutdown` completes; on shutdown the gateway Lease is released (the
+/// next gateway takes over at once) and the dataplane stopped.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let member = member_client(&cfg).await?;
+    let (hub, hub_url) = cfg.hub.client().await?;
+    cfg.hub.check(&hub, &hub_url, &cfg.hub_namespace).await?;
+    tracing::info!(hub = %hub_url, cluster = %cfg.cluster_id, node = %cfg.node_name, "joined the hub");
+
+    let node_keys = load_or_create(
+        member.clone(),
+        &cfg.namespace,
+        &node_keys_secret(&cfg.node_name),
+        &cfg.node_name,
+    )
+    .await?;
+    publish_node(&member, &cfg, &node_keys).await?;
+
+    let notify = Arc::new(Notify::new());
+    let nodes = watch_store(
+        Api::<Node>::all(member.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        "nodes",
+    );
+    let gateway = poll_gateway(
+        Api::<Lease>::namespaced(member.clone(), &cfg.namespace),
+        notify.clone(),
+    );
+    let peers = watch_store(
+        Api::<Peer>::namespaced(hub.clone(), &cfg.hub_namespace),
+        watcher::Config::default(),
+        notify.clone(),
+        "hub peers",
+    );
+
+    let (lead_tx, mut lead_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let election = LeaderElection {
+        namespace: cfg.namespace.clone(),
+        name: GATEWAY_LEASE.into(),
+        identity: cfg.node_name.clone(),
+        lease_duration: cfg.lease_duration,
+        renew_interval: cfg.renew_interval,
+    };
+    let election = tokio::spawn(election.run(member.clone(), lead_tx, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut agent = Agent {
+        local: LocalSettings {
+            node_name: cfg.node_name.clone(),
+            cluster_id: cfg.cluster_id.clone(),
+            listen_port: cfg.listen_port,
+            transport: cfg.transport,
+            is_public: cfg.public,
+            tun_name: cfg.tun_name.clone(),
+            admin_socket: admin_socket(&cfg.state_dir),
+            metrics_address: cfg.metrics_address,
+        },
+        cfg,
+        member,
+        hub,
+        node_keys,
+        cluster_keys: None,
+        quic_files: None,
+        nodes,
+        gateway,
+        peers,
+        assigned: HashMap::new(),
+        dataplane: None,
+        was_leading: false,
+    };
+
+    tokio::pin!(shutdown);
+    // Act only on complete views: an empty store before the first list would re-allocate.
+    tokio::select! {
+        _ = &mut shutdown => return agent.stop(stop_tx, election).await,
+        _ = agent.nodes.wait_until_ready() => {}
+    }
+    tokio::select! {
+        _ = &mut shutdown => return agent.stop(stop_tx, election).await,
+        _ = agent.peers.wait_until_ready() => {}
+    }
+    loop {
+        let leading = *lead_rx.borrow_and_update();
+        let wait = match agent.pass(leading).await {
+            Ok(()) => RESYNC,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile failed; retrying");
+                RETRY
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = notify.notified() => {}
+            _ = lead_rx.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+    }
+    agent.stop(stop_tx, election).await
+}
+
+async fn member_client(cfg: &AgentConfig) -> Result<kube::Client, AgentError> {
+    let member_err = |what: &str, e: String| AgentError::Config {
+        flag: "--kubeconfig",
+        problem: format!("{what}: {e}"),
+    };
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| member_err(&format!("reading {}", path.display()), e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| member_err("loading", e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| member_err("no in-cluster config or $KUBECONFIG", e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| member_err("client", e.to_string()))
+}
+
+/// Starts a reflector for `api` whose every event pokes `notify`.
+fn watch_store<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Arc<Notify>,
+    what: &'static str,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::debug!(what, error = %e, "watch error (retrying)"),
+            }
+        }
+    });
+    store
+}
+
+/// Reads the gateway Lease every [`LEASE_POLL`] and publishes its holder, poking `notify` on
+/// a change. Polled rather than watched: agents may only get/create/update Leases.
+fn poll_gateway(api: Api<Lease>, notify: Arc<Notify>) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            match api.get_opt(GATEWAY_LEASE).await {
+                Ok(lease) => {
+                    let holder = lease
+                        .and_then(|l| l.spec)
+                        .and_then(|s| s.holder_identity)
+                        .filter(|h| !h.is_empty());
+                    let changed = tx.send_if_modified(|cur| {
+                        let changed = *cur != holder;
+                        *cur = holder.clone();
+                        changed
+                    });
+                    if changed {
+                        tracing::info!(gateway = ?holder, "gateway Lease holder");
+                        notify.notify_one();
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the gateway Lease"),
+            }
+            if tx.is_closed() {
+                break;
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    });
+    rx
+}
+
+/// Writes this node's `public-key` and `tunnel-ip` annotations.
+async fn publish_node(
+    member: &kube::Client,
+    cfg: &AgentConfig,
+    keys: &GatewayKeys,
+) -> Result<(), AgentError> {
+    let patch = serde_json::json!({ "metadata": { "annotations": {
+        PUBLIC_KEY_ANNOTATION: keys.public_key_base64(),
+        TUNNEL_IP_ANNOTATION: cfg.node_ip.to_string(),
+    }}});
+    Api::<Node>::all(member.clone())
+        .patch(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|source| AgentError::Member {
+            what: format!("annotating node {}", cfg.node_name),
+            source,
+        })?;
+    Ok(())
+}
+
+fn annotation<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
+    n.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn node_info(n: &Node) -> NodeInfo {
+    NodeInfo {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        created: n
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        cidr: annotation(n, NODE_CIDR_ANNOTATION).and_then(|s| s.parse().ok()),
+        public_key: annotation(n, PUBLIC_KEY_ANNOTATION)
+            .and_then(|s| PublicKey::from_base64(s).ok()),
+        tunnel_ip: annotation(n, TUNNEL_IP_ANNOTATION).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn peer_info(p: &Peer) -> PeerInfo {
+    PeerInfo {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        spec: p.spec.clone(),
+        allocated: p
+            .status
+            .as_ref()
+            .map(|s| {
+                s.allocated_cidrs
+                    .iter()
+                    .filter_map(|c| c.parse::<IpNet>().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A running dataplane and the config it runs.
+struct Running {
+    dp: EmbeddedDataplane,
+    config: DataplaneConfig,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    local: LocalSettings,
+    member: kube::Client,
+    hub: kube::Client,
+    node_keys: GatewayKeys,
+    cluster_keys: Option<GatewayKeys>,
+    quic_files: Option<QuicFiles>,
+    nodes: Store<Node>,
+    /// The gateway Lease's holder (a node name).
+    gateway: watch::Receiver<Option<String>>,
+    peers: Store<Peer>,
+    /// Blocks this gateway wrote and the Node store may not show yet.
+    assigned: HashMap<String, IpNet>,
+    dataplane: Option<Running>,
+    was_leading: bool,
+}
+
+impl Agent {
+    async fn stop(
+        mut self,
+        stop_election: tokio::sync::oneshot::Sender<()>,
+        election: tokio::task::JoinHandle<Result<(), crate::leader::LeaderError>>,
+    ) -> Result<(), AgentError> {
+        let _ = stop_election.send(());
+        match tokio::time::timeout(Duration::from_secs(5), election).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway election ended with an error"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("gateway Lease not released in time"),
+        }
+        if let Some(r) = self.dataplane.take()
+            && let Err(e) = r.dp.stop().await
+        {
+            tracing::warn!(error = %e, "stopping the dataplane");
+        }
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+
+    /// One observe-plan-apply pass.
+    async fn pass(&mut self, leading: bool) -> Result<(), AgentError> {
+        if leading != self.was_leading {
+            tracing::info!(
+                node = %self.cfg.node_name,
+                gateway = leading,
+                "{}",
+                if leading { "this node is now the gateway" } else { "this node is no longer the gateway" }
+            );
+            self.was_leading = leading;
+            self.assigned.clear();
+        }
+        let mut nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| node_info(n)).collect();
+        for n in &mut nodes {
+            if let Some(c) = self.assigned.get(&n.name)
+                && n.cidr.is_none()
+            {
+                n.cidr = Some(*c);
+            }
+        }
+        let peers: Vec<PeerInfo> = self.peers.state().iter().map(|p| peer_info(p)).collect();
+        self.check_own_annotations(&nodes).await?;
+        let desired = if leading {
+            self.gateway_pass(&nodes, &peers).await?
+        } else {
+            self.node_pass(&nodes, &peers)
+        };
+        if let Some(c) = desired {
+            self.apply_dataplane(c).await;
+        }
+        Ok(())
+    }
+
+    /// Re-publishes this node's annotations if someone removed or changed them.
+    async fn check_own_annotations(&self, nodes: &[NodeInfo]) -> Result<(), AgentError> {
+        let Some(me) = nodes.iter().find(|n| n.name == self.cfg.node_name) else {
+            return Ok(());
+        };
+        if me.public_key != Some(self.node_keys.public_key())
+            || me.tunnel_ip != Some(self.cfg.node_ip)
+        {
+            publish_node(&self.member, &self.cfg, &self.node_keys).await?;
+        }
+        Ok(())
+    }
+
+    async fn gateway_pass(
+        &mut self,
+        nodes: &[NodeInfo],
+        peers: &[PeerInfo],
+    ) -> Result<Option<DataplaneConfig>, AgentError> {
+        let keys = match &self.cluster_keys {
+            Some(k) => k.clone(),
+            None => {
+                let k = load_or_create(
+                    self.member.clone(),
+                    &self.cfg.namespace,
+                    CLUSTER_KEYS_SECRET,
+                    &self.cfg.cluster_id,
+                )
+                .await?;
+                self.cluster_keys = Some(k.clone());
+                k
+            }
+        };
+        if self.quic_files.is_none() {
+            let (certificate, private_key) =
+                keys.write_quic_files(&self.cfg.state_dir.join("cluster"))?;
+            self.quic_files = Some(QuicFiles {
+                certificate,
+                private_key,
+            });
+        }
+        self.apply_peer(&keys, peers).await?;
+        let Some(own) = peers.iter().find(|p| p.name == self.cfg.cluster_id) else {
+            tracing::info!("waiting for our Peer to appear in the hub");
+            return Ok(None);
+        };
+        if own.allocated.is_empty() {
+            tracing::info!("waiting for the hub to allocate our block");
+            return Ok(None);
+        }
+        let blocks = match plan::plan_node_blocks(&own.allocated, self.cfg.node_block_prefix, nodes)
+        {
+            Ok((all, changed)) => {
+                for b in &changed {
+                    self.write_node_block(b).await?;
+                }
+                all
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "node sub-blocks cannot be allocated");
+                Vec::new()
+            }
+        };
+        let resolve = resolve_endpoints(peers).await;
+        Ok(plan::gateway_config(&GatewayInputs {
+            local: &self.local,
+            cluster_key: keys.private_key.clone(),
+            quic: self.quic_files.clone(),
+            peers,
+            nodes,
+            blocks: &blocks,
+            resolve: &resolve,
+        }))
+    }
+
+    /// Server-side applies this cluster's Peer spec when it differs from the hub's copy.
+    async fn apply_peer(&self, keys: &GatewayKeys, peers: &[PeerInfo]) -> Result<(), AgentError> {
+        let mut spec: PeerSpec =
+            serde_json::from_value(serde_json::json!({ "clusterId": self.cfg.cluster_id }))
+                .expect("minimal PeerSpec");
+        spec.cidrs = self.cfg.cidrs.iter().map(|c| c.to_string()).collect();
+        spec.endpoint = Some(self.cfg.public_endpoint());
+        spec.port = self.cfg.listen_port;
+        spec.public_key = Some(keys.public_key_base64());
+        spec.cert_fingerprint = Some(keys.fingerprint.clone());
+        spec.transport = self.cfg.transport;
+        spec.is_public = self.cfg.public;
+        if peers
+            .iter()
+            .any(|p| p.name == self.cfg.cluster_id && p.spec == spec)
+        {
+            return Ok(());
+        }
+        let obj = serde_json::json!({
+            "apiVersion": "fleetboard.io/v1alpha1",
+            "kind": "Peer",
+            "metadata": { "name": self.cfg.cluster_id },
+            "spec": spec,
+        });
+        Api::<Peer>::namespaced(self.hub.clone(), &self.cfg.hub_namespace)
+            .patch(
+                &self.cfg.cluster_id,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+                    AgentError::Hub(super::HubError::Refused {
+                        url: "hub".into(),
+                        flag: "--hub-token",
+                        message: s.message,
+                    })
+                }
+                source => AgentError::Member {
+                    what: format!("applying Peer {} in the hub", self.cfg.cluster_id),
+                    source,
+                },
+            })?;
+        tracing::info!(peer = %self.cfg.cluster_id, endpoint = %self.cfg.public_endpoint(), "registered the cluster's Peer in the hub");
+        Ok(())
+    }
+
+    async fn write_node_block(&mut self, b: &NodeBlock) -> Result<(), AgentError> {
+        let patch = serde_json::json!({ "metadata": { "annotations": {
+            NODE_CIDR_ANNOTATION: b.cidr.to_string(),
+        }}});
+        Api::<Node>::all(self.member.clone())
+            .patch(&b.node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| AgentError::Member {
+                what: format!("annotating node {} with its block", b.node),
+                source,
+            })?;
+        tracing::info!(node = %b.node, cidr = %b.cidr, "allocated node sub-block");
+        self.assigned.insert(b.node.clone(), b.cidr);
+        Ok(())
+    }
+
+    fn node_pass(&self, nodes: &[NodeInfo], peers: &[PeerInfo]) -> Option<DataplaneConfig> {
+        let holder = self.gateway.borrow().clone();
+        let gateway = holder.and_then(|h| nodes.iter().find(|n| n.name == h));
+        let own_block = nodes
+            .iter()
+            .find(|n| n.name == self.cfg.node_name)
+            .and_then(|n| n.cidr);
+        plan::node_config(&NodeInputs {
+            local: &self.local,
+            node_key: self.node_keys.private_key.clone(),
+            peers,
+            own_block,
+            gateway,
+        })
+    }
+
+    /// Applies `c`: hot when only keys, peers and routes change, a restart otherwise.
+    async fn apply_dataplane(&mut self, c: DataplaneConfig) {
+        if let Some(r) = self.dataplane.as_mut() {
+            if r.dp.has_exited() {
+                tracing::warn!("dataplane exited; restarting it");
+                self.dataplane = None;
+            } else if r.config == c {
+                return;
+            } else if !needs_restart(&r.config, &c) {
+                match r.dp.apply(c.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(peers = c.peers.len(), key = %c.private_key.public_key(), "dataplane config applied");
+                        r.config = c;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "dataplane refused the config"),
+                }
+                return;
+            } else if let Some(r) = self.dataplane.take() {
+                tracing::info!("dataplane settings changed: restarting it");
+                if let Err(e) = r.dp.stop().await {
+                    tracing::warn!(error = %e, "stopping the dataplane");
+                }
+            }
+        }
+        match EmbeddedDataplane::start(c.clone()).await {
+            Ok(dp) => {
+                tracing::info!(
+                    address = ?c.interface.addresses,
+                    peers = c.peers.len(),
+                    key = %c.private_key.public_key(),
+                    "dataplane started"
+                );
+                self.dataplane = Some(Running { dp, config: c });
+            }
+            Err(e) => tracing::warn!(error = %e, "dataplane did not start"),
+        }
+    }
+}
+
+/// True when going from `a` to `b` needs a new driver (what `set_config` cannot change).
+fn needs_restart(a: &DataplaneConfig, b: &DataplaneConfig) -> bool {
+    a.interface != b.interface
+        || a.listen_port != b.listen_port
+        || a.listen_address != b.listen_address
+        || a.admin != b.admin
+        || a.metrics_address != b.metrics_address
+        || a.quic != b.quic
+}
+
+/// Resolves the endpoint host names of `peers` that are not IP addresses.
+async fn resolve_endpoints(peers: &[PeerInfo]) -> HashMap<String, IpAddr> {
+    let mut out = HashMap::new();
+    let names: BTreeMap<&str, u16> = peers
+        .iter()
+        .filter_map(|p| p.spec.endpoint.as_deref().map(|e| (e, p.spec.port)))
+        .filter(|(e, _)| e.parse::<IpAddr>().is_err())
+        .collect();
+    for (name, port) in names {
+        match tokio::net::lookup_host((name, port)).await {
+            Ok(mut addrs) => {
+                if let Some(a) = addrs.next() {
+                    out.insert(name.to_string(), a.ip());
+                }
+            }
+            Err(e) => tracing::warn!(endpoint = name, error = %e, "cannot resolve peer endpoint"),
+        }
+    }
+    out
+}

@@ -1,0 +1,556 @@
+//! `fleetboard hub`: leader-elected replicas; the leader runs the hub dataplane, publishes the
+//! hub's `Peer`, allocates every member a block of each tunnel CIDR (persisted in the Peer's
+//! status), serves every valid member in its dataplane and keeps the Peer status live.
+//!
+//! Every replica watches the Peers (a warm cache); only the leader writes. One reconcile pass
+//! ([`Leader::pass`]) observes (cache + dataplane status), plans ([`plan::plan`], pure),
+//! writes what changed (status subresource, merge patch), then applies the dataplane config.
+//! A pass runs on every Peer event and every [`PASS_EVERY`] (the status refresh).
+
+pub mod plan;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetboard_dataplane::core::{DataplaneConfig, DataplaneStatus};
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
+
+use crate::crd::peer::{Peer, PeerSpec, PeerStatus, Transport};
+use crate::embedded::{EmbeddedDataplane, admin_socket};
+use crate::ipam::BlockAllocator;
+use crate::keys::{self, GatewayKeys};
+use crate::leader::LeaderElection;
+use plan::{HubSettings, PeerInput};
+
+/// Field manager of everything the hub writes.
+pub const FIELD_MANAGER: &str = "fleetboard.io/hub";
+/// Default Lease name.
+pub const LEASE_NAME: &str = "fleetboard-hub";
+/// Default keys Secret name.
+pub const KEYS_SECRET: &str = "fleetboard-hub-keys";
+/// A reconcile pass runs at least this often: it refreshes `Connected` from the dataplane.
+pub const PASS_EVERY: Duration = Duration::from_secs(2);
+/// Retry delay after a failure to load keys or start the dataplane.
+const RETRY: Duration = Duration::from_secs(2);
+/// Resolved endpoint names are kept this long.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// Settings of `fleetboard hub` (one per replica; the CLI fills it).
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Shared namespace of the Peers, the Lease and the keys Secret.
+    pub namespace: String,
+    /// The hub's cluster id (its Peer's name).
+    pub cluster_id: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Tunnel CIDRs (v4 and/or v6) blocks are allocated from.
+    pub tunnel_cidrs: Vec<IpNet>,
+    /// Block prefix length for IPv4 pools.
+    pub block_prefix: u8,
+    /// Block prefix length for IPv6 pools.
+    pub block_prefix_v6: u8,
+    /// Public endpoint (host name or address) published in the hub's Peer.
+    pub endpoint: Option<String>,
+    /// WireGuard UDP port (QUIC on the next port).
+    pub listen_port: u16,
+    /// The hub's default transport.
+    pub transport: Transport,
+    /// TUN device name.
+    pub tun_name: String,
+    /// State folder (admin socket, QUIC key files).
+    pub state_dir: PathBuf,
+    /// `/metrics` `/live` `/ready` address of the dataplane (leader only).
+    pub metrics_address: Option<SocketAddr>,
+    /// Lease name.
+    pub lease_name: String,
+    /// Keys Secret name.
+    pub keys_secret: String,
+    /// Lease duration (a standby takes over this long after the leader's last renewal).
+    pub lease_duration: Duration,
+    /// Lease renewal interval.
+    pub renew_interval: Duration,
+}
+
+/// Why the hub cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A flag is wrong (the message names it).
+    #[error("{0}")]
+    Config(String),
+    /// Leader election failed.
+    #[error(transparent)]
+    Leader(#[from] crate::leader::LeaderError),
+}
+
+impl HubConfig {
+    /// One block allocator per tunnel CIDR (checks `--tunnel-cidr` and the block prefixes).
+    pub fn pools(&self) -> Result<Vec<BlockAllocator>, HubError> {
+        if self.tunnel_cidrs.is_empty() {
+            return Err(HubError::Config("--tunnel-cidr: at least one is required".into()));
+        }
+        let mut out: Vec<BlockAllocator> = Vec::new();
+        for c in &self.tunnel_cidrs {
+            let (flag, len) = match c {
+                IpNet::V4(_) => ("--block-prefix", self.block_prefix),
+                IpNet::V6(_) => ("--block-prefix-v6", self.block_prefix_v6),
+            };
+            if let Some(o) = out.iter().find(|o| o.pool().contains(&c.network()) || c.contains(&o.pool().network())) {
+                return Err(HubError::Config(format!(
+                    "--tunnel-cidr {c} overlaps {}",
+                    o.pool()
+                )));
+            }
+            let a = BlockAllocator::new(*c, len).map_err(|e| HubError::Config(format!("{flag}: {e}")))?;
+            out.push(a);
+        }
+        if self.listen_port == 0 || self.listen_port == u16::MAX {
+            return Err(HubError::Config(
+                "--listen-port: must be 1..=65534 (QUIC listens on the next port)".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a hub replica until `shutdown`: elects, leads (or stands by), releases the Lease.
+pub async fn run(
+    config: HubConfig,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HubError> {
+    let pools = config.pools()?;
+    let (lead_tx, mut lead_rx) = watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let election = LeaderElection {
+        namespace: config.namespace.clone(),
+        name: config.lease_name.clone(),
+        identity: config.identity.clone(),
+        lease_duration: config.lease_duration,
+        renew_interval: config.renew_interval,
+    };
+    let elect = tokio::spawn(election.run(client.clone(), lead_tx, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+
+    let api: Api<Peer> = Api::namespaced(client.clone(), &config.namespace);
+    let (reader, writer) = reflector::store::<Peer>();
+    let changed = Arc::new(Notify::new());
+    let watch_task = {
+        let changed = changed.clone();
+        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
+            .default_backoff();
+        tokio::spawn(async move {
+            stream
+                .for_each(|ev| {
+                    if let Err(e) = ev {
+                        tracing::warn!(error = %e, "peer watch");
+                    }
+                    changed.notify_one();
+                    async {}
+                })
+                .await;
+        })
+    };
+
+    tracing::info!(identity = %config.identity, namespace = %config.namespace, "hub replica up; standing by for the lease");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = lead_rx.wait_for(|l| *l) => if r.is_err() { break },
+        }
+        let mut leader = Leader::new(&config, pools.clone(), api.clone(), reader.clone(), changed.clone());
+        let lost = async {
+            let _ = lead_rx.wait_for(|l| !*l).await;
+        };
+        let mut stopping = false;
+        tokio::select! {
+            _ = &mut shutdown => stopping = true,
+            _ = lost => tracing::warn!("lost leadership: stopping the hub dataplane"),
+            _ = leader.lead() => {}
+        }
+        leader.stop_dataplane().await;
+        if stopping {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    watch_task.abort();
+    match elect.await {
+        Ok(r) => r?,
+        Err(e) => tracing::error!(error = %e, "leader election task"),
+    }
+    Ok(())
+}
+
+/// The leader's state for one term.
+struct Leader<'a> {
+    config: &'a HubConfig,
+    pools: Vec<BlockAllocator>,
+    api: Api<Peer>,
+    reader: Store<Peer>,
+    changed: Arc<Notify>,
+    settings: Option<HubSettings>,
+    keys: Option<GatewayKeys>,
+    dataplane: Option<EmbeddedDataplane>,
+    applied: Option<DataplaneConfig>,
+    /// Statuses written this term, by uid (the cache may lag behind our own writes).
+    written: HashMap<String, PeerStatus>,
+    /// When bytes/RTT were last written, by uid.
+    volatile_at: HashMap<String, tokio::time::Instant>,
+    dns: HashMap<String, (Option<IpAddr>, tokio::time::Instant)>,
+}
+
+impl<'a> Leader<'a> {
+    fn new(
+        config: &'a HubConfig,
+        pools: Vec<BlockAllocator>,
+        api: Api<Peer>,
+        reader: Store<Peer>,
+        changed: Arc<Notify>,
+    ) -> Self {
+        Self {
+            config,
+            pools,
+            api,
+            reader,
+            changed,
+            settings: None,
+            keys: None,
+            dataplane: None,
+            applied: None,
+            written: HashMap::new(),
+            volatile_at: HashMap::new(),
+            dns: HashMap::new(),
+        }
+    }
+
+    /// Leads until cancelled (the caller drops this future when leadership ends).
+    async fn lead(&mut self) {
+        tracing::info!(identity = %self.config.identity, "leading: starting the hub");
+        let c = self.config;
+        let keys = loop {
+            match keys::load_or_create(self.api_client(), &c.namespace, &c.keys_secret, &c.cluster_id).await {
+                Ok(k) => break k,
+                Err(e) => tracing::warn!(error = %e, "hub keys"),
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        let quic_files = loop {
+            match keys.write_quic_files(&c.state_dir) {
+                Ok(f) => break f,
+                Err(e) => tracing::error!(error = %e, "writing the QUIC identity"),
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        self.settings = Some(HubSettings {
+            cluster_id: c.cluster_id.clone(),
+            pools: self.pools.clone(),
+            private_key: keys.private_key.clone(),
+            listen_port: c.listen_port,
+            transport: c.transport,
+            tun_name: c.tun_name.clone(),
+            admin_socket: admin_socket(&c.state_dir),
+            metrics_address: c.metrics_address,
+            quic_files,
+        });
+        self.keys = Some(keys);
+        if self.reader.wait_until_ready().await.is_err() {
+            tracing::error!("peer cache writer dropped");
+            return;
+        }
+        loop {
+            self.pass().await;
+            tokio::select! {
+                _ = self.changed.notified() => {
+                    // Let a burst of events settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = tokio::time::sleep(PASS_EVERY) => {}
+            }
+        }
+    }
+
+    fn api_client(&self) -> kube::Client {
+        self.api.clone().into_client()
+    }
+
+    async fn stop_dataplane(&mut self) {
+        if let Some(dp) = self.dataplane.take() {
+            match dp.stop().await {
+                Ok(()) => tracing::info!("hub dataplane stopped"),
+                Err(e) => tracing::warn!(error = %e, "hub dataplane stopped with an error"),
+            }
+        }
+        self.applied = None;
+    }
+
+    async fn resolve(&mut self, host: &str) -> Option<IpAddr> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Some(ip);
+        }
+        if let Some((ip, at)) = self.dns.get(host)
+            && at.elapsed() < DNS_TTL
+        {
+            return *ip;
+        }
+        let ip = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, 0)))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|mut it| it.next())
+            .map(|a| a.ip());
+        self.dns
+            .insert(host.to_string(), (ip, tokio::time::Instant::now()));
+        ip
+    }
+
+    /// One reconcile pass: observe, plan, write, apply.
+    async fn pass(&mut self) {
+        let Some(settings) = self.settings.clone() else {
+            return;
+        };
+        let Some(keys) = self.keys.clone() else {
+            return;
+        };
+        if let Some(dp) = self.dataplane.as_mut()
+            && dp.has_exited()
+        {
+            tracing::error!("hub dataplane exited; restarting it");
+            self.dataplane = None;
+            self.applied = None;
+        }
+        let dp_status = match &self.dataplane {
+            Some(dp) => dp.status().await.ok(),
+            None => None,
+        };
+        let mut peers = self.reader.state();
+        peers.sort_by(|a, b| {
+            let ka = (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.metadata.name.clone());
+            let kb = (b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.metadata.name.clone());
+            ka.cmp(&kb)
+        });
+        let live: HashSet<String> = peers.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        self.written.retain(|uid, _| live.contains(uid));
+        self.volatile_at.retain(|uid, _| live.contains(uid));
+
+        self.publish_hub_spec(&peers, &keys).await;
+        let hub_obj = peers
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(self.config.cluster_id.as_str()))
+            .cloned();
+        let hub_current = hub_obj.as_ref().map(|p| self.current_status(p)).unwrap_or_default();
+        let hub_allocated = parse_blocks(&hub_current.allocated_cidrs);
+
+        let members: Vec<Arc<Peer>> = peers
+            .iter()
+            .filter(|p| {
+                p.metadata.name.as_deref() != Some(self.config.cluster_id.as_str()) && !p.spec.is_hub
+            })
+            .cloned()
+            .collect();
+        let mut inputs = Vec::with_capacity(members.len());
+        for p in &members {
+            let endpoint_ip = match p.spec.endpoint.clone() {
+                Some(h) => self.resolve(&h).await,
+                None => None,
+            };
+            inputs.push(PeerInput {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                spec: p.spec.clone(),
+                allocated: parse_blocks(&self.current_status(p).allocated_cidrs),
+                endpoint_ip,
+            });
+        }
+        let mut plan = plan::plan(&settings, &hub_allocated, &inputs);
+        let now = Timestamp::now();
+
+        // Persist first: a block is used only once it is in the Peer's status.
+        if let Some(h) = &hub_obj {
+            let st = status::hub_status(
+                &hub_current,
+                &plan.hub_allocated,
+                h.metadata.generation,
+                &self.config.identity,
+                now,
+            );
+            self.write_status(h, st).await;
+        }
+        let mut persisted: HashSet<String> = HashSet::new();
+        for (p, m) in members.iter().zip(plan.members.iter()) {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let current = self.current_status(p);
+            let dp_peer = dp_status.as_ref().and_then(|s| find_dp_peer(s, &m.name));
+            let obs = status::observe(dp_peer, now);
+            let refresh = self
+                .volatile_at
+                .get(&uid)
+                .is_none_or(|t| t.elapsed() >= status::VOLATILE_EVERY);
+            let desired = status::member_status(&current, m, &obs, p.metadata.generation, now, refresh);
+            let volatile_changed = desired.rx_bytes != current.rx_bytes
+                || desired.tx_bytes != current.tx_bytes
+                || desired.rtt_micros != current.rtt_micros;
+            if self.write_status(p, desired).await {
+                if volatile_changed {
+                    self.volatile_at.insert(uid, tokio::time::Instant::now());
+                }
+                persisted.insert(m.name.clone());
+            }
+        }
+        plan.dataplane.peers.retain(|peer| {
+            peer.name.as_ref().is_some_and(|n| persisted.contains(n))
+        });
+        self.apply_dataplane(plan.dataplane).await;
+    }
+
+    /// The status as we last wrote it this term, else as the cache has it.
+    fn current_status(&self, p: &Peer) -> PeerStatus {
+        p.metadata
+            .uid
+            .as_ref()
+            .and_then(|u| self.written.get(u))
+            .cloned()
+            .or_else(|| p.status.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes `desired` if it differs from the current status; true when it is persisted.
+    async fn write_status(&mut self, p: &Peer, desired: PeerStatus) -> bool {
+        let current = self.current_status(p);
+        if current == desired {
+            return true;
+        }
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let body = serde_json::json!({ "status": status_patch(&desired) });
+        match self
+            .api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(_) => {
+                if current.allocated_cidrs != desired.allocated_cidrs {
+                    tracing::info!(peer = %name, blocks = ?desired.allocated_cidrs, "allocation persisted");
+                }
+                for c in &desired.conditions {
+                    if !current.conditions.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason) {
+                        tracing::info!(peer = %name, condition = %c.type_, status = %c.status, reason = %c.reason, message = %c.message, "peer condition");
+                    }
+                }
+                if let Some(uid) = p.metadata.uid.clone() {
+                    self.written.insert(uid, desired);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(peer = %name, error = %e, "writing peer status");
+                // Unchanged blocks are persisted already; new ones are not.
+                current.allocated_cidrs == desired.allocated_cidrs
+            }
+        }
+    }
+
+    /// Server-side applies the hub's own Peer spec when it differs from what it should be.
+    async fn publish_hub_spec(&mut self, peers: &[Arc<Peer>], keys: &GatewayKeys) {
+        let c = self.config;
+        let desired = PeerSpec {
+            cluster_id: c.cluster_id.clone(),
+            cidrs: c.tunnel_cidrs.iter().map(|n| n.trunc().to_string()).collect(),
+            endpoint: c.endpoint.clone(),
+            port: c.listen_port,
+            public_key: Some(keys.public_key_base64()),
+            cert_fingerprint: Some(keys.fingerprint.clone()),
+            transport: c.transport,
+            is_hub: true,
+            is_public: true,
+        };
+        let current = peers
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(c.cluster_id.as_str()));
+        if current.is_some_and(|p| p.spec == desired) {
+            return;
+        }
+        let obj = serde_json::json!({
+            "apiVersion": "fleetboard.io/v1alpha1",
+            "kind": "Peer",
+            "metadata": { "name": c.cluster_id, "namespace": c.namespace },
+            "spec": desired,
+        });
+        match self
+            .api
+            .patch(&c.cluster_id, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+            .await
+        {
+            Ok(_) => tracing::info!(peer = %c.cluster_id, endpoint = ?c.endpoint, "published the hub peer"),
+            Err(e) => tracing::warn!(error = %e, "publishing the hub peer"),
+        }
+    }
+
+    async fn apply_dataplane(&mut self, config: DataplaneConfig) {
+        if self.applied.as_ref() == Some(&config) {
+            return;
+        }
+        match &self.dataplane {
+            Some(dp) => match dp.apply(config.clone()).await {
+                Ok(()) => {
+                    tracing::info!(peers = config.peers.len(), "hub dataplane config applied");
+                    self.applied = Some(config);
+                }
+                Err(e) => tracing::error!(error = %e, "applying the hub dataplane config"),
+            },
+            None => match EmbeddedDataplane::start(config.clone()).await {
+                Ok(dp) => {
+                    tracing::info!(udp = %dp.local_addr(), peers = config.peers.len(), "hub dataplane started");
+                    self.dataplane = Some(dp);
+                    self.applied = Some(config);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "starting the hub dataplane");
+                    tokio::time::sleep(RETRY).await;
+                }
+            },
+        }
+    }
+}
+
+fn find_dp_peer<'s>(
+    s: &'s DataplaneStatus,
+    name: &str,
+) -> Option<&'s fleetboard_dataplane::core::PeerStatus> {
+    s.peers.iter().find(|p| p.name.as_deref() == Some(name))
+}
+
+fn parse_blocks(list: &[String]) -> Vec<IpNet> {
+    list.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// The status as a merge patch: absent optional fields become explicit nulls (a merge patch
+/// would otherwise leave stale values in place).
+fn status_patch(s: &PeerStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in [
+            "conditions",
+            "allocatedCidrs",
+            "lastHandshake",
+            "rttMicros",
+            "rxBytes",
+            "txBytes",
+            "observedGeneration",
+        ] {
+            o.entry(k).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
+}

@@ -1,0 +1,255 @@
+//! A gateway's long-lived keys (WireGuard key and QUIC identity), kept in a Secret so that
+//! every replica, and every restart, uses the same ones.
+//!
+//! Secret data: `wireguard.key` (base64 private key, as `fleetboard keygen` prints it),
+//! `quic.key` (PEM PKCS#8) and `quic.crt` (PEM certificate). The first process to find no
+//! Secret creates one; when two race, the loser's create fails with AlreadyExists and it
+//! re-reads the winner's, so both end up with the same keys.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use fleetboard_dataplane::core::{PublicKey, SecretKey};
+use fleetboard_dataplane::quic::{Identity, generate_identity_pem};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// Secret key holding the WireGuard private key.
+pub const WIREGUARD_KEY: &str = "wireguard.key";
+/// Secret key holding the QUIC private key (PEM).
+pub const QUIC_KEY: &str = "quic.key";
+/// Secret key holding the QUIC certificate (PEM).
+pub const QUIC_CERT: &str = "quic.crt";
+
+/// Why the keys could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The API call failed.
+    #[error("secret {namespace}/{name}: {source}")]
+    Api {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// The Secret exists but a field is missing or malformed.
+    #[error("secret {namespace}/{name}: field {field}: {problem}")]
+    Invalid {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Data key.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// No randomness or no identity could be made.
+    #[error("generating keys: {0}")]
+    Generate(String),
+    /// Writing the QUIC files failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A gateway's keys.
+#[derive(Clone)]
+pub struct GatewayKeys {
+    /// WireGuard private key.
+    pub private_key: SecretKey,
+    /// QUIC private key, PEM PKCS#8.
+    pub quic_key_pem: String,
+    /// QUIC certificate, PEM.
+    pub quic_cert_pem: String,
+    /// SHA-256 of the QUIC certificate's public key, 64 lowercase hex digits (what peers pin
+    /// and what `Peer.spec.certFingerprint` holds).
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for GatewayKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayKeys")
+            .field("public_key", &self.public_key_base64())
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayKeys {
+    /// Fresh keys: a random WireGuard key and a self-signed QUIC identity for `quic_name`.
+    pub fn generate(quic_name: &str) -> Result<Self, KeysError> {
+        let mut b = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .map_err(|e| KeysError::Generate(format!("reading /dev/urandom: {e}")))?;
+        let (key, cert, fp) =
+            generate_identity_pem(quic_name).map_err(|e| KeysError::Generate(e.to_string()))?;
+        Ok(Self {
+            private_key: SecretKey::from_random_bytes(b),
+            quic_key_pem: key,
+            quic_cert_pem: cert,
+            fingerprint: fp.to_hex(),
+        })
+    }
+
+    /// The WireGuard public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.private_key.public_key()
+    }
+
+    /// The WireGuard public key in base64 (`Peer.spec.publicKey`).
+    pub fn public_key_base64(&self) -> String {
+        self.public_key().to_base64()
+    }
+
+    /// Writes `quic.key` (mode 0600) and `quic.crt` into `dir`; returns (cert, key) paths,
+    /// what the dataplane config's `quic.certificate` / `quic.private_key` take.
+    pub fn write_quic_files(&self, dir: &Path) -> Result<(PathBuf, PathBuf), KeysError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let w = |path: PathBuf, body: &str, mode: u32| -> Result<PathBuf, KeysError> {
+            let err = |source| KeysError::Write {
+                path: path.clone(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(err)?;
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(err)?;
+            f.write_all(body.as_bytes()).map_err(err)?;
+            Ok(path)
+        };
+        let key = w(dir.join(QUIC_KEY), &self.quic_key_pem, 0o600)?;
+        let cert = w(dir.join(QUIC_CERT), &self.quic_cert_pem, 0o644)?;
+        Ok((cert, key))
+    }
+
+    fn to_data(&self) -> BTreeMap<String, ByteString> {
+        let b = |s: &str| ByteString(s.as_bytes().to_vec());
+        BTreeMap::from([
+            (WIREGUARD_KEY.to_string(), b(&self.private_key.to_base64())),
+            (QUIC_KEY.to_string(), b(&self.quic_key_pem)),
+            (QUIC_CERT.to_string(), b(&self.quic_cert_pem)),
+        ])
+    }
+
+    fn from_secret(secret: &Secret, namespace: &str, name: &str) -> Result<Self, KeysError> {
+        let invalid = |field: &'static str, problem: String| KeysError::Invalid {
+            namespace: namespace.into(),
+            name: name.into(),
+            field,
+            problem,
+        };
+        let get = |field: &'static str| -> Result<String, KeysError> {
+            let data = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(field))
+                .ok_or_else(|| invalid(field, "missing".into()))?;
+            String::from_utf8(data.0.clone()).map_err(|_| invalid(field, "not UTF-8".into()))
+        };
+        let private_key = SecretKey::from_base64(get(WIREGUARD_KEY)?.trim())
+            .map_err(|e| invalid(WIREGUARD_KEY, e.to_string()))?;
+        let quic_key_pem = get(QUIC_KEY)?;
+        let quic_cert_pem = get(QUIC_CERT)?;
+        let id = Identity::from_pem(&quic_cert_pem, &quic_key_pem)
+            .map_err(|e| invalid(QUIC_CERT, e.to_string()))?;
+        Ok(Self {
+            private_key,
+            quic_key_pem,
+            quic_cert_pem,
+            fingerprint: id.fingerprint.to_hex(),
+        })
+    }
+}
+
+/// Reads the keys from Secret `namespace/secret_name`, or creates it with fresh keys (QUIC
+/// certificate for `quic_name`). Two racing callers end up with the same keys.
+pub async fn load_or_create(
+    client: kube::Client,
+    namespace: &str,
+    secret_name: &str,
+    quic_name: &str,
+) -> Result<GatewayKeys, KeysError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let api_err = |source| KeysError::Api {
+        namespace: namespace.into(),
+        name: secret_name.into(),
+        source,
+    };
+    if let Some(s) = api.get_opt(secret_name).await.map_err(api_err)? {
+        return GatewayKeys::from_secret(&s, namespace, secret_name);
+    }
+    let keys = GatewayKeys::generate(quic_name)?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_string(),
+                "fleetboard".to_string(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(keys.to_data()),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %secret_name, public_key = %keys.public_key_base64(), "created gateway keys");
+            Ok(keys)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let s = api.get(secret_name).await.map_err(api_err)?;
+            GatewayKeys::from_secret(&s, namespace, secret_name)
+        }
+        Err(e) => Err(api_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_secret_data() {
+        let k = GatewayKeys::generate("hub").unwrap();
+        assert_eq!(k.fingerprint.len(), 64);
+        let s = Secret {
+            data: Some(k.to_data()),
+            ..Default::default()
+        };
+        let back = GatewayKeys::from_secret(&s, "ns", "n").unwrap();
+        assert_eq!(back.public_key(), k.public_key());
+        assert_eq!(back.fingerprint, k.fingerprint);
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let k = GatewayKeys::generate("hub").unwrap();
+        let mut data = k.to_data();
+        data.remove(QUIC_CERT);
+        let s = Secret {
+            data: Some(data),
+            ..Default::default()
+        };
+        let e = GatewayKeys::from_secret(&s, "ns", "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(QUIC_CERT) && e.contains("missing"), "{e}");
+    }
+}

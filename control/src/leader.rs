@@ -1,0 +1,360 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease (the hub's replicas, a member
+//! cluster's gateway).
+//!
+//! The decision is a pure function ([`decide`]): given the Lease as read, the wall-clock time
+//! and our identity, it says whether to create, take over, renew, or follow. The I/O loop
+//! ([`LeaderElection::run`]) reads the Lease, writes it with optimistic concurrency (the
+//! `resourceVersion` it read: a racing replica gets a 409 and re-reads), publishes whether
+//! we lead on a `watch` channel, steps down as soon as renewing fails for longer than the
+//! renew deadline, and on shutdown releases the Lease (empty holder) so a standby takes over
+//! at once instead of waiting for the lease to expire.
+//!
+//! Expiry is judged on the Lease's `renewTime` against the local clock: replicas are expected
+//! to have synchronised clocks (NTP); a skew eats into the lease duration.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+
+/// Errors that stop the election loop.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The timings cannot work.
+    #[error("lease timing: {0}")]
+    Timing(String),
+}
+
+/// What to do with the Lease as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// No Lease exists: create it with us as holder.
+    Create,
+    /// The Lease is free or expired: take it (a new term: `leaseTransitions` + 1).
+    Acquire,
+    /// We hold it: renew it.
+    Renew,
+    /// Someone else holds it until `expires` (wall clock).
+    Follow {
+        /// The current holder.
+        holder: String,
+        /// When it expires unless renewed.
+        expires: Timestamp,
+    },
+}
+
+/// Decides what `me` does with `lease` (none = no Lease object) at wall-clock `now`. A Lease
+/// with no holder, an empty holder, or a `renewTime + leaseDurationSeconds` in the past is
+/// free; one without a renew time counts as renewed at its acquire time.
+pub fn decide(lease: Option<&LeaseSpec>, now: Timestamp, me: &str) -> Action {
+    let Some(spec) = lease else {
+        return Action::Create;
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder.is_empty() {
+        return Action::Acquire;
+    }
+    if holder == me {
+        return Action::Renew;
+    }
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    match renewed.and_then(|r| r.checked_add(duration).ok()) {
+        Some(expires) if expires > now => Action::Follow {
+            holder: holder.to_string(),
+            expires,
+        },
+        _ => Action::Acquire,
+    }
+}
+
+/// The spec to write for `action` (Create/Acquire/Renew) on top of `current`.
+pub fn next_spec(
+    current: Option<&LeaseSpec>,
+    action: &Action,
+    now: Timestamp,
+    me: &str,
+    lease_duration: Duration,
+) -> LeaseSpec {
+    let mut spec = current.cloned().unwrap_or_default();
+    let secs = i32::try_from(lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+    spec.lease_duration_seconds = Some(secs);
+    spec.renew_time = Some(MicroTime(now));
+    match action {
+        Action::Create => {
+            spec.holder_identity = Some(me.to_string());
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(0);
+        }
+        Action::Acquire => {
+            spec.holder_identity = Some(me.to_string());
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+        }
+        Action::Renew | Action::Follow { .. } => {}
+    }
+    spec
+}
+
+/// The spec that gives the Lease up: no holder, expired at once.
+pub fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    let mut spec = current.clone();
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(now));
+    spec
+}
+
+/// One candidate in a Lease election.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// Our identity (pod name, node name): the Lease's `holderIdentity`.
+    pub identity: String,
+    /// How long a Lease holds without renewal (a standby takes over after that).
+    pub lease_duration: Duration,
+    /// How often the leader renews (and a standby re-reads at most this long apart).
+    pub renew_interval: Duration,
+}
+
+fn set(leading: &watch::Sender<bool>, v: bool) {
+    leading.send_if_modified(|cur| {
+        let changed = *cur != v;
+        *cur = v;
+        changed
+    });
+}
+
+/// Result of one attempt to read and write the Lease.
+enum Step {
+    /// We hold it (just written).
+    Leading,
+    /// Someone else holds it until then.
+    Following(Timestamp),
+    /// A racing writer won (409) or it was created under us: read again soon.
+    Raced,
+}
+
+impl LeaderElection {
+    /// Renewing may fail for this long after the last successful renewal before we step
+    /// down: two thirds of the lease, so we stop leading well before a standby may take over.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// Runs the election until `shutdown` completes: `leading` is true while we hold the
+    /// Lease. On shutdown a held Lease is released.
+    pub async fn run(
+        self,
+        client: kube::Client,
+        leading: watch::Sender<bool>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), LeaderError> {
+        if self.renew_interval.is_zero() || self.renew_interval >= self.renew_deadline() {
+            return Err(LeaderError::Timing(format!(
+                "renew interval {:?} must be above zero and below two thirds of the lease duration {:?}",
+                self.renew_interval, self.lease_duration
+            )));
+        }
+        let api: Api<Lease> = Api::namespaced(client, &self.namespace);
+        tokio::pin!(shutdown);
+        let mut last_renew: Option<tokio::time::Instant> = None;
+        loop {
+            let wait = match self.step(&api).await {
+                Ok(Step::Leading) => {
+                    if last_renew.is_none() {
+                        tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
+                    }
+                    last_renew = Some(tokio::time::Instant::now());
+                    set(&leading, true);
+                    self.renew_interval
+                }
+                Ok(Step::Following(expires)) => {
+                    if last_renew.take().is_some() {
+                        tracing::warn!(lease = %self.name, "lost the lease to another holder");
+                    }
+                    set(&leading, false);
+                    // Re-read when it expires (plus a little), or every interval meanwhile.
+                    let left = expires.duration_since(Timestamp::now());
+                    let left = Duration::try_from(left).unwrap_or_default();
+                    (left + Duration::from_millis(50)).min(self.renew_interval)
+                }
+                Ok(Step::Raced) => Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "lease read/write failed");
+                    self.renew_interval / 2
+                }
+            };
+            if let Some(t) = last_renew
+                && t.elapsed() > self.renew_deadline()
+            {
+                tracing::warn!(lease = %self.name, "could not renew the lease in time: stepping down");
+                last_renew = None;
+                set(&leading, false);
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        if last_renew.is_some() {
+            set(&leading, false);
+            match self.release(&api).await {
+                Ok(()) => tracing::info!(lease = %self.name, "released the lease"),
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&self, api: &Api<Lease>) -> Result<Step, kube::Error> {
+        let current = api.get_opt(&self.name).await?;
+        let now = Timestamp::now();
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let action = match (&current, decide(spec, now, &self.identity)) {
+            // A Lease object without a spec: take it.
+            (Some(_), Action::Create) => Action::Acquire,
+            (_, a) => a,
+        };
+        if let Action::Follow { expires, .. } = action {
+            return Ok(Step::Following(expires));
+        }
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                resource_version: current
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone()),
+                ..Default::default()
+            },
+            spec: Some(next_spec(
+                spec,
+                &action,
+                now,
+                &self.identity,
+                self.lease_duration,
+            )),
+        };
+        let written = match current {
+            None => api.create(&PostParams::default(), &lease).await,
+            Some(_) => {
+                api.replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => Ok(Step::Leading),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Step::Raced),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, api: &Api<Lease>) -> Result<(), kube::Error> {
+        let Some(mut lease) = api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_ref() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        lease.spec = Some(released_spec(spec, Timestamp::now()));
+        api.replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn held(by: &str, renewed: i64, dur: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(by.into()),
+            renew_time: Some(MicroTime(t(renewed))),
+            lease_duration_seconds: Some(dur),
+            lease_transitions: Some(3),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_lease_means_create() {
+        assert_eq!(decide(None, t(0), "a"), Action::Create);
+    }
+
+    #[test]
+    fn free_or_expired_lease_is_acquired() {
+        let mut free = held("b", 0, 15);
+        free.holder_identity = Some(String::new());
+        assert_eq!(decide(Some(&free), t(1), "a"), Action::Acquire);
+        assert_eq!(decide(Some(&held("b", 0, 15)), t(16), "a"), Action::Acquire);
+        let mut never = held("b", 0, 15);
+        never.renew_time = None;
+        assert_eq!(decide(Some(&never), t(1), "a"), Action::Acquire);
+    }
+
+    #[test]
+    fn live_lease_of_another_is_followed_until_it_expires() {
+        assert_eq!(
+            decide(Some(&held("b", 0, 15)), t(14), "a"),
+            Action::Follow {
+                holder: "b".into(),
+                expires: t(15)
+            }
+        );
+    }
+
+    #[test]
+    fn own_lease_is_renewed_even_when_expired() {
+        assert_eq!(decide(Some(&held("a", 0, 15)), t(100), "a"), Action::Renew);
+    }
+
+    #[test]
+    fn acquiring_counts_a_transition_and_release_frees() {
+        let cur = held("b", 0, 15);
+        let next = next_spec(
+            Some(&cur),
+            &Action::Acquire,
+            t(20),
+            "a",
+            Duration::from_secs(9),
+        );
+        assert_eq!(next.holder_identity.as_deref(), Some("a"));
+        assert_eq!(next.lease_transitions, Some(4));
+        assert_eq!(next.lease_duration_seconds, Some(9));
+        assert_eq!(next.acquire_time, Some(MicroTime(t(20))));
+        let renewed = next_spec(
+            Some(&next),
+            &Action::Renew,
+            t(22),
+            "a",
+            Duration::from_secs(9),
+        );
+        assert_eq!(renewed.lease_transitions, Some(4));
+        assert_eq!(renewed.acquire_time, Some(MicroTime(t(20))));
+        assert_eq!(renewed.renew_time, Some(MicroTime(t(22))));
+        let released = released_spec(&renewed, t(23));
+        assert_eq!(decide(Some(&released), t(23), "b"), Action::Acquire);
+    }
+}

@@ -1,0 +1,159 @@
+//! `fleetboard agent`: the member agent, one per node (see `fleetboard_control::agent`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use fleetboard_control::agent::{AgentConfig, HubAccess, run};
+use fleetboard_control::crd::peer::Transport;
+use ipnet::IpNet;
+
+/// Tunnel transport (flag value).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TransportArg {
+    /// WireGuard over UDP.
+    Wg,
+    /// QUIC datagrams.
+    Quic,
+}
+
+/// `fleetboard agent` flags (every flag also from `FLEETBOARD_<FLAG>`).
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Member namespace holding the keys and the gateway Lease.
+    #[arg(
+        long,
+        env = "FLEETBOARD_NAMESPACE",
+        default_value = "fleetboard-system"
+    )]
+    namespace: String,
+    /// This cluster's id (its Peer's name in the hub; a DNS label).
+    #[arg(long, env = "FLEETBOARD_CLUSTER_ID")]
+    cluster_id: String,
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// This node's underlay address (inner tunnels, and the default gateway endpoint).
+    #[arg(long, env = "FLEETBOARD_NODE_IP")]
+    node_ip: IpAddr,
+    /// Public address (host or IP) announced when this node is the gateway (default: --node-ip).
+    #[arg(long, env = "FLEETBOARD_ENDPOINT")]
+    endpoint: Option<String>,
+    /// WireGuard UDP port (QUIC listens on the next one).
+    #[arg(long, env = "FLEETBOARD_LISTEN_PORT", default_value_t = 31820)]
+    listen_port: u16,
+    /// Transport towards the hub and other members.
+    #[arg(long, env = "FLEETBOARD_TRANSPORT", value_enum, default_value = "wg")]
+    transport: TransportArg,
+    /// Other members can reach this cluster's gateway directly (direct tunnels between public members).
+    #[arg(long, env = "FLEETBOARD_PUBLIC")]
+    public: bool,
+    /// Extra CIDR the cluster announces (repeatable).
+    #[arg(long = "cidr", env = "FLEETBOARD_CIDR", value_delimiter = ',')]
+    cidrs: Vec<IpNet>,
+    /// Prefix length of each node's sub-block of the cluster block.
+    #[arg(long, env = "FLEETBOARD_NODE_BLOCK_PREFIX", default_value_t = 24)]
+    node_block_prefix: u8,
+    /// Hub apiserver URL (with --hub-token).
+    #[arg(long, env = "FLEETBOARD_HUB_URL", conflicts_with = "hub_kubeconfig")]
+    hub_url: Option<String>,
+    /// Bootstrap token for the hub (`<id>.<secret>`).
+    #[arg(long, env = "FLEETBOARD_HUB_TOKEN", hide_env_values = true)]
+    hub_token: Option<String>,
+    /// CA certificate (PEM) of the hub apiserver.
+    #[arg(long, env = "FLEETBOARD_HUB_CA_FILE")]
+    hub_ca_file: Option<PathBuf>,
+    /// Kubeconfig for the hub (instead of --hub-url/--hub-token).
+    #[arg(long, env = "FLEETBOARD_HUB_KUBECONFIG")]
+    hub_kubeconfig: Option<PathBuf>,
+    /// Shared namespace in the hub.
+    #[arg(
+        long,
+        env = "FLEETBOARD_HUB_NAMESPACE",
+        default_value = "fleetboard-system"
+    )]
+    hub_namespace: String,
+    /// TUN device name.
+    #[arg(long, env = "FLEETBOARD_TUN_NAME", default_value = "fb0")]
+    tun_name: String,
+    /// Folder for the admin socket and the QUIC identity files.
+    #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
+    state_dir: PathBuf,
+    /// Address for /metrics, /live, /ready.
+    #[arg(long, env = "FLEETBOARD_METRICS_ADDRESS")]
+    metrics_address: Option<SocketAddr>,
+    /// Member cluster kubeconfig (default: in-cluster, or $KUBECONFIG).
+    #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Seconds a gateway Lease holds without renewal (a dead gateway is replaced after this).
+    #[arg(long, env = "FLEETBOARD_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds between gateway Lease renewals.
+    #[arg(long, env = "FLEETBOARD_RENEW_INTERVAL", default_value_t = 5)]
+    renew_interval: u64,
+}
+
+impl AgentArgs {
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let hub = match (self.hub_kubeconfig, self.hub_url) {
+            (Some(k), _) => HubAccess::Kubeconfig(k),
+            (None, Some(url)) => HubAccess::Token {
+                url,
+                token: self.hub_token.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--hub-token (or FLEETBOARD_HUB_TOKEN) is required with --hub-url"
+                    )
+                })?,
+                ca_file: self.hub_ca_file,
+            },
+            (None, None) => {
+                anyhow::bail!("--hub-url with --hub-token, or --hub-kubeconfig, is required")
+            }
+        };
+        Ok(AgentConfig {
+            namespace: self.namespace,
+            cluster_id: self.cluster_id,
+            node_name: self.node_name,
+            node_ip: self.node_ip,
+            endpoint: self.endpoint,
+            listen_port: self.listen_port,
+            transport: match self.transport {
+                TransportArg::Wg => Transport::Wg,
+                TransportArg::Quic => Transport::Quic,
+            },
+            public: self.public,
+            cidrs: self.cidrs,
+            node_block_prefix: self.node_block_prefix,
+            hub,
+            hub_namespace: self.hub_namespace,
+            tun_name: self.tun_name,
+            state_dir: self.state_dir,
+            metrics_address: self.metrics_address,
+            kubeconfig: self.kubeconfig,
+            lease_duration: Duration::from_secs(self.lease_duration),
+            renew_interval: Duration::from_secs(self.renew_interval),
+        })
+    }
+}
+
+/// Entry point of the subcommand.
+pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let config = args.into_config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }))?;
+    Ok(())
+}

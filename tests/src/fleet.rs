@@ -1,0 +1,626 @@
+//! A whole FleetBoard cluster set on one machine: a hub cluster and member clusters (real
+//! apiservers), nodes as network namespaces on one underlay, `fleetboard hub` and one
+//! `fleetboard agent` per node as processes inside them.
+//!
+//! Underlay (198.18.0.0/24 on the test's own bridge): the hub's apiserver host `.1`, the hub
+//! process `.2` (a second replica `.3`), member `i`'s apiserver host `.10*(i+1)` and its nodes
+//! `.10*(i+1)+1..`. Everything is killed and deleted on drop.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, PostParams};
+use serde_json::json;
+
+use crate::binaries::bin;
+use crate::kube::{Cluster, ClusterOptions, eventually};
+use crate::netns::{Netns, Underlay, require_net_admin, unique_token};
+use crate::process::ChildGuard;
+
+/// The shared namespace in the hub and the agents' namespace in members.
+pub const NAMESPACE: &str = "fleetboard-system";
+/// The tunnel CIDR the hub hands blocks out of.
+pub const TUNNEL_CIDR: &str = "100.64.0.0/10";
+/// Gateway/hub lease timings for tests (seconds): a dead leader is replaced quickly.
+pub const LEASE_SECS: u64 = 6;
+/// Renew interval for tests (seconds).
+pub const RENEW_SECS: u64 = 2;
+/// Generous deadline for convergence on a busy 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+/// Poll interval.
+pub const POLL: Duration = Duration::from_millis(300);
+
+/// Transport of a test fleet (`wg` or `quic`).
+pub type TransportName = &'static str;
+
+/// One simulated node: a namespace on the underlay, running `fleetboard agent`.
+pub struct FleetNode {
+    /// Node name (also the Node object's name).
+    pub name: String,
+    /// Index of its member cluster.
+    pub member: usize,
+    /// Its namespace.
+    pub ns: Netns,
+    /// Underlay address.
+    pub ip: String,
+    /// State dir of its agent (admin socket `dataplane.sock`).
+    pub state_dir: PathBuf,
+    /// The running agent.
+    pub agent: Option<ChildGuard>,
+    log: PathBuf,
+}
+
+impl FleetNode {
+    /// The agent's dataplane admin socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join("dataplane.sock")
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One ping to `dst` from this node; true when answered.
+    pub fn ping_once(&self, dst: &str) -> bool {
+        self.ns
+            .command("ping")
+            .args(["-c", "1", "-W", "1", dst])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+/// One member cluster: its apiserver host and the agent's credentials.
+pub struct Member {
+    /// Cluster id.
+    pub id: String,
+    /// The apiserver.
+    pub cluster: Cluster,
+    /// The namespace hosting its apiserver.
+    pub cp: Netns,
+    /// Agent kubeconfig (service account `fleetboard-agent`).
+    pub kubeconfig: PathBuf,
+}
+
+/// The hub cluster and its `fleetboard hub` process(es).
+pub struct Hub {
+    /// The hub apiserver.
+    pub cluster: Cluster,
+    /// The namespace hosting its apiserver.
+    pub cp: Netns,
+    /// The hub replicas' namespaces, processes, state dirs.
+    pub replicas: Vec<HubReplica>,
+    /// Hub service-account kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The bootstrap token members join with.
+    pub token: String,
+}
+
+/// One `fleetboard hub` replica.
+pub struct HubReplica {
+    /// Identity (Lease holder name).
+    pub identity: String,
+    /// Its namespace.
+    pub ns: Netns,
+    /// Underlay address.
+    pub ip: String,
+    /// State dir.
+    pub state_dir: PathBuf,
+    /// The process.
+    pub process: Option<ChildGuard>,
+    log: PathBuf,
+}
+
+impl HubReplica {
+    /// The dataplane admin socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join("dataplane.sock")
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The whole cluster set.
+pub struct Fleet {
+    /// Work folder (logs, state dirs, kubeconfigs).
+    pub dir: PathBuf,
+    /// Transport in use.
+    pub transport: TransportName,
+    /// The hub.
+    pub hub: Hub,
+    /// Member clusters.
+    pub members: Vec<Member>,
+    /// Nodes of every member.
+    pub nodes: Vec<FleetNode>,
+    /// Extra agent flags (e.g. `--public`).
+    pub agent_flags: Vec<String>,
+    /// The bridge (dropped last).
+    pub underlay: Underlay,
+}
+
+/// A bootstrap token `<6>.<16>` of lowercase letters and digits, from /dev/urandom.
+pub fn bootstrap_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 22];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("urandom");
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let s: String = b.iter().map(|x| ALPHA[*x as usize % 36] as char).collect();
+    format!("{}.{}", &s[..6], &s[6..])
+}
+
+async fn create<K>(api: &Api<K>, obj: serde_json::Value) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj)?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    create(
+        &Api::<Namespace>::all(client.clone()),
+        json!({ "metadata": { "name": name } }),
+    )
+    .await
+}
+
+/// Installs `crds` and waits until they are served.
+pub async fn install_crds(
+    client: &kube::Client,
+    crds: Vec<CustomResourceDefinition>,
+) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).context(format!("creating CRD {name}")),
+        }
+        eventually(&format!("CRD {name} Established"), DEADLINE, POLL, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await?;
+                let ok = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(ok.then_some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The hub's install-time objects: namespace, bootstrap token Secret, Role
+/// `fleetboard-member` bound to `system:bootstrappers:fleetboard`, and the hub's service
+/// account with its Role. Returns the hub kubeconfig (service-account token).
+pub async fn prepare_hub(hub: &Cluster, token: &str) -> anyhow::Result<PathBuf> {
+    let client = hub.client();
+    ensure_namespace(&client, NAMESPACE).await?;
+    let (id, secret) = token.split_once('.').context("token id.secret")?;
+    create(
+        &Api::<Secret>::namespaced(client.clone(), "kube-system"),
+        json!({
+            "metadata": { "name": format!("bootstrap-token-{id}"), "namespace": "kube-system" },
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "token-id": id, "token-secret": secret,
+                "usage-bootstrap-authentication": "true",
+                "auth-extra-groups": "system:bootstrappers:fleetboard",
+            },
+        }),
+    )
+    .await?;
+    let all = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    create(
+        &Api::<Role>::namespaced(client.clone(), NAMESPACE),
+        json!({
+            "metadata": { "name": "fleetboard-member", "namespace": NAMESPACE },
+            "rules": [{ "apiGroups": ["fleetboard.io"], "resources": ["peers", "exportedservices"], "verbs": all }],
+        }),
+    )
+    .await?;
+    create(
+        &Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE),
+        json!({
+            "metadata": { "name": "fleetboard-member", "namespace": NAMESPACE },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fleetboard-member" },
+            "subjects": [{ "kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:bootstrappers:fleetboard" }],
+        }),
+    )
+    .await?;
+    let sa_token = hub
+        .service_account_token(NAMESPACE, "fleetboard-hub")
+        .await?;
+    let every = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    hub.grant(
+        NAMESPACE,
+        "fleetboard-hub",
+        json!([
+            { "apiGroups": ["fleetboard.io"], "resources": ["peers", "peers/status"], "verbs": every },
+            { "apiGroups": ["fleetboard.io"], "resources": ["exportedservices"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"] },
+            { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
+            { "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"] },
+        ]),
+    )
+    .await?;
+    hub.token_kubeconfig("fleetboard-hub", &sa_token)
+}
+
+/// A member's install-time objects: namespace, Node objects, the agent's service account
+/// with its ClusterRole and Role. Returns the agent kubeconfig.
+pub async fn prepare_member(member: &Cluster, nodes: &[&str]) -> anyhow::Result<PathBuf> {
+    let client = member.client();
+    ensure_namespace(&client, NAMESPACE).await?;
+    for n in nodes {
+        create(
+            &Api::<Node>::all(client.clone()),
+            json!({ "metadata": { "name": n } }),
+        )
+        .await?;
+    }
+    let sa_token = member
+        .service_account_token(NAMESPACE, "fleetboard-agent")
+        .await?;
+    let all = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    create(
+        &Api::<ClusterRole>::all(client.clone()),
+        json!({
+            "metadata": { "name": "fleetboard-agent" },
+            "rules": [
+                { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"] },
+                { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"] },
+                { "apiGroups": [""], "resources": ["namespaces", "services"], "verbs": ["get", "list", "watch"] },
+                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": all },
+                { "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"] },
+            ],
+        }),
+    )
+    .await?;
+    create(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        json!({
+            "metadata": { "name": "fleetboard-agent" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "fleetboard-agent" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "fleetboard-agent", "namespace": NAMESPACE }],
+        }),
+    )
+    .await?;
+    member
+        .grant(
+            NAMESPACE,
+            "fleetboard-agent",
+            json!([
+                { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
+                { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"] },
+            ]),
+        )
+        .await?;
+    member.token_kubeconfig("fleetboard-agent", &sa_token)
+}
+
+/// How to build a [`Fleet`].
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// `wg` or `quic`.
+    pub transport: TransportName,
+    /// Member cluster ids.
+    pub members: Vec<&'static str>,
+    /// Nodes per member.
+    pub nodes_per_member: usize,
+    /// Hub replicas.
+    pub hub_replicas: usize,
+    /// Extra agent flags.
+    pub agent_flags: Vec<String>,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            transport: "wg",
+            members: vec!["a", "b"],
+            nodes_per_member: 2,
+            hub_replicas: 1,
+            agent_flags: Vec::new(),
+        }
+    }
+}
+
+impl Fleet {
+    /// Creates the underlay, the apiservers (concurrently), the install-time objects and the
+    /// CRDs (`crds`, e.g. `fleetboard_control::crd::all_crds()`), then starts the hub and
+    /// every agent. Returns without waiting for convergence.
+    pub async fn start(
+        opts: FleetOptions,
+        crds: Vec<CustomResourceDefinition>,
+    ) -> anyhow::Result<Self> {
+        require_net_admin();
+        let dir = std::env::temp_dir().join(format!("fb-fleet-{}", unique_token()));
+        std::fs::create_dir_all(&dir)?;
+        let underlay = Underlay::new()?;
+        let hub_cp = Netns::new("hubcp")?;
+        underlay.attach(&hub_cp, "eth0", &["198.18.0.1/24"])?;
+        let mut cps = Vec::new();
+        for i in 0..opts.members.len() {
+            let ns = Netns::new(&format!("cp{i}"))?;
+            underlay.attach(&ns, "eth0", &[&format!("198.18.0.{}/24", 10 * (i + 1))])?;
+            cps.push(ns);
+        }
+        let mut all_opts = vec![ClusterOptions::in_netns(&hub_cp, "198.18.0.1".parse()?)];
+        for (i, ns) in cps.iter().enumerate() {
+            let ip: IpAddr = format!("198.18.0.{}", 10 * (i + 1)).parse()?;
+            all_opts.push(ClusterOptions::in_netns(ns, ip));
+        }
+        let mut clusters = Cluster::start_all(all_opts).await?;
+        let hub_cluster = clusters.remove(0);
+        let token = bootstrap_token();
+        install_crds(&hub_cluster.client(), crds).await?;
+        let hub_kubeconfig = prepare_hub(&hub_cluster, &token).await?;
+
+        let mut members = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, (cluster, cp)) in clusters.into_iter().zip(cps).enumerate() {
+            let id = opts.members[i].to_string();
+            let names: Vec<String> = (1..=opts.nodes_per_member)
+                .map(|n| format!("{id}{n}"))
+                .collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let kubeconfig = prepare_member(&cluster, &refs).await?;
+            for (n, name) in names.iter().enumerate() {
+                let ns = Netns::new(&format!("n{name}"))?;
+                let ip = format!("198.18.0.{}", 10 * (i + 1) + n + 1);
+                underlay.attach(&ns, "eth0", &[&format!("{ip}/24")])?;
+                nodes.push(FleetNode {
+                    name: name.clone(),
+                    member: i,
+                    ns,
+                    ip,
+                    state_dir: dir.join(name),
+                    agent: None,
+                    log: dir.join(format!("agent-{name}.log")),
+                });
+            }
+            members.push(Member {
+                id,
+                cluster,
+                cp,
+                kubeconfig,
+            });
+        }
+        let mut replicas = Vec::new();
+        for r in 0..opts.hub_replicas {
+            let ns = Netns::new(&format!("hub{r}"))?;
+            let ip = format!("198.18.0.{}", 2 + r);
+            underlay.attach(&ns, "eth0", &[&format!("{ip}/24")])?;
+            replicas.push(HubReplica {
+                identity: format!("hub-{r}"),
+                ns,
+                ip,
+                state_dir: dir.join(format!("hub-{r}")),
+                process: None,
+                log: dir.join(format!("hub-{r}.log")),
+            });
+        }
+        let mut fleet = Fleet {
+            dir,
+            transport: opts.transport,
+            hub: Hub {
+                cluster: hub_cluster,
+                cp: hub_cp,
+                replicas,
+                kubeconfig: hub_kubeconfig,
+                token,
+            },
+            members,
+            nodes,
+            agent_flags: opts.agent_flags,
+            underlay,
+        };
+        for r in 0..fleet.hub.replicas.len() {
+            fleet.start_hub(r)?;
+        }
+        for n in 0..fleet.nodes.len() {
+            fleet.start_agent(n)?;
+        }
+        Ok(fleet)
+    }
+
+    /// Starts (or restarts) hub replica `r`.
+    pub fn start_hub(&mut self, r: usize) -> anyhow::Result<()> {
+        let rep = &mut self.hub.replicas[r];
+        if let Some(mut p) = rep.process.take() {
+            p.kill();
+        }
+        let mut cmd = rep.ns.command(bin("fleetboard").to_str().context("path")?);
+        cmd.arg("hub")
+            .args(["--namespace", NAMESPACE, "--cluster-id", "hub"])
+            .args(["--identity", &rep.identity])
+            .args(["--tunnel-cidr", TUNNEL_CIDR, "--block-prefix", "16"])
+            .args(["--endpoint", &rep.ip, "--transport", self.transport])
+            .arg("--state-dir")
+            .arg(&rep.state_dir)
+            .arg("--kubeconfig")
+            .arg(&self.hub.kubeconfig)
+            .env("FLEETBOARD_LEASE_DURATION", LEASE_SECS.to_string())
+            .env("FLEETBOARD_RENEW_INTERVAL", RENEW_SECS.to_string())
+            .env("RUST_LOG", "info");
+        rep.process = Some(ChildGuard::spawn(&rep.identity, cmd, &rep.log)?);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the agent of node `n`.
+    pub fn start_agent(&mut self, n: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[n];
+        if let Some(mut p) = node.agent.take() {
+            p.kill();
+        }
+        let member = &self.members[node.member];
+        let mut cmd = node.ns.command(bin("fleetboard").to_str().context("path")?);
+        cmd.arg("agent")
+            .args(["--namespace", NAMESPACE, "--cluster-id", &member.id])
+            .args(["--node-name", &node.name, "--node-ip", &node.ip])
+            .args(["--transport", self.transport])
+            .args(["--hub-url", self.hub.cluster.internal_url()])
+            .arg("--hub-ca-file")
+            .arg(self.hub.cluster.ca_cert())
+            .args(["--hub-namespace", NAMESPACE])
+            .arg("--state-dir")
+            .arg(&node.state_dir)
+            .arg("--kubeconfig")
+            .arg(&member.kubeconfig)
+            .args(["--lease-duration", &LEASE_SECS.to_string()])
+            .args(["--renew-interval", &RENEW_SECS.to_string()])
+            .args(&self.agent_flags)
+            .env("FLEETBOARD_HUB_TOKEN", &self.hub.token)
+            .env("RUST_LOG", "info");
+        node.agent = Some(ChildGuard::spawn(&node.name, cmd, &node.log)?);
+        Ok(())
+    }
+
+    /// Kills the agent of node `n` (SIGKILL: no Lease release, like a crashed node).
+    pub fn kill_agent(&mut self, n: usize) {
+        if let Some(mut p) = self.nodes[n].agent.take() {
+            p.kill();
+        }
+    }
+
+    /// Index of node `name`.
+    pub fn node(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Every log (hub replicas and agents), for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for r in &self.hub.replicas {
+            out.push_str(&format!(
+                "---- {} ----\n{}\n",
+                r.identity,
+                tail(&r.log(), 40)
+            ));
+        }
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "---- agent {} ----\n{}\n",
+                n.name,
+                tail(&n.log(), 40)
+            ));
+        }
+        out
+    }
+
+    /// The `fleetboard.io/node-cidr` annotation of every node of member `m`.
+    pub async fn node_cidrs(&self, m: usize) -> anyhow::Result<BTreeMap<String, String>> {
+        let nodes = Api::<Node>::all(self.members[m].cluster.client())
+            .list(&Default::default())
+            .await?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .filter_map(|n| {
+                let cidr = n
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get("fleetboard.io/node-cidr")?
+                    .clone();
+                Some((n.metadata.name?, cidr))
+            })
+            .collect())
+    }
+
+    /// The TUN address of node `name` (first host of its sub-block), once allocated.
+    pub async fn tun_ip(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let m = self.nodes[self.node(name)].member;
+        let cidrs = self.node_cidrs(m).await?;
+        Ok(cidrs.get(name).and_then(|c| first_host(c)))
+    }
+
+    /// The gateway Lease holder of member `m`.
+    pub async fn gateway(&self, m: usize) -> anyhow::Result<Option<String>> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.members[m].cluster.client(), NAMESPACE);
+        Ok(api
+            .get_opt("fleetboard-gateway")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    }
+
+    /// `fleetboard dataplane show --json --socket <socket>` (run inside `ns`, parsed).
+    pub fn dataplane_show(&self, socket: &Path) -> anyhow::Result<serde_json::Value> {
+        let out = crate::netns::run(
+            Command::new(bin("fleetboard"))
+                .args(["dataplane", "show", "--json", "--socket"])
+                .arg(socket),
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("fleet logs (dir {}):\n{}", self.dir.display(), self.logs());
+        }
+        for n in &mut self.nodes {
+            if let Some(mut p) = n.agent.take() {
+                p.kill();
+            }
+        }
+        for r in &mut self.hub.replicas {
+            if let Some(mut p) = r.process.take() {
+                p.kill();
+            }
+        }
+        if std::env::var_os("FLEETBOARD_KEEP_KUBE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The first host address of a CIDR (`100.64.1.0/24` -> `100.64.1.1`).
+pub fn first_host(cidr: &str) -> Option<String> {
+    let (addr, _) = cidr.split_once('/')?;
+    let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(ip) + 1).to_string())
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,298 @@
+//! The control plane end to end: a hub and two member clusters (three real apiservers),
+//! `fleetboard hub` and one `fleetboard agent` per node as processes in network namespaces.
+//! Members join with a bootstrap token, get blocks, allocate node sub-blocks, elect a
+//! gateway; node TUN addresses of member a reach member b's through the hub (ping and a TCP
+//! transfer with intact bytes), over wg and over quic. Restarted agents keep CIDR and keys;
+//! a killed gateway is replaced and traffic resumes; a deleted Peer's block is reclaimed and
+//! its routes disappear.
+
+use std::time::{Duration, Instant};
+
+use fleetboard_control::crd::all_crds;
+use fleetboard_control::crd::peer::Peer;
+use fleetboard_tests::fleet::{DEADLINE, Fleet, FleetOptions, NAMESPACE, POLL};
+use fleetboard_tests::kube::eventually;
+use fleetboard_tests::netns::run;
+use fleetboard_tests::process::{ChildGuard, wait_for};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+/// Bytes of the TCP transfer.
+const TRANSFER_BYTES: usize = 512 * 1024;
+
+async fn fleet(transport: &'static str, agent_flags: &[&str]) -> Fleet {
+    let opts = FleetOptions {
+        transport,
+        agent_flags: agent_flags.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    Fleet::start(opts, all_crds()).await.unwrap()
+}
+
+async fn peer(f: &Fleet, name: &str) -> Option<Peer> {
+    Api::<Peer>::namespaced(f.hub.cluster.client(), NAMESPACE)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+/// Waits until every node has a TUN address; returns them by node name.
+async fn tun_ips(f: &Fleet) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for n in &f.nodes {
+        let ip = eventually(
+            &format!("node {} gets a sub-block", n.name),
+            DEADLINE,
+            POLL,
+            || f.tun_ip(&n.name),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+        out.push((n.name.clone(), ip));
+    }
+    out
+}
+
+fn ip_of<'a>(ips: &'a [(String, String)], node: &str) -> &'a str {
+    &ips.iter().find(|(n, _)| n == node).unwrap().1
+}
+
+/// Pings until answered.
+fn wait_ping(f: &Fleet, from: &str, to: &str, deadline: Duration) {
+    let node = &f.nodes[f.node(from)];
+    wait_for(&format!("{from} ping {to}"), deadline, POLL, || {
+        Ok(node.ping_once(to).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+}
+
+/// Sends random bytes from node `from` to a socat listener on node `to` (address `to_ip`)
+/// and checks they arrive intact.
+fn tcp_transfer(f: &Fleet, from: &str, to: &str, to_ip: &str) {
+    let src = f.dir.join(format!("tx-{from}-{to}.bin"));
+    let dst = f.dir.join(format!("rx-{from}-{to}.bin"));
+    let mut data = vec![0u8; TRANSFER_BYTES];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+        .unwrap();
+    std::fs::write(&src, &data).unwrap();
+    let _ = std::fs::remove_file(&dst);
+    let port = "5201";
+    let receiver = &f.nodes[f.node(to)];
+    let mut cmd = receiver.ns.command("socat");
+    cmd.arg("-u")
+        .arg(format!("TCP-LISTEN:{port},bind={to_ip},reuseaddr"))
+        .arg(format!("CREATE:{}", dst.display()));
+    let mut listener = ChildGuard::spawn("socat-rx", cmd, &f.dir.join("socat-rx.log")).unwrap();
+    let sender = &f.nodes[f.node(from)];
+    wait_for("tcp transfer", DEADLINE, POLL, || {
+        let out = sender
+            .ns
+            .command("socat")
+            .arg("-u")
+            .arg(format!("OPEN:{}", src.display()))
+            .arg(format!("TCP:{to_ip}:{port},connect-timeout=2"))
+            .output()?;
+        Ok(out.status.success().then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    wait_for("receiver done", DEADLINE, POLL, || {
+        Ok(listener.try_wait().map(|_| ()))
+    })
+    .unwrap();
+    let got = std::fs::read(&dst).unwrap();
+    assert_eq!(got.len(), data.len(), "transfer length");
+    assert!(got == data, "bytes changed in transit");
+}
+
+/// Everything a user sees after joining: blocks, node sub-blocks, traffic both ways.
+async fn joined(f: &Fleet) -> Vec<(String, String)> {
+    for id in ["a", "b"] {
+        eventually(
+            &format!("Peer {id} gets a block"),
+            DEADLINE,
+            POLL,
+            || async {
+                Ok(peer(f, id)
+                    .await
+                    .and_then(|p| p.status)
+                    .filter(|s| !s.allocated_cidrs.is_empty())
+                    .map(|_| ()))
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    }
+    let ips = tun_ips(f).await;
+    for (from, to) in [("a1", "b1"), ("a2", "b2"), ("b1", "a2"), ("b2", "a1")] {
+        wait_ping(f, from, ip_of(&ips, to), DEADLINE);
+    }
+    ips
+}
+
+fn kubectl_get_peers(f: &Fleet) -> String {
+    run(f
+        .hub
+        .cluster
+        .kubectl()
+        .unwrap()
+        .args(["get", "peers.fleetboard.io", "-n", NAMESPACE]))
+    .unwrap()
+}
+
+/// Kills member `m`'s gateway agent and measures until `from` reaches `to_ip` again.
+async fn gateway_moves(f: &mut Fleet, m: usize, from: &str, to_node: &str, to_ip: &str) {
+    let gw = f.gateway(m).await.unwrap().expect("member has a gateway");
+    let other = f
+        .nodes
+        .iter()
+        .find(|n| n.member == m && n.name != gw)
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(to_node, other, "measure traffic to the surviving node");
+    let killed = Instant::now();
+    let gw_index = f.node(&gw);
+    f.kill_agent(gw_index);
+    eventually("the other node becomes gateway", DEADLINE, POLL, || async {
+        Ok(f.gateway(m).await?.filter(|h| *h == other).map(|_| ()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    wait_ping(f, from, to_ip, DEADLINE);
+    println!(
+        "gateway move ({} transport): {gw} killed, {other} took over; traffic {from} -> {to_node} resumed after {:.1?}",
+        f.transport,
+        killed.elapsed()
+    );
+}
+
+async fn join_move_scenario(transport: &'static str) {
+    let mut f = fleet(transport, &[]).await;
+    let ips = joined(&f).await;
+    tcp_transfer(&f, "a2", "b2", ip_of(&ips, "b2"));
+    tcp_transfer(&f, "b1", "a1", ip_of(&ips, "a1"));
+
+    let table = kubectl_get_peers(&f);
+    for want in ["hub", "a", "b", transport] {
+        assert!(table.contains(want), "{want} missing in:\n{table}");
+    }
+    println!("kubectl get peers:\n{table}");
+
+    // The gateway of member a dies: the other node takes over, traffic from b resumes.
+    let gw = f.gateway(0).await.unwrap().unwrap();
+    let survivor = if gw == "a1" { "a2" } else { "a1" };
+    gateway_moves(&mut f, 0, "b1", survivor, ip_of(&ips, survivor)).await;
+    tcp_transfer(&f, "b2", survivor, ip_of(&ips, survivor));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_each_other_through_the_hub_and_survive_a_gateway_move_wg() {
+    join_move_scenario("wg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_each_other_through_the_hub_and_survive_a_gateway_move_quic() {
+    join_move_scenario("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agents_keep_cidr_and_keys() {
+    let mut f = fleet("wg", &[]).await;
+    let ips = joined(&f).await;
+    let before = peer(&f, "a").await.unwrap();
+    let cidrs_before = f.node_cidrs(0).await.unwrap();
+    for n in [f.node("a1"), f.node("a2")] {
+        f.kill_agent(n);
+    }
+    for n in [f.node("a1"), f.node("a2")] {
+        f.start_agent(n).unwrap();
+    }
+    wait_ping(&f, "b1", ip_of(&ips, "a1"), DEADLINE);
+    wait_ping(&f, "b2", ip_of(&ips, "a2"), DEADLINE);
+    let after = peer(&f, "a").await.unwrap();
+    assert_eq!(
+        before.status.unwrap().allocated_cidrs,
+        after.status.unwrap().allocated_cidrs,
+        "same block after a restart"
+    );
+    assert_eq!(
+        before.spec.public_key, after.spec.public_key,
+        "same cluster key after a restart"
+    );
+    assert_eq!(
+        before.spec.cert_fingerprint, after.spec.cert_fingerprint,
+        "same QUIC identity after a restart"
+    );
+    assert_eq!(
+        cidrs_before,
+        f.node_cidrs(0).await.unwrap(),
+        "same node blocks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_peer_is_reclaimed_and_its_routes_disappear() {
+    // Public members: a's gateway also has a direct tunnel (and routes) to b.
+    let mut f = fleet("wg", &["--public"]).await;
+    let _ips = joined(&f).await;
+    let b = peer(&f, "b").await.unwrap();
+    let b_block = b.status.unwrap().allocated_cidrs[0].clone();
+    let b_key = b.spec.public_key.clone().unwrap();
+    let a_gw = f.gateway(0).await.unwrap().unwrap();
+    let a_socket = f.nodes[f.node(&a_gw)].socket();
+    let hub_socket = f.hub.replicas[0].socket();
+    let has_b = |show: &serde_json::Value| {
+        show["peers"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["public_key"] == b_key.as_str()
+                    || p["allowed_ips"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|c| c == b_block.as_str()))
+            })
+        })
+    };
+    wait_for(
+        "a's gateway has a direct peer for b",
+        DEADLINE,
+        POLL,
+        || Ok(has_b(&f.dataplane_show(&a_socket)?).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    assert!(has_b(&f.dataplane_show(&hub_socket).unwrap()));
+
+    // b leaves: its agents stop, its Peer is deleted.
+    for n in [f.node("b1"), f.node("b2")] {
+        f.kill_agent(n);
+    }
+    Api::<Peer>::namespaced(f.hub.cluster.client(), NAMESPACE)
+        .delete("b", &DeleteParams::default())
+        .await
+        .unwrap();
+    for (what, socket) in [("hub", &hub_socket), ("a's gateway", &a_socket)] {
+        wait_for(&format!("{what} forgets b"), DEADLINE, POLL, || {
+            Ok((!has_b(&f.dataplane_show(socket)?)).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    }
+
+    // The block is free again: the next member gets it.
+    let c: Peer = serde_json::from_value(json!({
+        "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
+        "metadata": { "name": "c", "namespace": NAMESPACE },
+        "spec": { "clusterId": "c", "publicKey": "YJ5gJdH5cYc3ZBj9XnY8Ha2qJgg1vPo1HnP3y6pLMVI=" },
+    }))
+    .unwrap();
+    Api::<Peer>::namespaced(f.hub.cluster.client(), NAMESPACE)
+        .create(&PostParams::default(), &c)
+        .await
+        .unwrap();
+    let got = eventually("c gets a block", DEADLINE, POLL, || async {
+        Ok(peer(&f, "c")
+            .await
+            .and_then(|p| p.status)
+            .and_then(|s| s.allocated_cidrs.first().cloned()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    assert_eq!(got, b_block, "b's block was reclaimed and handed to c");
+}
