@@ -8,3 +8,4 @@ pub mod ipam;
 pub mod keys;
 pub mod leader;
 pub mod hub;
+pub mod mcs;

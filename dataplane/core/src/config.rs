@@ -80,6 +80,10 @@ pub struct DataplaneConfig {
     /// The QUIC transport (identity, port, underlay MTU); used when a peer's transport is quic.
     #[serde(default)]
     pub quic: crate::quic_config::QuicSettings,
+    /// Service VIPs translated to endpoints by this node (ClusterSetIPs of ServiceImports,
+    /// see [`crate::service_nat`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<crate::service_nat::ServiceConfig>,
 }
 
 fn default_listen_port() -> u16 {
@@ -311,6 +315,7 @@ impl DataplaneConfig {
             }
         }
         crate::quic_config::validate(self, &mut err);
+        crate::service_nat::validate(&self.services, &mut err);
         if self.admin.socket.as_os_str().is_empty() {
             err("admin.socket".into(), "must not be empty".into());
         }
@@ -350,6 +355,7 @@ mod tests {
             admin: AdminConfig::default(),
             metrics_address: None,
             quic: Default::default(),
+            services: vec![],
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`node`]: [`Dataplane`], the state machine: `handle_tun`, `handle_udp`,
 //!   `handle_peer_packet`, `handle_timeout`, `apply_config` in; [`Action`]s,
 //!   `poll_transmit`, `poll_timeout` out.
+//! - [`service_nat`]: ClusterSetIP VIP -> endpoint translation with connection tracking.
 //! - [`drop`]: [`DropReason`] and its counters.
 //! - [`wire`]: the IP header view.
 //! - [`mtu`], [`icmp`], [`mss`]: tunnel MTU per transport, ICMP too-big errors, TCP MSS
@@ -23,6 +24,7 @@ pub mod node;
 pub mod peer;
 pub mod quic_config;
 pub mod route;
+pub mod service_nat;
 pub mod session;
 pub mod wire;
 

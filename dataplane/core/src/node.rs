@@ -15,6 +15,7 @@ use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
 use crate::peer::{PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
 use crate::route::RouteTable;
+use crate::service_nat::{self, ServiceNat};
 use crate::session::{Identity, Incoming, Session, SessionOutput};
 use crate::wire::IpHeader;
 
@@ -117,6 +118,7 @@ pub struct Dataplane {
     scratch: Box<[u8]>,
     next_tick: Instant,
     next_limiter_reset: Instant,
+    nat: ServiceNat,
 }
 
 impl Dataplane {
@@ -136,7 +138,9 @@ impl Dataplane {
             scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
             next_tick: now,
             next_limiter_reset: now + LIMITER_WINDOW,
+            nat: ServiceNat::new(),
         };
+        dp.nat.handle_timeout(now);
         dp.config.peers.clear();
         dp.config.routes.clear();
         dp.apply_config(config)?;
@@ -230,17 +234,22 @@ impl Dataplane {
             }
         }
         self.routes = routes;
+        self.nat.apply(&config.services);
         self.config = config;
         Ok(())
     }
 
-    /// A packet read from the TUN device: route it to a peer.
+    /// A packet read from the TUN device: route it to a peer (a service VIP is first
+    /// translated to one of its endpoints, see [`crate::service_nat`]).
     #[inline]
     pub fn handle_tun(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
         let hdr = match IpHeader::parse(packet) {
             Ok(h) => h,
             Err(r) => return self.drop(None, r),
         };
+        if self.nat.is_active() && self.nat.is_vip(hdr.dst) {
+            return self.handle_tun_vip(packet, out);
+        }
         let Some(id) = self.routes.lookup(hdr.dst) else {
             return self.drop(None, DropReason::NoRoute);
         };
@@ -248,6 +257,37 @@ impl Dataplane {
             return self.drop(None, DropReason::NoRoute);
         };
         match send_to(peer, packet, out) {
+            Ok(a) => a,
+            Err(r) => self.drop(Some(id), r),
+        }
+    }
+
+    /// A packet to a service VIP: DNAT to an endpoint (tracked), then route. The rewrite
+    /// happens in the scratch buffer (the TUN's buffer is read-only here).
+    #[cold]
+    fn handle_tun_vip(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
+        let Some(flow) = service_nat::parse_flow(packet) else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        let Some(rw) = self.nat.outbound(&flow) else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        let len = packet.len();
+        if len > self.scratch.len() {
+            return self.drop(None, DropReason::TooLarge);
+        }
+        self.scratch[..len].copy_from_slice(packet);
+        service_nat::apply_rewrite(&mut self.scratch[..len], &flow, rw);
+        let service_nat::Rewrite::Dst(dst, _) = rw else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        let Some(id) = self.routes.lookup(dst) else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        let Some(peer) = self.peers.get_mut(id) else {
+            return self.drop(None, DropReason::NoRoute);
+        };
+        match send_to(peer, &self.scratch[..len], out) {
             Ok(a) => a,
             Err(r) => self.drop(Some(id), r),
         }
@@ -348,6 +388,7 @@ impl Dataplane {
     /// Runs timers: WireGuard rekeys, keepalives and retries, the handshake rate limiter,
     /// and a fresh handshake to a keepalive peer that fell silent (e.g. a restarted hub).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.nat.handle_timeout(now);
         if now >= self.next_limiter_reset {
             self.identity.tick();
             self.next_limiter_reset = now + LIMITER_WINDOW;
@@ -524,8 +565,22 @@ impl Dataplane {
                     Err(r) => self.drop(Some(to), r),
                 }
             }
-            _ => Action::WriteTun { len },
+            _ => {
+                if self.nat.is_active()
+                    && let Some(flow) = service_nat::parse_flow(&out[..len])
+                    && let Some(rw) = self.nat.inbound(&flow)
+                {
+                    // A reply of a service flow: it comes from the VIP again.
+                    service_nat::apply_rewrite(&mut out[..len], &flow, rw);
+                }
+                Action::WriteTun { len }
+            }
         }
+    }
+
+    /// Service flows currently tracked.
+    pub fn service_flows(&self) -> usize {
+        self.nat.flows()
     }
 }
 

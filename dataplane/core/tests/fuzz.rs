@@ -36,6 +36,7 @@ fn dp() -> Dataplane {
         admin: AdminConfig::default(),
         metrics_address: None,
         quic: Default::default(),
+        services: vec![],
     };
     Dataplane::new(cfg, Instant::now()).unwrap()
 }

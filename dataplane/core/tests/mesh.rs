@@ -42,6 +42,7 @@ fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
         admin: AdminConfig::default(),
         metrics_address: None,
         quic: Default::default(),
+        services: vec![],
     }
 }
 

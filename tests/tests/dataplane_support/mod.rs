@@ -231,6 +231,7 @@ fn base_config(dir: &Path, name: &str, key: SecretKey, v4: &str, v6: &str) -> Da
         },
         metrics_address: Some(format!("127.0.0.1:{METRICS_PORT}").parse().unwrap()),
         quic: Default::default(),
+        services: vec![],
     }
 }
 
