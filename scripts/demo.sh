@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# FleetBoard local demo: three "clusters" as network namespaces on one bridge (the "internet"):
-# hub, gw-a, gw-b. A dataplane runs in each; gw-a and gw-b only know the hub, and the hub
-# relays between them. iperf3 then runs from gw-a (100.64.1.1) to gw-b (100.64.2.1) through
-# the hub and the throughput is printed. Everything is removed at the end. Needs root.
+# The newcomer's first run: on this one machine, a hub cluster and two member clusters (a real
+# kube-apiserver + etcd each; nodes are network namespaces on a private 198.18.0.0/24 bridge),
+# the charts installed with helm as the hub chart's NOTES say, `fleetboard hub` and one
+# `fleetboard agent` per node started, `kubectl peers` printed, then iperf3 between the members
+# through the hub with the throughput printed. Ctrl-C tears everything down. Needs root.
 #
-#   scripts/demo.sh                                   # builds (release) and runs
-#   FLEETBOARD=target/debug/fleetboard DURATION=3 scripts/demo.sh
+#   scripts/demo.sh                      # wg; waits for Ctrl-C at the end
+#   scripts/demo.sh --transport quic --exit
+#
+# The first run builds the Kubernetes tools (kube-apiserver, etcd, kubectl, helm; cached under
+# ~/.cache/fleetboard/tools) and the workspace; later runs start in about a minute.
+# The dataplane-only demo (no Kubernetes) is scripts/demo-dataplane.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-source scripts/prepare.sh
-fb_prepare demo 5
-
-source scripts/topology.sh
-topo_up
-echo "demo: waiting for gw-a to reach gw-b through the hub..."
-topo_wait
-echo "demo: iperf3 gw-a -> hub (relay) -> gw-b for ${DURATION}s"
-echo "demo: throughput through the hub: $(iperf_gbps "$GA" 100.64.2.1 "$GB" "$DURATION") Gbit/s"
-echo "demo: hub status (fleetboard dataplane show):"
-ip netns exec "$HUB" "$FB" dataplane show --socket "$WORK/hub.sock"
+[ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, TUN devices)"; exit 1; }
+command -v iperf3 >/dev/null || scripts/install-deps.sh
+tests/k8s/tools ensure
+eval "$(tests/k8s/tools env)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fleetboard/target}"
+cargo build -p fleetboard -p kubectl-peers -p fleetboard-tests --bins >&2
+exec "$CARGO_TARGET_DIR/debug/fleetboard-first-run" "$@"

@@ -1,4 +1,4 @@
-# Shared preamble of scripts/demo.sh, perf/bench.sh and perf/transports.sh (source it from the
+# Shared preamble of scripts/demo-dataplane.sh, perf/bench.sh and perf/transports.sh (source it from the
 # repository root): `fb_prepare NAME DEFAULT_DURATION` checks for root, installs iperf3 when
 # missing, builds the release binary unless $FLEETBOARD names one, and sets $FB and $DURATION.
 

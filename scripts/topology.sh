@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by scripts/demo.sh and perf/bench.sh (source it, then `topo_up`): three namespaces
+# Shared by scripts/demo-dataplane.sh and perf/bench.sh (source it, then `topo_up`): three namespaces
 # hub, gw-a, gw-b on a bridge namespace (the "internet", 198.18.0.0/24), a FleetBoard
 # dataplane in each. gw-a (100.64.1.1) and gw-b (100.64.2.1) know only the hub (198.18.0.1,
 # 100.64.0.1), which relays between them. Needs $FB (the fleetboard binary). Sets

@@ -280,13 +280,7 @@ pub async fn prepare_hub(hub: &Cluster, token: &str) -> anyhow::Result<PathBuf> 
 pub async fn prepare_member(member: &Cluster, nodes: &[&str]) -> anyhow::Result<PathBuf> {
     let client = member.client();
     ensure_namespace(&client, NAMESPACE).await?;
-    for n in nodes {
-        create(
-            &Api::<Node>::all(client.clone()),
-            json!({ "metadata": { "name": n } }),
-        )
-        .await?;
-    }
+    create_nodes(&client, nodes).await?;
     let sa_token = member
         .service_account_token(NAMESPACE, "fleetboard-agent")
         .await?;
@@ -329,6 +323,18 @@ pub async fn prepare_member(member: &Cluster, nodes: &[&str]) -> anyhow::Result<
     member.token_kubeconfig("fleetboard-agent", &sa_token)
 }
 
+/// Node objects (no kubelet runs: the test plays the nodes).
+async fn create_nodes(client: &kube::Client, nodes: &[&str]) -> anyhow::Result<()> {
+    for n in nodes {
+        create(
+            &Api::<Node>::all(client.clone()),
+            json!({ "metadata": { "name": n } }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// How to build a [`Fleet`].
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
@@ -342,6 +348,9 @@ pub struct FleetOptions {
     pub hub_replicas: usize,
     /// Extra agent flags.
     pub agent_flags: Vec<String>,
+    /// Install with the charts of this checkout (`helm install`, the token the hub chart
+    /// generates) instead of creating the install-time objects directly.
+    pub helm: bool,
 }
 
 impl Default for FleetOptions {
@@ -352,6 +361,7 @@ impl Default for FleetOptions {
             nodes_per_member: 2,
             hub_replicas: 1,
             agent_flags: Vec::new(),
+            helm: false,
         }
     }
 }
@@ -383,9 +393,25 @@ impl Fleet {
         }
         let mut clusters = Cluster::start_all(all_opts).await?;
         let hub_cluster = clusters.remove(0);
-        let token = bootstrap_token();
-        install_crds(&hub_cluster.client(), crds).await?;
-        let hub_kubeconfig = prepare_hub(&hub_cluster, &token).await?;
+        let (token, hub_kubeconfig) = if opts.helm {
+            let endpoint = "198.18.0.2";
+            let token = crate::helm_install::install_hub_chart(
+                &hub_cluster,
+                NAMESPACE,
+                endpoint,
+                opts.transport,
+            )
+            .await?;
+            install_crds(&hub_cluster.client(), crds).await?;
+            let sa = hub_cluster
+                .service_account_token(NAMESPACE, "fleetboard-hub")
+                .await?;
+            (token, hub_cluster.token_kubeconfig("fleetboard-hub", &sa)?)
+        } else {
+            let token = bootstrap_token();
+            install_crds(&hub_cluster.client(), crds).await?;
+            (token, prepare_hub(&hub_cluster, &token).await?)
+        };
 
         let mut members = Vec::new();
         let mut nodes = Vec::new();
@@ -395,7 +421,24 @@ impl Fleet {
                 .map(|n| format!("{id}{n}"))
                 .collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let kubeconfig = prepare_member(&cluster, &refs).await?;
+            let kubeconfig = if opts.helm {
+                crate::helm_install::install_agent_chart(
+                    &cluster,
+                    NAMESPACE,
+                    &id,
+                    &hub_cluster,
+                    &token,
+                    opts.transport,
+                )
+                .await?;
+                create_nodes(&cluster.client(), &refs).await?;
+                let sa = cluster
+                    .service_account_token(NAMESPACE, "fleetboard-agent")
+                    .await?;
+                cluster.token_kubeconfig("fleetboard-agent", &sa)?
+            } else {
+                prepare_member(&cluster, &refs).await?
+            };
             for (n, name) in names.iter().enumerate() {
                 let ns = Netns::new(&format!("n{name}"))?;
                 let ip = format!("198.18.0.{}", 10 * (i + 1) + n + 1);

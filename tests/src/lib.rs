@@ -10,6 +10,7 @@
 pub mod binaries;
 pub mod charts;
 pub mod fleet;
+pub mod helm_install;
 pub mod kube;
 pub mod netns;
 pub mod process;
