@@ -721,6 +721,33 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
 }
 
 /// `kubectl auth can-i <verb> <resource> [-n ns] --as <who>` (plus extra args): yes or no.
+/// Creates a minimal namespaced CRD `<plural>.<group>` (with a status subresource) unless the
+/// charts already installed the real one, and waits until it is Established.
+async fn ensure_stand_in_crd(client: &kube::Client, group: &str, plural: &str, kind: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let name = format!("{plural}.{group}");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if api.get_opt(&name).await.unwrap().is_none() {
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "group": group, "scope": "Namespaced",
+                "names": { "plural": plural, "singular": kind.to_lowercase(), "kind": kind },
+                "versions": [{
+                    "name": "v1alpha1", "served": true, "storage": true,
+                    "subresources": { "status": {} },
+                    "schema": { "openAPIV3Schema": {
+                        "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                    }},
+                }],
+            },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    wait_established(client, &name, DEADLINE).await.unwrap();
+}
+
 fn can_i(
     cluster: &Cluster,
     who: &str,
@@ -731,6 +758,8 @@ fn can_i(
 ) -> bool {
     let mut cmd = cluster.kubectl().unwrap();
     cmd.args(["auth", "can-i", verb, resource, "--as", who])
+        .arg("--cache-dir")
+        .arg(cluster.dir().join("kubectl-cache"))
         .args(extra);
     match ns {
         Some(ns) => cmd.args(["-n", ns]),
@@ -738,6 +767,13 @@ fn can_i(
     };
     let out = output(&mut cmd);
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // An unknown kind would silently be asked about as a group-less resource.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("doesn't have a resource type")
+            || ["*", "users"].contains(&resource),
+        "{cmd:?}: {}",
+        text(&out)
+    );
     assert!(answer == "yes" || answer == "no", "{cmd:?}: {}", text(&out));
     answer == "yes"
 }
@@ -849,6 +885,16 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         .await
         .unwrap();
 
+    // `kubectl auth can-i` resolves a resource through discovery and, for a kind the server
+    // does not serve, asks about a group-less resource instead. The MCS CRDs and the
+    // exportedservices CRD come with the mcs work: stand-ins make those kinds served here.
+    for (group, plural, kind) in [
+        ("fleetboard.io", "exportedservices", "ExportedService"),
+        ("multicluster.x-k8s.io", "serviceexports", "ServiceExport"),
+        ("multicluster.x-k8s.io", "serviceimports", "ServiceImport"),
+    ] {
+        ensure_stand_in_crd(&client, group, plural, kind).await;
+    }
     let hub = format!("system:serviceaccount:{NS}:fleetboard-hub");
     let ns = Some(NS);
     let status: &[&str] = &["--subresource=status"];
