@@ -114,8 +114,8 @@ impl GatewayKeys {
     /// Writes `quic.key` (mode 0600) and `quic.crt` into `dir`; returns (cert, key) paths,
     /// what the dataplane config's `quic.certificate` / `quic.private_key` take.
     pub fn write_quic_files(&self, dir: &Path) -> Result<(PathBuf, PathBuf), KeysError> {
-        use std::os::unix::fs::OpenOptionsExt as _;
         use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let w = |path: PathBuf, body: &str, mode: u32| -> Result<PathBuf, KeysError> {
             let err = |source| KeysError::Write {
                 path: path.clone(),
@@ -247,7 +247,9 @@ mod tests {
             data: Some(data),
             ..Default::default()
         };
-        let e = GatewayKeys::from_secret(&s, "ns", "n").unwrap_err().to_string();
+        let e = GatewayKeys::from_secret(&s, "ns", "n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(QUIC_CERT) && e.contains("missing"), "{e}");
     }
 }

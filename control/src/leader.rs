@@ -212,7 +212,9 @@ impl LeaderElection {
             set(&leading, false);
             match self.release(&api).await {
                 Ok(()) => tracing::info!(lease = %self.name, "released the lease"),
-                Err(e) => tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed"),
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed")
+                }
             }
         }
         Ok(())
@@ -249,7 +251,10 @@ impl LeaderElection {
         };
         let written = match current {
             None => api.create(&PostParams::default(), &lease).await,
-            Some(_) => api.replace(&self.name, &PostParams::default(), &lease).await,
+            Some(_) => {
+                api.replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
         };
         match written {
             Ok(_) => Ok(Step::Leading),
@@ -328,12 +333,24 @@ mod tests {
     #[test]
     fn acquiring_counts_a_transition_and_release_frees() {
         let cur = held("b", 0, 15);
-        let next = next_spec(Some(&cur), &Action::Acquire, t(20), "a", Duration::from_secs(9));
+        let next = next_spec(
+            Some(&cur),
+            &Action::Acquire,
+            t(20),
+            "a",
+            Duration::from_secs(9),
+        );
         assert_eq!(next.holder_identity.as_deref(), Some("a"));
         assert_eq!(next.lease_transitions, Some(4));
         assert_eq!(next.lease_duration_seconds, Some(9));
         assert_eq!(next.acquire_time, Some(MicroTime(t(20))));
-        let renewed = next_spec(Some(&next), &Action::Renew, t(22), "a", Duration::from_secs(9));
+        let renewed = next_spec(
+            Some(&next),
+            &Action::Renew,
+            t(22),
+            "a",
+            Duration::from_secs(9),
+        );
         assert_eq!(renewed.lease_transitions, Some(4));
         assert_eq!(renewed.acquire_time, Some(MicroTime(t(20))));
         assert_eq!(renewed.renew_time, Some(MicroTime(t(22))));

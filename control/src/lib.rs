@@ -2,8 +2,8 @@
 //! and agent controllers that turn these objects into dataplane configuration.
 
 pub mod crd;
-pub mod ipam;
 pub mod embedded;
+pub mod hub;
+pub mod ipam;
 pub mod keys;
 pub mod leader;
-pub mod hub;
