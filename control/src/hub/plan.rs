@@ -130,7 +130,12 @@ pub fn dp_transport(t: Transport) -> DpTransport {
 /// The hub's tunnel address in `block` with the pool's prefix length: the block's first
 /// host address (e.g. `100.64.0.1/10`), so the whole pool routes into the TUN.
 pub fn hub_address(block: &IpNet, pool: &IpNet) -> Option<IpNet> {
-    let first = block.hosts().next()?;
+    // Network address + 1 for both families (`hosts()` starts at the network for IPv6).
+    let first: IpAddr = match block.network() {
+        IpAddr::V4(a) => IpAddr::V4(u32::from(a).checked_add(1)?.into()),
+        IpAddr::V6(a) => IpAddr::V6(u128::from(a).checked_add(1)?.into()),
+    };
+    block.contains(&first).then_some(())?;
     IpNet::new(first, pool.prefix_len()).ok()
 }
 

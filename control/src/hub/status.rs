@@ -70,9 +70,14 @@ pub fn observe(dp: Option<&DpPeerStatus>, now: Timestamp) -> Observed {
             Some(s) if s < HANDSHAKE_STALE.as_secs() => (
                 true,
                 "HandshakeCompleted",
-                format!("last handshake {s}s ago from {}", endpoint(p)),
+                // No ages in messages: they would change (and be written) every pass.
+                format!("WireGuard session with {}", endpoint(p)),
             ),
-            Some(s) => (false, "HandshakeStale", format!("last handshake {s}s ago")),
+            Some(_) => (
+                false,
+                "HandshakeStale",
+                format!("no handshake for over {}s", HANDSHAKE_STALE.as_secs()),
+            ),
             None => (false, "NoHandshake", "no handshake yet".to_string()),
         },
     };
