@@ -2,6 +2,7 @@
 
 mod agent;
 mod dataplane;
+mod hub;
 mod keys;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run the userspace dataplane (`--config FILE`), or inspect one (`show`).
     Dataplane(dataplane::DataplaneArgs),
+    /// The hub controller: leader-elected replicas, block allocation, the hub dataplane.
+    Hub(Box<hub::HubArgs>),
     /// Print a new private key (base64), like `wg genkey`.
     Keygen,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dataplane(args) => dataplane::main(args),
+        Command::Hub(args) => hub::main(*args),
         Command::Keygen => keys::genkey(),
         Command::Pubkey => keys::pubkey(),
         Command::QuicIdentity { name, dir } => {

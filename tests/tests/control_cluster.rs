@@ -251,12 +251,9 @@ async fn deleted_peer_is_reclaimed_and_its_routes_disappear() {
             })
         })
     };
-    wait_for(
-        "the hub routes b's block",
-        DEADLINE,
-        POLL,
-        || Ok(has_b(&f.dataplane_show(&hub_socket)?).then_some(())),
-    )
+    wait_for("the hub routes b's block", DEADLINE, POLL, || {
+        Ok(has_b(&f.dataplane_show(&hub_socket)?).then_some(()))
+    })
     .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
 
     // b leaves: its agents stop, its Peer is deleted.

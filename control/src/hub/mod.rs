@@ -98,7 +98,9 @@ impl HubConfig {
     /// One block allocator per tunnel CIDR (checks `--tunnel-cidr` and the block prefixes).
     pub fn pools(&self) -> Result<Vec<BlockAllocator>, HubError> {
         if self.tunnel_cidrs.is_empty() {
-            return Err(HubError::Config("--tunnel-cidr: at least one is required".into()));
+            return Err(HubError::Config(
+                "--tunnel-cidr: at least one is required".into(),
+            ));
         }
         let mut out: Vec<BlockAllocator> = Vec::new();
         for c in &self.tunnel_cidrs {
@@ -106,13 +108,17 @@ impl HubConfig {
                 IpNet::V4(_) => ("--block-prefix", self.block_prefix),
                 IpNet::V6(_) => ("--block-prefix-v6", self.block_prefix_v6),
             };
-            if let Some(o) = out.iter().find(|o| o.pool().contains(&c.network()) || c.contains(&o.pool().network())) {
+            if let Some(o) = out
+                .iter()
+                .find(|o| o.pool().contains(&c.network()) || c.contains(&o.pool().network()))
+            {
                 return Err(HubError::Config(format!(
                     "--tunnel-cidr {c} overlaps {}",
                     o.pool()
                 )));
             }
-            let a = BlockAllocator::new(*c, len).map_err(|e| HubError::Config(format!("{flag}: {e}")))?;
+            let a = BlockAllocator::new(*c, len)
+                .map_err(|e| HubError::Config(format!("{flag}: {e}")))?;
             out.push(a);
         }
         if self.listen_port == 0 || self.listen_port == u16::MAX {
@@ -171,7 +177,13 @@ pub async fn run(
             _ = &mut shutdown => break,
             r = lead_rx.wait_for(|l| *l) => if r.is_err() { break },
         }
-        let mut leader = Leader::new(&config, pools.clone(), api.clone(), reader.clone(), changed.clone());
+        let mut leader = Leader::new(
+            &config,
+            pools.clone(),
+            api.clone(),
+            reader.clone(),
+            changed.clone(),
+        );
         let lost = async {
             let _ = lead_rx.wait_for(|l| !*l).await;
         };
@@ -242,7 +254,14 @@ impl<'a> Leader<'a> {
         tracing::info!(identity = %self.config.identity, "leading: starting the hub");
         let c = self.config;
         let keys = loop {
-            match keys::load_or_create(self.api_client(), &c.namespace, &c.keys_secret, &c.cluster_id).await {
+            match keys::load_or_create(
+                self.api_client(),
+                &c.namespace,
+                &c.keys_secret,
+                &c.cluster_id,
+            )
+            .await
+            {
                 Ok(k) => break k,
                 Err(e) => tracing::warn!(error = %e, "hub keys"),
             }
@@ -338,11 +357,20 @@ impl<'a> Leader<'a> {
         };
         let mut peers = self.reader.state();
         peers.sort_by(|a, b| {
-            let ka = (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.metadata.name.clone());
-            let kb = (b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.metadata.name.clone());
+            let ka = (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                a.metadata.name.clone(),
+            );
+            let kb = (
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                b.metadata.name.clone(),
+            );
             ka.cmp(&kb)
         });
-        let live: HashSet<String> = peers.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let live: HashSet<String> = peers
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
         self.written.retain(|uid, _| live.contains(uid));
         self.volatile_at.retain(|uid, _| live.contains(uid));
 
@@ -351,13 +379,17 @@ impl<'a> Leader<'a> {
             .iter()
             .find(|p| p.metadata.name.as_deref() == Some(self.config.cluster_id.as_str()))
             .cloned();
-        let hub_current = hub_obj.as_ref().map(|p| self.current_status(p)).unwrap_or_default();
+        let hub_current = hub_obj
+            .as_ref()
+            .map(|p| self.current_status(p))
+            .unwrap_or_default();
         let hub_allocated = parse_blocks(&hub_current.allocated_cidrs);
 
         let members: Vec<Arc<Peer>> = peers
             .iter()
             .filter(|p| {
-                p.metadata.name.as_deref() != Some(self.config.cluster_id.as_str()) && !p.spec.is_hub
+                p.metadata.name.as_deref() != Some(self.config.cluster_id.as_str())
+                    && !p.spec.is_hub
             })
             .cloned()
             .collect();
@@ -393,12 +425,18 @@ impl<'a> Leader<'a> {
             let uid = p.metadata.uid.clone().unwrap_or_default();
             let current = self.current_status(p);
             let dp_peer = dp_status.as_ref().and_then(|s| find_dp_peer(s, &m.name));
-            let obs = status::observe(dp_peer, now);
+            let mut obs = status::observe(dp_peer, now);
+            if dp_peer.is_none() && m.peer.is_some() {
+                // Served from this pass on: the dataplane has not seen it yet.
+                obs.reason = "NoHandshake";
+                obs.message = "no handshake yet".into();
+            }
             let refresh = self
                 .volatile_at
                 .get(&uid)
                 .is_none_or(|t| t.elapsed() >= status::VOLATILE_EVERY);
-            let desired = status::member_status(&current, m, &obs, p.metadata.generation, now, refresh);
+            let desired =
+                status::member_status(&current, m, &obs, p.metadata.generation, now, refresh);
             let volatile_changed = desired.rx_bytes != current.rx_bytes
                 || desired.tx_bytes != current.tx_bytes
                 || desired.rtt_micros != current.rtt_micros;
@@ -409,9 +447,9 @@ impl<'a> Leader<'a> {
                 persisted.insert(m.name.clone());
             }
         }
-        plan.dataplane.peers.retain(|peer| {
-            peer.name.as_ref().is_some_and(|n| persisted.contains(n))
-        });
+        plan.dataplane
+            .peers
+            .retain(|peer| peer.name.as_ref().is_some_and(|n| persisted.contains(n)));
         self.apply_dataplane(plan.dataplane).await;
     }
 
@@ -444,7 +482,11 @@ impl<'a> Leader<'a> {
                     tracing::info!(peer = %name, blocks = ?desired.allocated_cidrs, "allocation persisted");
                 }
                 for c in &desired.conditions {
-                    if !current.conditions.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason) {
+                    if !current
+                        .conditions
+                        .iter()
+                        .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
+                    {
                         tracing::info!(peer = %name, condition = %c.type_, status = %c.status, reason = %c.reason, message = %c.message, "peer condition");
                     }
                 }
@@ -466,7 +508,11 @@ impl<'a> Leader<'a> {
         let c = self.config;
         let desired = PeerSpec {
             cluster_id: c.cluster_id.clone(),
-            cidrs: c.tunnel_cidrs.iter().map(|n| n.trunc().to_string()).collect(),
+            cidrs: c
+                .tunnel_cidrs
+                .iter()
+                .map(|n| n.trunc().to_string())
+                .collect(),
             endpoint: c.endpoint.clone(),
             port: c.listen_port,
             public_key: Some(keys.public_key_base64()),
@@ -489,10 +535,16 @@ impl<'a> Leader<'a> {
         });
         match self
             .api
-            .patch(&c.cluster_id, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+            .patch(
+                &c.cluster_id,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
             .await
         {
-            Ok(_) => tracing::info!(peer = %c.cluster_id, endpoint = ?c.endpoint, "published the hub peer"),
+            Ok(_) => {
+                tracing::info!(peer = %c.cluster_id, endpoint = ?c.endpoint, "published the hub peer")
+            }
             Err(e) => tracing::warn!(error = %e, "publishing the hub peer"),
         }
     }

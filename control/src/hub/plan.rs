@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use fleetboard_dataplane::core::config::{AdminConfig, InterfaceConfig, DEFAULT_MTU};
+use fleetboard_dataplane::core::config::{AdminConfig, DEFAULT_MTU, InterfaceConfig};
 use fleetboard_dataplane::core::quic_config::QuicSettings;
 use fleetboard_dataplane::core::{
     DataplaneConfig, PeerConfig, PublicKey, SecretKey, Transport as DpTransport,
@@ -130,7 +130,12 @@ pub fn dp_transport(t: Transport) -> DpTransport {
 /// The hub's tunnel address in `block` with the pool's prefix length: the block's first
 /// host address (e.g. `100.64.0.1/10`), so the whole pool routes into the TUN.
 pub fn hub_address(block: &IpNet, pool: &IpNet) -> Option<IpNet> {
-    let first = block.hosts().next()?;
+    // Network address + 1 for both families (`hosts()` starts at the network for IPv6).
+    let first: IpAddr = match block.network() {
+        IpAddr::V4(a) => IpAddr::V4(u32::from(a).checked_add(1)?.into()),
+        IpAddr::V6(a) => IpAddr::V6(u128::from(a).checked_add(1)?.into()),
+    };
+    block.contains(&first).then_some(())?;
     IpNet::new(first, pool.prefix_len()).ok()
 }
 
@@ -242,8 +247,7 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
         let in_pool = |list: &[IpNet]| list.iter().copied().find(|b| pool.pool().contains(b));
         // The hub first (its block holds the hub's own address), then members oldest first.
         // Invalid members keep a block they already hold but get no new one.
-        let mut owners: Vec<(Option<usize>, Option<IpNet>)> =
-            vec![(None, in_pool(hub_allocated))];
+        let mut owners: Vec<(Option<usize>, Option<IpNet>)> = vec![(None, in_pool(hub_allocated))];
         for (i, m) in members.iter().enumerate() {
             let existing = in_pool(&m.allocated);
             if invalid[i].is_none() || existing.is_some() {
@@ -391,10 +395,20 @@ mod tests {
     #[test]
     fn hub_takes_the_first_block_and_members_the_next_ones() {
         let h = hub(&[("100.64.0.0/10", 16), ("fd00:64::/48", 64)]);
-        let p = plan(&h, &[], &[member("a", 2, &[], &[]), member("b", 3, &[], &[])]);
+        let p = plan(
+            &h,
+            &[],
+            &[member("a", 2, &[], &[]), member("b", 3, &[], &[])],
+        );
         assert_eq!(p.hub_allocated, nets(&["100.64.0.0/16", "fd00:64::/64"]));
-        assert_eq!(p.members[0].allocated, nets(&["100.65.0.0/16", "fd00:64:0:1::/64"]));
-        assert_eq!(p.members[1].allocated, nets(&["100.66.0.0/16", "fd00:64:0:2::/64"]));
+        assert_eq!(
+            p.members[0].allocated,
+            nets(&["100.65.0.0/16", "fd00:64:0:1::/64"])
+        );
+        assert_eq!(
+            p.members[1].allocated,
+            nets(&["100.66.0.0/16", "fd00:64:0:2::/64"])
+        );
         assert_eq!(
             p.dataplane.interface.addresses,
             nets(&["100.64.0.1/10", "fd00:64::1/48"])
@@ -436,7 +450,10 @@ mod tests {
         assert_eq!(p.members[0].ready().1, REASON_ALLOCATED);
         assert_eq!(p.members[1].ready().1, "MissingPublicKey");
         let (ok, reason, msg) = p.members[2].ready();
-        assert!(!ok && reason == "CidrOverlap" && msg.contains("Peer a"), "{msg}");
+        assert!(
+            !ok && reason == "CidrOverlap" && msg.contains("Peer a"),
+            "{msg}"
+        );
         assert_eq!(p.members[3].ready().1, REASON_POOL_EXHAUSTED);
         assert_eq!(p.dataplane.peers.len(), 1);
         assert_eq!(

@@ -70,12 +70,13 @@ pub fn observe(dp: Option<&DpPeerStatus>, now: Timestamp) -> Observed {
             Some(s) if s < HANDSHAKE_STALE.as_secs() => (
                 true,
                 "HandshakeCompleted",
-                format!("last handshake {s}s ago from {}", endpoint(p)),
+                // No ages in messages: they would change (and be written) every pass.
+                format!("WireGuard session with {}", endpoint(p)),
             ),
-            Some(s) => (
+            Some(_) => (
                 false,
                 "HandshakeStale",
-                format!("last handshake {s}s ago"),
+                format!("no handshake for over {}s", HANDSHAKE_STALE.as_secs()),
             ),
             None => (false, "NoHandshake", "no handshake yet".to_string()),
         },
@@ -135,7 +136,15 @@ pub fn member_status(
 ) -> PeerStatus {
     let (ok, reason, message) = plan.ready();
     let conditions = vec![
-        condition(&current.conditions, READY, ok, reason, message, generation, now),
+        condition(
+            &current.conditions,
+            READY,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        ),
         condition(
             &current.conditions,
             CONNECTED,
@@ -188,7 +197,11 @@ pub fn hub_status(
                 &current.conditions,
                 READY,
                 !list.is_empty(),
-                if list.is_empty() { "NoBlock" } else { "Allocated" },
+                if list.is_empty() {
+                    "NoBlock"
+                } else {
+                    "Allocated"
+                },
                 format!("hub block {}", list.join(", ")),
                 generation,
                 now,
@@ -242,8 +255,14 @@ mod tests {
             o.last_handshake,
             Some(now().checked_sub(SignedDuration::from_secs(5)).unwrap())
         );
-        assert_eq!(observe(Some(&dp(DpTransport::Wg, None, None)), now()).reason, "NoHandshake");
-        assert_eq!(observe(Some(&dp(DpTransport::Wg, Some(500), None)), now()).reason, "HandshakeStale");
+        assert_eq!(
+            observe(Some(&dp(DpTransport::Wg, None, None)), now()).reason,
+            "NoHandshake"
+        );
+        assert_eq!(
+            observe(Some(&dp(DpTransport::Wg, Some(500), None)), now()).reason,
+            "HandshakeStale"
+        );
         assert!(observe(Some(&dp(DpTransport::Quic, None, Some(2))), now()).connected);
         assert_eq!(observe(None, now()).reason, "NotConfigured");
     }
@@ -263,7 +282,10 @@ mod tests {
         let mut o2 = observe(Some(&dp(DpTransport::Wg, Some(6), Some(2))), later);
         o2.rx_bytes = 99;
         let second = member_status(&first, &plan, &o2, Some(1), later, false);
-        assert_eq!(first, second, "jitter and volatile figures alone write nothing");
+        assert_eq!(
+            first, second,
+            "jitter and volatile figures alone write nothing"
+        );
         let third = member_status(&first, &plan, &o2, Some(1), later, true);
         assert_eq!(third.rx_bytes, Some(99));
         assert_eq!(third.conditions, first.conditions);
