@@ -5,7 +5,9 @@
 #                               # perf/RESULTS.md (harness section), perf/results.json, perf/results.png
 #   perf/run.sh --quick         # 1 run, 3 s per test, output in /tmp/fleetboard-perf (iteration)
 #   perf/run.sh --quick --cases "raw fb-wg"   # only some cases
-#   options: --runs N --duration S --udp-rate 500M --out DIR --cases "..."
+#   options: --runs N --duration S --udp-rate 300M --out DIR --cases "..." --no-build
+#   --profile: `perf record` the tunnel processes during the 1-stream TCP test of the first
+#              run; the flat profile goes to OUT/profile-CASE.txt
 #   FLEETBOARD=path/to/fleetboard perf/run.sh ...   # measure another build (before/after)
 #
 # Builds everything first: fleetboard, perf-probe and perf-report (release, into
@@ -20,10 +22,11 @@
 # rate (loss); CPU of the tunnel processes (/proc/<pid>/stat), RSS (VmRSS idle, VmHWM peak),
 # nstat UdpRcvbufErrors, TCP retransmits. Benchmark only: no pass/fail, it prints figures.
 set -euo pipefail
+umask 077 # keys
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
-RUNS=3 DURATION=10 UDP_RATE=500M OUT="" QUICK=0
+RUNS=3 DURATION=10 UDP_RATE=300M OUT="" QUICK=0 NO_BUILD=0 PROFILE=0
 CASES="raw fb-wg fb-quic fb-wg-relay wireguard-go boringtun"
 ARGS="$*"
 while [ $# -gt 0 ]; do
@@ -34,6 +37,8 @@ while [ $# -gt 0 ]; do
         --udp-rate) UDP_RATE="$2"; shift ;;
         --cases) CASES="$2"; shift ;;
         --out) OUT="$2"; shift ;;
+        --no-build) NO_BUILD=1 ;;
+        --profile) PROFILE=1 ;;
         -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -45,8 +50,10 @@ scripts/install-deps.sh >&2 # iperf3, wireguard-tools (wg), iproute2 (nstat), fo
 
 # --- build ---------------------------------------------------------------------------------
 TGT="${CARGO_TARGET_DIR:-$ROOT/target}"
-echo "run.sh: building fleetboard, perf-probe, perf-report (release)" >&2
-cargo build --release -p fleetboard -p fleetboard-perf >&2
+if [ "$NO_BUILD" = 0 ]; then
+    echo "run.sh: building fleetboard, perf-probe, perf-report (release)" >&2
+    cargo build --release -p fleetboard -p fleetboard-perf >&2
+fi
 FB="$(realpath "${FLEETBOARD:-$TGT/release/fleetboard}")" PROBE="$TGT/release/perf-probe" REPORT="$TGT/release/perf-report"
 source perf/tools.sh
 case " $CASES " in *" wireguard-go "*) tools_wireguard_go ;; esac
@@ -232,7 +239,7 @@ iperf() { # iperf NAME ARGS...: client in A against a one-off server in B; JSON 
     shift
     ip netns exec "$NB" iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
     srv=$!
-    for _ in $(seq 1 50); do ip netns exec "$NB" ss -lnH | grep -q ":$port " && break; sleep 0.1; done
+    for _ in $(seq 1 50); do ip netns exec "$NB" ss -lnH 2>/dev/null | grep -q ":$port " && break; sleep 0.1; done
     ip netns exec "$NA" iperf3 -c "$DST" -p "$port" -t "$DURATION" -J "$@" >"$WORK/$name.json" || true
     kill "$srv" 2>/dev/null || true
     wait "$srv" 2>/dev/null || true
@@ -255,7 +262,17 @@ measure() {
     emit rtt_p99_us "$(jget "$WORK/rtt.json" p99_us)"
     # TCP
     cpu0=$(cpu_ticks) rb0=$(rcvbuf)
+    local prof=""
+    if [ "$PROFILE" = 1 ] && [ "$RUN" = 1 ] && [ -n "$PIDS" ]; then
+        perf record -q -F 499 -g -p "$(echo $PIDS | tr ' ' ,)" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+        prof=$!
+    fi
     iperf tcp1
+    if [ -n "$prof" ]; then
+        wait "$prof" || true
+        perf report -i "$WORK/perf.data" --stdio --no-children -g none --percent-limit 1 \
+            --sort dso,symbol 2>/dev/null | grep -v '^$' | head -60 >"$OUT/profile-$CASE.txt" || true
+    fi
     iperf tcp4 -P 4
     cpu1=$(cpu_ticks) rb1=$(rcvbuf)
     b1=$(jget "$WORK/tcp1.json" end.sum_received.bytes)

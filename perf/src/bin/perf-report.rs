@@ -249,6 +249,15 @@ fn markdown(meta: &serde_json::Value, sum: &dyn Fn(&str, &str) -> Option<Summary
         med("fb-wg", "tcp1_gbps"),
         0.8,
     );
+    // CPU per GB does not depend on how much CPU the machine had spare: on a shared machine
+    // it is the fairest comparison (lower is better; the ratio is "times less CPU").
+    for (other, label) in [("wireguard-go", "wireguard-go"), ("boringtun", "boringtun-cli")] {
+        let (v, ok) = match (med("fb-wg", "cpu_s_per_gb"), med(other, "cpu_s_per_gb")) {
+            (Some(f), Some(o)) if f > 0.0 => (format!("{:.2}× less", o / f), "(no target)".into()),
+            _ => ("–".to_string(), "not measured".to_string()),
+        };
+        s += &format!("| fleetboard wg CPU per GB vs {label} | {v} | {ok} |\n");
+    }
     let mut limit = |name: &str, v: Option<f64>, max: f64, unit: &str| {
         let (val, ok) = match v {
             Some(v) => (
@@ -281,11 +290,11 @@ fn markdown(meta: &serde_json::Value, sum: &dyn Fn(&str, &str) -> Option<Summary
         64.0,
         "MiB",
     );
+    // During the UDP test iperf3's own receiving socket overflows too (raw veth shows it):
+    // the TCP tests are the ones where only the tunnels' sockets can drop.
     limit(
-        "fleetboard wg UdpRcvbufErrors (TCP + UDP tests) = 0",
-        med("fb-wg", "rcvbuf_tcp")
-            .zip(med("fb-wg", "rcvbuf_udp"))
-            .map(|(a, b)| a + b),
+        "fleetboard wg UdpRcvbufErrors during the TCP tests = 0",
+        med("fb-wg", "rcvbuf_tcp"),
         0.0,
         "",
     );
