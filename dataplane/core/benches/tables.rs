@@ -85,7 +85,7 @@ fn dataplane(n: usize) -> (Dataplane, Vec<fleetboard_dataplane_core::PublicKey>)
     let keys: Vec<_> = (0..n)
         .map(|i| {
             let mut b = [0u8; 32];
-            b[..8].copy_from_slice(&(i as u64 + 7).to_le_bytes());
+            b[8..16].copy_from_slice(&(i as u64 + 7).to_le_bytes());
             SecretKey::from_random_bytes(b).public_key()
         })
         .collect();

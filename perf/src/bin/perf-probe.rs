@@ -66,7 +66,13 @@ fn server(listen: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-fn client(to: SocketAddr, count: u32, interval_us: u64, size: usize, warmup: u32) -> anyhow::Result<()> {
+fn client(
+    to: SocketAddr,
+    count: u32,
+    interval_us: u64,
+    size: usize,
+    warmup: u32,
+) -> anyhow::Result<()> {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {

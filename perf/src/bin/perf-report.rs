@@ -65,7 +65,9 @@ fn main() -> anyhow::Result<()> {
     let mut raw_runs = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let r: Run = serde_json::from_str(line).with_context(|| format!("bad run line: {line}"))?;
-        raw_runs.push(serde_json::json!({"case": r.case, "run": r.run, "metric": r.metric, "value": r.value}));
+        raw_runs.push(
+            serde_json::json!({"case": r.case, "run": r.run, "metric": r.metric, "value": r.value}),
+        );
         table
             .entry(r.case)
             .or_default()
@@ -74,7 +76,10 @@ fn main() -> anyhow::Result<()> {
             .push(r.value);
     }
     let sum = |case: &str, metric: &str| -> Option<Summary> {
-        table.get(case).and_then(|m| m.get(metric)).and_then(|v| Summary::of(v))
+        table
+            .get(case)
+            .and_then(|m| m.get(metric))
+            .and_then(|v| Summary::of(v))
     };
 
     // JSON: every run plus the summaries.
@@ -251,7 +256,10 @@ fn markdown(meta: &serde_json::Value, sum: &dyn Fn(&str, &str) -> Option<Summary
     );
     // CPU per GB does not depend on how much CPU the machine had spare: on a shared machine
     // it is the fairest comparison (lower is better; the ratio is "times less CPU").
-    for (other, label) in [("wireguard-go", "wireguard-go"), ("boringtun", "boringtun-cli")] {
+    for (other, label) in [
+        ("wireguard-go", "wireguard-go"),
+        ("boringtun", "boringtun-cli"),
+    ] {
         let (v, ok) = match (med("fb-wg", "cpu_s_per_gb"), med(other, "cpu_s_per_gb")) {
             (Some(f), Some(o)) if f > 0.0 => (format!("{:.2}× less", o / f), "(no target)".into()),
             _ => ("–".to_string(), "not measured".to_string()),
