@@ -36,8 +36,6 @@ enum Command {
     Version,
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
     Nri(Box<fleetboard_nri::NriArgs>),
-    /// DNS for `<svc>.<ns>.svc.clusterset.local` (MCS ServiceImports of this cluster).
-    Dns(fleetboard_dns::DnsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,16 +57,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Version => {
             println!("fleetboard {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Command::Dns(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            tokio::runtime::Runtime::new()?.block_on(fleetboard_dns::main(args))?;
             Ok(())
         }
         Command::Nri(args) => {
