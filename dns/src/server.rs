@@ -79,6 +79,7 @@ impl Handler {
     }
 }
 
+#[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,

@@ -42,8 +42,6 @@ enum Command {
     Agent(Box<agent::AgentArgs>),
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
     Nri(Box<fleetboard_nri::NriArgs>),
-    /// DNS for `<svc>.<ns>.svc.clusterset.local` (MCS ServiceImports of this cluster).
-    Dns(fleetboard_dns::DnsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,16 +67,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(args) => agent::main(*args),
-        Command::Dns(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            tokio::runtime::Runtime::new()?.block_on(fleetboard_dns::main(args))?;
-            Ok(())
-        }
         Command::Nri(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -120,6 +120,7 @@ impl Drop for Resolv {
 }
 
 #[test]
+#[ignore = "not run yet: needs the fleetboard-dns crate in the workspace (`fleetboard dns`)"]
 fn clusterset_ip_and_dns_name_reach_an_exported_service_in_another_cluster() {
     let t = Topology::up();
     let dir = t.dir.0.clone();
