@@ -196,7 +196,10 @@ mod tests {
             token: "nope".into(),
             ca_file: None,
         };
-        let e = access.client().await.unwrap_err().to_string();
+        let Err(e) = access.client().await else {
+            panic!("a malformed token must be refused")
+        };
+        let e = e.to_string();
         assert!(e.contains("--hub-token"), "{e}");
     }
 }
