@@ -223,17 +223,17 @@ impl Syncer {
             }
         }
         for h in &hub_have {
-            if h.spec.cluster_id == me && !mine.contains_key(&h.name_any()) {
-                if let Err(e) = hub_api
+            if h.spec.cluster_id == me
+                && !mine.contains_key(&h.name_any())
+                && let Err(e) = hub_api
                     .delete(&h.name_any(), &DeleteParams::default())
                     .await
-                {
-                    log_err(
-                        "deleting an ExportedService from the hub",
-                        &e,
-                        &mut failures,
-                    );
-                }
+            {
+                log_err(
+                    "deleting an ExportedService from the hub",
+                    &e,
+                    &mut failures,
+                );
             }
         }
 

@@ -364,13 +364,14 @@ pub fn ready_addresses(slices: &[EndpointSlice]) -> Vec<String> {
     v
 }
 
+/// A named scenario.
+pub type Scenario<'a> = (
+    &'static str,
+    std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+);
+
 /// Runs named scenarios concurrently; a failure names its scenario.
-pub async fn run_scenarios(
-    scenarios: Vec<(
-        &'static str,
-        std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
-    )>,
-) {
+pub async fn run_scenarios(scenarios: Vec<Scenario<'_>>) {
     let handles = scenarios.into_iter().map(|(name, fut)| async move {
         eprintln!("scenario: {name} ...");
         fut.await;
