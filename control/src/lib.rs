@@ -4,8 +4,8 @@
 pub mod agent;
 pub mod crd;
 pub mod embedded;
+pub mod hub;
 pub mod ipam;
 pub mod keys;
 pub mod leader;
-pub mod hub;
 pub mod mcs;

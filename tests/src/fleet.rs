@@ -410,7 +410,8 @@ impl Fleet {
         } else {
             let token = bootstrap_token();
             install_crds(&hub_cluster.client(), crds).await?;
-            (token, prepare_hub(&hub_cluster, &token).await?)
+            let kubeconfig = prepare_hub(&hub_cluster, &token).await?;
+            (token, kubeconfig)
         };
 
         let mut members = Vec::new();

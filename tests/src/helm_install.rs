@@ -52,7 +52,13 @@ pub async fn install_agent_chart(
         .args(["--set", &format!("cluster.clusterID={cluster_id}")])
         .args(["--set", &format!("hub.hubURL={}", hub.internal_url())])
         .args(["--set", &format!("hub.token={token}")])
-        .args(["--set", &format!("hub.caData={}", base64::engine::general_purpose::STANDARD.encode(&ca))])
+        .args([
+            "--set",
+            &format!(
+                "hub.caData={}",
+                base64::engine::general_purpose::STANDARD.encode(&ca)
+            ),
+        ])
         .args(["--set", &format!("hub.namespace={namespace}")])
         .args(["--set", &format!("tunnel.transport={transport}")]))
     .with_context(|| format!("helm install of the agent chart into {cluster_id}"))?;

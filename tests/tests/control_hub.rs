@@ -654,6 +654,7 @@ async fn traffic_through_the_hub(transport: Transport) {
                 fingerprint: Some(hub_fp.clone()),
             }],
             routes: vec![],
+            services: vec![],
             admin: AdminConfig {
                 socket: dir.join("dataplane.sock"),
             },

@@ -20,11 +20,16 @@ fn first_run_brings_up_a_cluster_set_and_moves_traffic() {
         .expect("running fleetboard-first-run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "first run failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "first run failed:\n{stdout}\n{stderr}"
+    );
     // `kubectl peers` lists the hub and both members, connected.
     for cluster in ["hub", "a", "b"] {
         assert!(
-            stdout.lines().any(|l| l.split_whitespace().next() == Some(cluster)),
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(cluster)),
             "no row for cluster {cluster} in:\n{stdout}"
         );
     }

@@ -193,6 +193,8 @@ fn base_config(local: &LocalSettings, key: SecretKey, address: IpNet) -> Datapla
         transport: DpTransport::Wg,
         peers: Vec::new(),
         routes: Vec::new(),
+        // Service VIPs (MCS ClusterSetIP) are fed by the MCS controllers when they run.
+        services: Vec::new(),
         admin: AdminConfig {
             socket: local.admin_socket.clone(),
         },

@@ -300,6 +300,8 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
         transport: dp_transport(hub.transport),
         peers,
         routes: Vec::new(),
+        // Service VIPs (MCS ClusterSetIP) are fed by the MCS controllers when they run.
+        services: Vec::new(),
         admin: AdminConfig {
             socket: hub.admin_socket.clone(),
         },

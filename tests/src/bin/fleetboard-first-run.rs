@@ -54,8 +54,15 @@ fn step(t0: Instant, what: &str) {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let transport: &'static str = if args.transport == "quic" { "quic" } else { "wg" };
-    step(t0, "starting 3 clusters (hub, a, b), installing the charts with helm, starting hub and agents");
+    let transport: &'static str = if args.transport == "quic" {
+        "quic"
+    } else {
+        "wg"
+    };
+    step(
+        t0,
+        "starting 3 clusters (hub, a, b), installing the charts with helm, starting hub and agents",
+    );
     let fleet = Fleet::start(
         FleetOptions {
             transport,
@@ -70,35 +77,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let b1 = fleet.node("b1");
     let deadline = Duration::from_secs(180);
     let every = Duration::from_millis(500);
-    let (ip_a, ip_b) = eventually("node addresses in both members", deadline, every, || async {
-        Ok(match (fleet.tun_ip("a1").await?, fleet.tun_ip("b1").await?) {
-            (Some(a), Some(b)) => Some((a, b)),
-            _ => None,
-        })
-    })
+    let (ip_a, ip_b) = eventually(
+        "node addresses in both members",
+        deadline,
+        every,
+        || async {
+            Ok(
+                match (fleet.tun_ip("a1").await?, fleet.tun_ip("b1").await?) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => None,
+                },
+            )
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", fleet.logs()))?;
-    eventually(&format!("{ip_a} reaching {ip_b}"), deadline, every, || async {
-        Ok(fleet.nodes[a1].ping_once(&ip_b).then_some(()))
-    })
+    eventually(
+        &format!("{ip_a} reaching {ip_b}"),
+        deadline,
+        every,
+        || async { Ok(fleet.nodes[a1].ping_once(&ip_b).then_some(())) },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", fleet.logs()))?;
-    step(t0, "member a reaches member b through the hub; `kubectl peers` on the hub:");
+    step(
+        t0,
+        "member a reaches member b through the hub; `kubectl peers` on the hub:",
+    );
     // Give the hub one status round so the table shows live handshakes.
-    let peers = eventually("kubectl peers showing both members connected", deadline, every, || async {
-        let out = std::process::Command::new(bin("kubectl-peers"))
-            .arg("--kubeconfig")
-            .arg(fleet.hub.cluster.kubeconfig())
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let connected = text.lines().filter(|l| l.contains("True")).count();
-        Ok((out.status.success() && connected >= 2).then_some(text))
-    })
+    let peers = eventually(
+        "kubectl peers showing both members connected",
+        deadline,
+        every,
+        || async {
+            let out = std::process::Command::new(bin("kubectl-peers"))
+                .arg("--kubeconfig")
+                .arg(fleet.hub.cluster.kubeconfig())
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let connected = text.lines().filter(|l| l.contains("True")).count();
+            Ok((out.status.success() && connected >= 2).then_some(text))
+        },
+    )
     .await
     .unwrap_or_else(|e| format!("({e})\n"));
     println!("{peers}");
 
-    step(t0, &format!("iperf3 for {}s: node a1 ({ip_a}) -> node b1 ({ip_b})", args.seconds));
+    step(
+        t0,
+        &format!(
+            "iperf3 for {}s: node a1 ({ip_a}) -> node b1 ({ip_b})",
+            args.seconds
+        ),
+    );
     let b_ns = &fleet.nodes[b1].ns;
     let mut server = b_ns
         .command("iperf3")
