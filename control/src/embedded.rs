@@ -29,6 +29,22 @@ pub fn quic_port(port: u16) -> u16 {
     port.wrapping_add(1).max(1)
 }
 
+/// The TUN MTU for a cluster whose gateway carries `transport` (over a 1500-byte underlay):
+/// every node of the cluster uses it, so no packet a node sends is too big for the gateway's
+/// tunnel — WireGuard's 1420, QUIC's 1414 (its overhead over a dual-stack socket is IPv6's).
+pub fn tunnel_mtu(transport: crate::crd::peer::Transport) -> u16 {
+    use fleetboard_dataplane::core::config::DEFAULT_MTU;
+    use fleetboard_dataplane::core::mtu::{self, Encapsulation, UnderlayFamily};
+    match transport {
+        crate::crd::peer::Transport::Wg => DEFAULT_MTU,
+        crate::crd::peer::Transport::Quic => DEFAULT_MTU.min(mtu::tunnel_mtu(
+            1500,
+            Encapsulation::Quic,
+            UnderlayFamily::V6,
+        )),
+    }
+}
+
 /// Why the embedded dataplane could not start or be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {

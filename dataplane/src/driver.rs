@@ -221,7 +221,7 @@ impl DataplaneDriver {
                             let (from, datagrams) = rx.datagrams(i);
                             for d in datagrams {
                                 let a = self.core.handle_udp(now, from, d, tx.out());
-                                perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                                perform(a, Origin::Peer, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                         }
                     }
@@ -232,7 +232,7 @@ impl DataplaneDriver {
                     let mut done = 0;
                     while let Some(m) = next {
                         let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tx.out());
-                        perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                        perform(a, Origin::Peer, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         done += 1;
                         next = if done < BATCH {
                             self.quic.as_mut().and_then(|q| q.try_recv())
@@ -260,7 +260,7 @@ impl DataplaneDriver {
                                 q.clamp_mss(tun_rx.packet_mut(i));
                             }
                             let a = self.core.handle_tun(tun_rx.packet(i), tx.out());
-                            perform(a, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                            perform(a, Origin::Tun, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         }
                         taken += n.max(1);
                     }
@@ -328,62 +328,94 @@ impl DataplaneDriver {
     }
 }
 
+/// Where the packet behind an action came from: the local kernel (TUN) or a peer (relayed).
+/// An ICMP error about a relayed packet must go back through the tunnel it came from; the
+/// local kernel could not deliver it (it is not a router for the tunnel addresses).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Tun,
+    Peer,
+}
+
 /// Carries out what the core decided for one packet (its bytes are at `tx.out()`).
 async fn perform(
-    a: Action,
+    mut a: Action,
+    origin: Origin,
     tx: &mut TxBatch,
     udp: &UdpIo,
     tun: &TunIo,
     core: &mut Dataplane,
     quic: &mut Option<crate::quic::QuicLink>,
 ) {
-    match a {
-        Action::None => {}
-        Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
-        Action::WriteTun { len } => {
-            if let Err(e) = tun.send(&tx.out()[..len]).await {
-                tracing::debug!(error = %e, "tun send");
-                core.count_drop(None, DropReason::SendFailed);
+    // At most two rounds: the packet, then the ICMP error answering it.
+    for round in 0..2 {
+        match a {
+            Action::None => {}
+            Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
+            Action::WriteTun { len } => {
+                if let Err(e) = tun.send(&tx.out()[..len]).await {
+                    tracing::debug!(error = %e, "tun send");
+                    core.count_drop(None, DropReason::SendFailed);
+                }
+            }
+            Action::SendPeer {
+                peer,
+                transport: fleetboard_dataplane_core::Transport::Quic,
+                len,
+            } if quic.is_some() => {
+                if let Some(q) = quic.as_mut()
+                    && let Some(next) = send_quic(q, peer, len, origin, round == 0, tx, tun, core)
+                {
+                    a = next;
+                    continue;
+                }
+            }
+            Action::SendPeer {
+                peer, transport, ..
+            } => {
+                tracing::trace!(%transport, "no such transport in this build");
+                core.count_drop(Some(peer), DropReason::TransportUnavailable);
             }
         }
-        Action::SendPeer {
-            peer,
-            transport: fleetboard_dataplane_core::Transport::Quic,
-            len,
-        } if quic.is_some() => {
-            if let Some(q) = quic.as_mut() {
-                send_quic(q, peer, &tx.out()[..len], tun, core);
-            }
-        }
-        Action::SendPeer {
-            peer, transport, ..
-        } => {
-            // The QUIC transport (dataplane/src/quic/) plugs in here: hand it
-            // `tx.out()[..len]`, the plaintext packet for `peer`.
-            tracing::trace!(%transport, "no such transport in this build");
-            core.count_drop(Some(peer), DropReason::TransportUnavailable);
-        }
+        break;
     }
 }
 
-/// Hands a packet to the QUIC transport; a too-big one is answered with ICMP on the TUN.
+/// Hands the packet at `tx.out()[..len]` to the QUIC transport. A too-big one is answered
+/// with ICMP: on the TUN when the local kernel sent it, else routed back to the peer it came
+/// from (returned as the next action). `answer` is false for the ICMP error itself.
+#[allow(clippy::too_many_arguments)]
 fn send_quic(
     q: &mut crate::quic::QuicLink,
     peer: fleetboard_dataplane_core::PeerId,
-    packet: &[u8],
+    len: usize,
+    origin: Origin,
+    answer: bool,
+    tx: &mut TxBatch,
     tun: &TunIo,
     core: &mut Dataplane,
-) {
+) -> Option<Action> {
     use crate::quic::LinkSend;
-    match q.send(peer, packet) {
-        LinkSend::Sent => {}
-        LinkSend::Dropped(r) => core.count_drop(Some(peer), r),
+    match q.send(peer, &tx.out()[..len]) {
+        LinkSend::Sent => None,
+        LinkSend::Dropped(r) => {
+            core.count_drop(Some(peer), r);
+            None
+        }
         LinkSend::TooBig { icmp_len } => {
             core.count_drop(Some(peer), DropReason::TooLarge);
-            if icmp_len > 0
-                && let Err(e) = tun.try_send(q.icmp(icmp_len))
-            {
-                tracing::debug!(error = %e, "tun send icmp");
+            if icmp_len == 0 || !answer {
+                return None;
+            }
+            let icmp = q.icmp(icmp_len);
+            match origin {
+                Origin::Tun => {
+                    if let Err(e) = tun.try_send(icmp) {
+                        tracing::debug!(error = %e, "tun send icmp");
+                    }
+                    None
+                }
+                Origin::Peer => Some(core.handle_local(icmp, tx.out())),
             }
         }
     }

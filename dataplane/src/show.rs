@@ -79,6 +79,9 @@ pub fn format(s: &DataplaneStatus) -> String {
         if let Some(k) = p.persistent_keepalive {
             let _ = writeln!(o, "  persistent keepalive: every {k} seconds");
         }
+        if let Some(m) = p.max_packet {
+            let _ = writeln!(o, "  tunnel mtu: {m}");
+        }
         let pd: Vec<String> = c
             .drops
             .iter()

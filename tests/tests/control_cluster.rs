@@ -88,7 +88,8 @@ fn tcp_transfer(f: &Fleet, from: &str, to: &str, to_ip: &str) {
         let out = sender
             .ns
             .command("socat")
-            .arg("-u")
+            // A stalled connection ends (and the length check fails) instead of hanging.
+            .args(["-T", "60", "-u"])
             .arg(format!("OPEN:{}", src.display()))
             .arg(format!("TCP:{to_ip}:{port},connect-timeout=2"))
             .output()?;

@@ -773,6 +773,9 @@ async fn tcp_transfer(dir: &Path, from: &Member, to: &Member, to_ip: &str, file:
         .ns
         .command("socat")
         .args([
+            // A stalled connection ends (and the checksum differs) instead of hanging.
+            "-T",
+            "60",
             "-u",
             &format!("FILE:{}", file.display()),
             &format!("TCP:{to_ip}:{port},connect-timeout=30"),

@@ -184,7 +184,7 @@ fn base_config(local: &LocalSettings, key: SecretKey, address: IpNet) -> Datapla
     DataplaneConfig {
         interface: InterfaceConfig {
             name: local.tun_name.clone(),
-            mtu: fleetboard_dataplane::core::config::DEFAULT_MTU,
+            mtu: crate::embedded::tunnel_mtu(local.transport),
             addresses: vec![address],
         },
         private_key: key,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use fleetboard_dataplane::core::config::{AdminConfig, DEFAULT_MTU, InterfaceConfig};
+use fleetboard_dataplane::core::config::{AdminConfig, InterfaceConfig};
 use fleetboard_dataplane::core::quic_config::QuicSettings;
 use fleetboard_dataplane::core::{
     DataplaneConfig, PeerConfig, PublicKey, SecretKey, Transport as DpTransport,
@@ -291,7 +291,7 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
     let dataplane = DataplaneConfig {
         interface: InterfaceConfig {
             name: hub.tun_name.clone(),
-            mtu: DEFAULT_MTU,
+            mtu: crate::embedded::tunnel_mtu(hub.transport),
             addresses,
         },
         private_key: hub.private_key.clone(),

@@ -237,6 +237,7 @@ mod tests {
             last_handshake_secs_ago: hs,
             rtt_ms: rtt,
             persistent_keepalive: None,
+            max_packet: None,
             counters: Default::default(),
         }
     }

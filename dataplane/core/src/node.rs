@@ -262,6 +262,27 @@ impl Dataplane {
         }
     }
 
+    /// A packet this node generated itself (an ICMP error about a relayed packet): sent to
+    /// the peer that owns its destination, or written on the TUN when no peer does.
+    pub fn handle_local(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
+        let hdr = match IpHeader::parse(packet) {
+            Ok(h) => h,
+            Err(r) => return self.drop(None, r),
+        };
+        let routed = self.routes.lookup(hdr.dst);
+        match routed.and_then(|id| self.peers.get_mut(id).map(|p| (id, p))) {
+            Some((id, peer)) => match send_to(peer, packet, out) {
+                Ok(a) => a,
+                Err(r) => self.drop(Some(id), r),
+            },
+            None if out.len() >= packet.len() => {
+                out[..packet.len()].copy_from_slice(packet);
+                Action::WriteTun { len: packet.len() }
+            }
+            None => self.drop(None, DropReason::TooLarge),
+        }
+    }
+
     /// A packet to a service VIP: DNAT to an endpoint (tracked), then route. The rewrite
     /// happens in the scratch buffer (the TUN's buffer is read-only here).
     #[cold]

@@ -179,6 +179,9 @@ pub struct PeerStatus {
     pub rtt_ms: Option<u32>,
     /// Persistent keepalive interval.
     pub persistent_keepalive: Option<u16>,
+    /// Largest IP packet the peer's tunnel carries now, where the transport knows it (QUIC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_packet: Option<u32>,
     /// Counters.
     pub counters: PeerCounters,
 }
@@ -198,6 +201,7 @@ impl PeerState {
                 .map(|d: Duration| d.as_secs()),
             rtt_ms: self.session.rtt_ms(),
             persistent_keepalive: self.config.persistent_keepalive,
+            max_packet: None,
             counters: self.counters,
         }
     }

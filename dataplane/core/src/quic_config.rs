@@ -34,6 +34,13 @@ pub struct QuicSettings {
     /// MTU of the underlay interface: sets QUIC's initial MTU and the tunnel packet limit.
     #[serde(default = "default_underlay_mtu")]
     pub underlay_mtu: u16,
+    /// Probe the path (PLPMTUD) instead of trusting `underlay_mtu`. Off by default: its
+    /// black-hole fallback drops a connection to 1200 bytes after a few lossy bursts of large
+    /// packets (a busy start is enough) for a minute or more, below the tunnel MTU the TUN and
+    /// the MSS clamp promised. Turn it on when a path between gateways is narrower than their
+    /// interfaces and `underlay_mtu` cannot say so; too-big packets then get ICMP errors.
+    #[serde(default)]
+    pub path_mtu_discovery: bool,
 }
 
 fn default_port() -> u16 {
@@ -51,6 +58,7 @@ impl Default for QuicSettings {
             private_key: None,
             ca: None,
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            path_mtu_discovery: false,
         }
     }
 }

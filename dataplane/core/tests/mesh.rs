@@ -325,6 +325,45 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
 }
 
 #[test]
+fn generated_icmp_goes_back_to_the_peer_of_its_destination() {
+    let now = Instant::now();
+    let mut cfg = config(
+        1,
+        "100.64.0.1/24",
+        vec![
+            peer(2, None, &["100.64.1.0/24"]),
+            peer(3, None, &["100.64.2.0/24"]),
+        ],
+    );
+    cfg.peers[1].transport = Some(Transport::Quic);
+    cfg.peers[1].fingerprint = Some("ab".repeat(32));
+    cfg.quic.certificate = Some("/etc/fleetboard/quic.crt".into());
+    cfg.quic.private_key = Some("/etc/fleetboard/quic.key".into());
+    let mut dp = Dataplane::new(cfg, now).unwrap();
+    let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
+    let mut out = vec![0; MAX_PACKET];
+
+    // An error about a packet relayed from 100.64.2.5 goes back to that sender's peer.
+    let icmp = ipv4_udp([100, 64, 0, 1], [100, 64, 2, 5], b"icmp-ish");
+    match dp.handle_local(&icmp, &mut out) {
+        Action::SendPeer { peer, len, .. } => {
+            assert_eq!(peer, quic_peer);
+            assert_eq!(&out[..len], &icmp[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // No peer owns the destination: it is this node's, the TUN gets it.
+    let local = ipv4_udp([100, 64, 0, 1], [100, 64, 0, 9], b"local");
+    assert_eq!(
+        dp.handle_local(&local, &mut out),
+        Action::WriteTun { len: local.len() }
+    );
+    assert_eq!(&out[..local.len()], &local[..]);
+    // Garbage is counted, not sent.
+    assert_eq!(dp.handle_local(&[0x45, 0, 0], &mut out), Action::None);
+}
+
+#[test]
 fn a_peer_that_changes_address_keeps_working() {
     let mut m = Mesh::hub_and_spokes();
     m.send_tun(

@@ -99,6 +99,7 @@ impl QuicLink {
         let mut qc = QuicConfig::new(name, SocketAddr::new(ip, q.listen_port), identity);
         qc.ca = ca;
         qc.underlay_mtu = q.underlay_mtu;
+        qc.path_mtu_discovery = q.path_mtu_discovery;
         let tunnel_mtu = qc.tunnel_mtu().min(config.interface.mtu);
         if config.interface.mtu > qc.tunnel_mtu() {
             tracing::warn!(
@@ -247,6 +248,7 @@ impl QuicLink {
             p.rtt_ms = s
                 .rtt
                 .map(|r| u32::try_from(r.as_millis()).unwrap_or(u32::MAX));
+            p.max_packet = s.max_packet.and_then(|m| u32::try_from(m).ok());
             p.counters.tx_bytes = s.tx_bytes;
             p.counters.tx_packets = s.tx_packets;
         }

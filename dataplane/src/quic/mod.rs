@@ -17,6 +17,7 @@
 //!   private_key: /etc/fleetboard/quic.key
 //!   ca: /etc/fleetboard/ca.crt    # optional: trust certificates this CA issued per peer name
 //!   underlay_mtu: 1500
+//!   path_mtu_discovery: false   # pin the MTU to underlay_mtu's (default)
 //! peers:
 //!   - name: hub
 //!     public_key: ...             # still the peer's id in routes and status
@@ -99,6 +100,8 @@ pub struct QuicConfig {
     pub ca: Option<CertificateDer<'static>>,
     /// MTU of the underlay interface; sets quinn's `initial_mtu` and the tunnel MTU.
     pub underlay_mtu: u16,
+    /// PLPMTUD on (MTU may fall to 1200) instead of pinned to `underlay_mtu`.
+    pub path_mtu_discovery: bool,
     /// Keepalive interval.
     pub keepalive: Duration,
     /// Idle timeout after which a silent connection is dead.
@@ -118,6 +121,7 @@ impl QuicConfig {
             identity,
             ca: None,
             underlay_mtu: 1500,
+            path_mtu_discovery: false,
             keepalive: DEFAULT_KEEPALIVE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
@@ -194,20 +198,27 @@ impl QuicConfig {
             .transpose()
     }
 
-    /// quinn transport parameters: datagrams on, streams off, MTU from the underlay, PLPMTUD.
+    /// quinn transport parameters: datagrams on, streams off, MTU from the underlay.
     fn transport_config(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
         t.max_concurrent_bidi_streams(0u32.into());
         t.max_concurrent_uni_streams(0u32.into());
         t.datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER));
         t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+        // By default the MTU is pinned to the configured underlay's, as with WireGuard (see
+        // `QuicSettings::path_mtu_discovery` for why); with discovery it may fall to 1200.
         let initial = self.initial_mtu();
         t.initial_mtu(initial);
-        t.min_mtu(mtu::QUIC_MIN_UDP_PAYLOAD);
-        let mut discovery = quinn::MtuDiscoveryConfig::default();
-        // Probing above the local interface MTU cannot succeed; probing up to it confirms it.
-        discovery.upper_bound(initial);
-        t.mtu_discovery_config(Some(discovery));
+        if self.path_mtu_discovery {
+            t.min_mtu(mtu::QUIC_MIN_UDP_PAYLOAD);
+            let mut discovery = quinn::MtuDiscoveryConfig::default();
+            // Probing above the local interface MTU cannot succeed; probing up to it confirms it.
+            discovery.upper_bound(initial);
+            t.mtu_discovery_config(Some(discovery));
+        } else {
+            t.min_mtu(initial);
+            t.mtu_discovery_config(None);
+        }
         t.keep_alive_interval(Some(self.keepalive));
         t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
         t

@@ -77,7 +77,7 @@ pub struct PeerStats {
     pub rtt: Option<Duration>,
     /// Largest IP packet the connection carries now (path MTU minus QUIC overhead).
     pub max_packet: Option<usize>,
-    /// Current path MTU (UDP payload bytes) as PLPMTUD knows it.
+    /// Current path MTU (UDP payload bytes): the configured underlay MTU minus IP/UDP.
     pub path_mtu: Option<u16>,
     /// QUIC packets the connection declared lost.
     pub lost_packets: u64,
