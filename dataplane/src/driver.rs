@@ -3,8 +3,10 @@
 //! Each turn waits for the first of: an admin call, SIGHUP, the core's timer, the UDP socket
 //! or the TUN device becoming readable. A readable source is drained up to [`BATCH`]
 //! packets before the loop looks at the others again (bounded work per turn, so a flood on
-//! one side never starves the other or the admin endpoint). Two buffers are reused for every
-//! packet; nothing is allocated per packet.
+//! one side never starves the other or the admin endpoint). Buffers are allocated once and
+//! reused; nothing is allocated per packet. Packets from peers are decrypted straight into
+//! the TUN write queue ([`TunTx`]), which is written with GRO coalescing at the end of every
+//! receive batch; packets for peers are encrypted straight into the UDP GSO batch.
 
 use std::future::Future;
 use std::io;
@@ -18,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminCall, Request, Response};
-use crate::tun::{TunIo, TunRx};
+use crate::tun::{TunIo, TunRx, TunTx};
 use crate::udp::{RX_BUFFERS, RxBatch, TxBatch, UdpIo};
 use crate::{config_file, metrics};
 
@@ -182,6 +184,7 @@ impl DataplaneDriver {
         let mut rx = RxBatch::default();
         let mut tx = TxBatch::default();
         let mut tun_rx = TunRx::default();
+        let mut tun_tx = TunTx::default();
         tokio::pin!(shutdown);
         loop {
             let deadline = self
@@ -220,19 +223,20 @@ impl DataplaneDriver {
                         for i in 0..n {
                             let (from, datagrams) = rx.datagrams(i);
                             for d in datagrams {
-                                let a = self.core.handle_udp(now, from, d, tx.out());
-                                perform(a, Origin::Peer, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                                let a = self.core.handle_udp(now, from, d, tun_tx.slot());
+                                perform_rx(a, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                         }
                     }
+                    flush_tun(&self.tun, &mut tun_tx, &mut self.core).await;
                 }
                 Some(m) = quic_recv(&mut self.quic) => {
                     let now = Instant::now();
                     let mut next = Some(m);
                     let mut done = 0;
                     while let Some(m) = next {
-                        let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tx.out());
-                        perform(a, Origin::Peer, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                        let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tun_tx.slot());
+                        perform_rx(a, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         done += 1;
                         next = if done < BATCH {
                             self.quic.as_mut().and_then(|q| q.try_recv())
@@ -240,6 +244,7 @@ impl DataplaneDriver {
                             None
                         };
                     }
+                    flush_tun(&self.tun, &mut tun_tx, &mut self.core).await;
                 }
                 r = self.tun.readable() => {
                     r?;
@@ -335,6 +340,45 @@ impl DataplaneDriver {
 enum Origin {
     Tun,
     Peer,
+}
+
+/// Carries out what the core decided for a packet that arrived from a peer (its bytes are at
+/// `tun_tx.slot()`): queue it for the TUN (the common case, no copy), or copy it to the UDP
+/// batch / QUIC link (relay, handshake replies).
+async fn perform_rx(
+    a: Action,
+    tun_tx: &mut TunTx,
+    tx: &mut TxBatch,
+    udp: &UdpIo,
+    tun: &TunIo,
+    core: &mut Dataplane,
+    quic: &mut Option<crate::quic::QuicLink>,
+) {
+    match a {
+        Action::None => {}
+        Action::WriteTun { len } => {
+            tun_tx.commit(len);
+            if tun_tx.is_full() {
+                flush_tun(tun, tun_tx, core).await;
+            }
+        }
+        Action::SendUdp(t) => {
+            tx.out()[..t.len].copy_from_slice(&tun_tx.slot()[..t.len]);
+            tx.push(udp, core, t.dst, t.peer, t.len).await;
+        }
+        Action::SendPeer { len, .. } => {
+            tx.out()[..len].copy_from_slice(&tun_tx.slot()[..len]);
+            perform(a, Origin::Peer, tx, udp, tun, core, quic).await;
+        }
+    }
+}
+
+/// Writes the packets queued for the TUN.
+async fn flush_tun(tun: &TunIo, tun_tx: &mut TunTx, core: &mut Dataplane) {
+    if let Err(e) = tun.flush(tun_tx).await {
+        tracing::debug!(error = %e, "tun send");
+        core.count_drop(None, DropReason::SendFailed);
+    }
 }
 
 /// Carries out what the core decided for one packet (its bytes are at `tx.out()`).

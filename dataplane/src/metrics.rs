@@ -93,6 +93,11 @@ pub fn render(s: &DataplaneStatus) -> String {
         "# HELP fleetboard_routes Routes in the table.\n# TYPE fleetboard_routes gauge\nfleetboard_routes {}",
         s.routes
     );
+    let _ = writeln!(
+        o,
+        "# HELP fleetboard_udp_gso_fallbacks_total UDP GSO sends the kernel refused (GSO then off).\n# TYPE fleetboard_udp_gso_fallbacks_total counter\nfleetboard_udp_gso_fallbacks_total {}",
+        crate::udp::GSO_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     o
 }
 

@@ -7,6 +7,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleetboard_dataplane_core::{Dataplane, DropReason, MAX_PACKET, PeerId};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -21,8 +22,15 @@ const RX_BUFFER_LEN: usize = 64 * 1024;
 const GSO_MAX_BYTES: usize = 65_000;
 /// Segments per GSO send (kernel limit UDP_MAX_SEGMENTS is 64).
 const GSO_MAX_SEGMENTS: usize = 64;
-/// Socket buffers: room for a few batches in flight at 10 Gbit/s (capped by rmem_max).
-const SOCKET_BUFFER: usize = 4 << 20;
+/// Socket buffers: 8 MiB holds ~5,900 full-size datagrams, ~7 ms at 10 Gbit/s, so a
+/// receive burst that arrives while the loop encrypts the other direction is not dropped
+/// (UdpRcvbufErrors). Set with `SO_*BUFFORCE` (we run with CAP_NET_ADMIN), because the
+/// default `net.core.rmem_max` (208 KiB, not per namespace) silently caps `SO_RCVBUF`.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// GSO sends the kernel refused (after which GSO stays off for that socket): the
+/// `fleetboard_udp_gso_fallbacks_total` metric. Process-wide; touched only on that error.
+pub static GSO_FALLBACKS: AtomicU64 = AtomicU64::new(0);
 
 /// The dataplane's UDP socket.
 pub struct UdpIo {
@@ -36,8 +44,17 @@ impl UdpIo {
     pub fn new(sock: std::net::UdpSocket) -> io::Result<Self> {
         let v6 = sock.local_addr()?.is_ipv6();
         let state = UdpSocketState::new((&sock).into())?;
-        let _ = state.set_recv_buffer_size((&sock).into(), SOCKET_BUFFER);
-        let _ = state.set_send_buffer_size((&sock).into(), SOCKET_BUFFER);
+        if force_buffer(&sock, libc::SO_RCVBUFFORCE).is_err() {
+            let _ = state.set_recv_buffer_size((&sock).into(), SOCKET_BUFFER);
+        }
+        if force_buffer(&sock, libc::SO_SNDBUFFORCE).is_err() {
+            let _ = state.set_send_buffer_size((&sock).into(), SOCKET_BUFFER);
+        }
+        tracing::debug!(
+            recv = ?state.recv_buffer_size((&sock).into()),
+            send = ?state.send_buffer_size((&sock).into()),
+            "udp socket buffers"
+        );
         Ok(Self {
             sock: UdpSocket::from_std(sock)?,
             state,
@@ -96,6 +113,28 @@ impl UdpIo {
                 r => return r,
             }
         }
+    }
+}
+
+/// Sets a socket buffer to [`SOCKET_BUFFER`] past the `net.core.*mem_max` cap
+/// (`SO_RCVBUFFORCE` / `SO_SNDBUFFORCE`, needs CAP_NET_ADMIN).
+pub(crate) fn force_buffer(sock: &impl std::os::fd::AsRawFd, opt: libc::c_int) -> io::Result<()> {
+    let v = SOCKET_BUFFER as libc::c_int;
+    // SAFETY: `sock` is an open socket for the duration of the call; the option value is a
+    // c_int on our stack and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -200,10 +239,24 @@ impl TxBatch {
         }
         let dst = self.dst.expect("batch has a destination");
         let seg = (self.segs > 1).then_some(self.seg);
-        if let Err(e) = udp.send(dst, &self.buf[..self.len], seg).await {
-            tracing::debug!(error = %e, %dst, "udp send");
-            for _ in 0..self.segs {
-                core.count_drop(self.peers[0], DropReason::SendFailed);
+        match udp.send(dst, &self.buf[..self.len], seg).await {
+            Ok(()) => {}
+            // The kernel refused GSO (EIO/EINVAL: a device without it) and quinn-udp turned
+            // it off for the socket: count it and send this batch one datagram at a time.
+            Err(e) if seg.is_some() && udp.max_segments() == 1 => {
+                GSO_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(error = %e, %dst, "udp GSO refused; sending without it");
+                for d in self.buf[..self.len].chunks(self.seg) {
+                    if udp.send(dst, d, None).await.is_err() {
+                        core.count_drop(self.peers[0], DropReason::SendFailed);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %dst, "udp send");
+                for _ in 0..self.segs {
+                    core.count_drop(self.peers[0], DropReason::SendFailed);
+                }
             }
         }
         self.len = 0;

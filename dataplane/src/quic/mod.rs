@@ -221,9 +221,25 @@ impl QuicConfig {
         }
         t.keep_alive_interval(Some(self.keepalive));
         t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        set_congestion_controller(&mut t);
         t
     }
 }
+
+/// Congestion controller of every QUIC connection: `FLEETBOARD_QUIC_CC=cubic|bbr|newreno`
+/// (default [`DEFAULT_CC`]; perf/RESULTS.md has the comparison that chose it).
+fn set_congestion_controller(t: &mut quinn::TransportConfig) {
+    use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+    let cc = std::env::var("FLEETBOARD_QUIC_CC").unwrap_or_else(|_| DEFAULT_CC.to_string());
+    match cc.as_str() {
+        "bbr" => t.congestion_controller_factory(std::sync::Arc::new(BbrConfig::default())),
+        "newreno" => t.congestion_controller_factory(std::sync::Arc::new(NewRenoConfig::default())),
+        _ => t.congestion_controller_factory(std::sync::Arc::new(CubicConfig::default())),
+    };
+}
+
+/// The congestion controller used unless `FLEETBOARD_QUIC_CC` says otherwise.
+pub const DEFAULT_CC: &str = "cubic";
 
 /// One peer of the QUIC transport.
 #[derive(Clone, Debug)]

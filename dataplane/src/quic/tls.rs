@@ -79,8 +79,13 @@ pub fn udp_socket(listen: SocketAddr) -> Result<std::net::UdpSocket, QuicError> 
         let _ = socket.set_only_v6(false);
     }
     // Best effort: a smaller buffer only costs burst tolerance.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    // Past the net.core.*mem_max cap when we may (CAP_NET_ADMIN), as the WireGuard socket.
+    if crate::udp::force_buffer(&socket, libc::SO_RCVBUFFORCE).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if crate::udp::force_buffer(&socket, libc::SO_SNDBUFFORCE).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
     socket.bind(&listen.into()).map_err(QuicError::Bind)?;
     Ok(socket.into())
 }
