@@ -17,6 +17,8 @@ use tun_rs::{AsyncDevice, DeviceBuilder, ExpandBuffer, GROTable};
 
 /// Packets one offloaded read can split into (64 KiB / 1280-byte MTU = 52, rounded up).
 pub const TUN_SEGMENTS: usize = 64;
+/// The TUN's transmit queue (packets the kernel holds for us to read); TUN's default is 500.
+pub const TX_QUEUE_LEN: u32 = 2000;
 /// Length of the virtio-net header in front of every packet with offload.
 const VNET_HDR_LEN: usize = 10;
 /// A zeroed virtio-net header: no GSO, no checksum to complete.
@@ -172,8 +174,17 @@ impl TunIo {
             }
             None => build(c, false)?,
         };
+        // The kernel queues packets for us here while we encrypt a batch; TUN's default
+        // of 500 tail-drops a TCP burst. Best effort: a short queue only costs retransmits.
+        if let Err(e) = dev.set_tx_queue_len(TX_QUEUE_LEN) {
+            tracing::debug!(error = %e, "TUN txqueuelen unchanged");
+        }
         let vnet = dev.tcp_gso();
-        tracing::info!(offload = vnet, "TUN device ready");
+        tracing::info!(
+            offload = vnet,
+            txqueuelen = TX_QUEUE_LEN,
+            "TUN device ready"
+        );
         Ok(Self { dev, vnet })
     }
 

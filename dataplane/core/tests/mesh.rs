@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fleetboard_dataplane_core::{
     Action, AdminConfig, Dataplane, DataplaneConfig, DropReason, InterfaceConfig, MAX_PACKET,
-    PeerConfig, SecretKey, Transport,
+    PeerConfig, PeerId, SecretKey, Transport,
 };
 
 struct Node {
@@ -277,12 +277,11 @@ fn removing_a_peer_at_runtime_stops_its_traffic_only() {
     assert_eq!(got, vec![&b"a"[..], b"b", b"a2"]);
 }
 
-#[test]
-fn non_wg_peers_get_plaintext_for_their_transport() {
-    let now = Instant::now();
+/// Node 1 at `addr` with a wg peer (100.64.1.0/24) and a quic peer (100.64.2.0/24).
+fn wg_and_quic_node(now: Instant, addr: &str) -> (Dataplane, PeerId) {
     let mut cfg = config(
         1,
-        "100.64.0.1/10",
+        addr,
         vec![
             peer(2, None, &["100.64.1.0/24"]),
             peer(3, None, &["100.64.2.0/24"]),
@@ -293,8 +292,15 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
     cfg.peers[1].fingerprint = Some("ab".repeat(32));
     cfg.quic.certificate = Some("/etc/fleetboard/quic.crt".into());
     cfg.quic.private_key = Some("/etc/fleetboard/quic.key".into());
-    let mut dp = Dataplane::new(cfg, now).unwrap();
+    let dp = Dataplane::new(cfg, now).unwrap();
     let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
+    (dp, quic_peer)
+}
+
+#[test]
+fn non_wg_peers_get_plaintext_for_their_transport() {
+    let now = Instant::now();
+    let (mut dp, quic_peer) = wg_and_quic_node(now, "100.64.0.1/10");
     let mut out = vec![0; MAX_PACKET];
 
     // TUN -> quic peer: the plaintext packet, for the transport to carry.
@@ -326,21 +332,7 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
 
 #[test]
 fn generated_icmp_goes_back_to_the_peer_of_its_destination() {
-    let now = Instant::now();
-    let mut cfg = config(
-        1,
-        "100.64.0.1/24",
-        vec![
-            peer(2, None, &["100.64.1.0/24"]),
-            peer(3, None, &["100.64.2.0/24"]),
-        ],
-    );
-    cfg.peers[1].transport = Some(Transport::Quic);
-    cfg.peers[1].fingerprint = Some("ab".repeat(32));
-    cfg.quic.certificate = Some("/etc/fleetboard/quic.crt".into());
-    cfg.quic.private_key = Some("/etc/fleetboard/quic.key".into());
-    let mut dp = Dataplane::new(cfg, now).unwrap();
-    let quic_peer = dp.peer_by_key(&key(3).public_key()).unwrap();
+    let (mut dp, quic_peer) = wg_and_quic_node(Instant::now(), "100.64.0.1/24");
     let mut out = vec![0; MAX_PACKET];
 
     // An error about a packet relayed from 100.64.2.5 goes back to that sender's peer.
