@@ -70,23 +70,25 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Agent(args) => agent::main(*args),
         Command::Dns(args) => {
-            init_tracing();
+            // hickory-server logs every query at info.
+            init_tracing("info,hickory_server=warn");
             tokio::runtime::Runtime::new()?.block_on(fleetboard_dns::main(args))?;
             Ok(())
         }
         Command::Nri(args) => {
-            init_tracing();
+            init_tracing("info");
             tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(*args))?;
             Ok(())
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
+fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .init();
 }

@@ -8,8 +8,13 @@
 //! peers when both sides are public, one inner tunnel per other node). Every other node runs
 //! a dataplane with its own key and one peer, the gateway. Nodes, the Lease and the hub's
 //! Peers are watched; any change re-plans ([`plan`]) and re-applies.
+//!
+//! Multi-cluster services (unless `mcs` is off): the gateway also runs the parallel
+//! EndpointSlice controller and the MCS-Syncer ([`crate::mcs`]) while it holds the Lease, and
+//! every node's dataplane gets the ClusterSetIPs of the cluster's ServiceImports as `services`.
 
 pub mod hub;
+mod mcs;
 pub mod plan;
 mod reconcile;
 
@@ -81,6 +86,10 @@ pub struct AgentConfig {
     pub lease_duration: Duration,
     /// Gateway Lease renew interval.
     pub renew_interval: Duration,
+    /// Run the MCS controllers on the gateway and give dataplanes the service VIPs.
+    pub mcs: bool,
+    /// Blocks of this cluster's ClusterSetIPs (at most one per IP family).
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// Why the agent stopped.
@@ -151,6 +160,25 @@ impl AgentConfig {
                 "--renew-interval",
                 "must be above zero and below two thirds of --lease-duration".into(),
             );
+        }
+        if self.mcs {
+            if self.service_cidrs.is_empty() {
+                return bad(
+                    "--service-cidr",
+                    "at least one is required (or --no-mcs)".into(),
+                );
+            }
+            for (i, c) in self.service_cidrs.iter().enumerate() {
+                if self.service_cidrs[..i]
+                    .iter()
+                    .any(|o| o.addr().is_ipv6() == c.addr().is_ipv6())
+                {
+                    return bad(
+                        "--service-cidr",
+                        format!("{c}: at most one block per IP family"),
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -57,6 +57,9 @@ pub struct HubConfig {
     pub identity: String,
     /// Tunnel CIDRs (v4 and/or v6) blocks are allocated from.
     pub tunnel_cidrs: Vec<IpNet>,
+    /// Ranges never handed out as a cluster block (`--reserved-cidr`; default the MCS
+    /// ClusterSetIP block 100.127.0.0/16).
+    pub reserved_cidrs: Vec<IpNet>,
     /// Block prefix length for IPv4 pools.
     pub block_prefix: u8,
     /// Block prefix length for IPv6 pools.
@@ -277,6 +280,7 @@ impl<'a> Leader<'a> {
         self.settings = Some(HubSettings {
             cluster_id: c.cluster_id.clone(),
             pools: self.pools.clone(),
+            reserved: c.reserved_cidrs.clone(),
             private_key: keys.private_key.clone(),
             listen_port: c.listen_port,
             transport: c.transport,
