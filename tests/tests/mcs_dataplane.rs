@@ -4,11 +4,13 @@
 //! run the MCS controllers while they hold the gateway Lease and program every dataplane's
 //! `services` (ClusterSetIP NAT) from their cluster's ServiceImports.
 //!
-//! A Service exported from `a` (its endpoint is node a1's TUN address, where a socat server
-//! listens) gets a ServiceImport in `b`; a client on node b1 connects by the ClusterSetIP and
-//! by DNS name (`fleetboard dns` for `b`, queried by the client's resolver) with real TCP
-//! through the tunnel, and the bytes arrive intact. A same-named unexported Service in `b` is
-//! never an endpoint. Unexporting removes the import, the name and the VIP.
+//! Two nodes per member. A Service exported from `a` (its endpoint is the TUN address of a's
+//! non-gateway node, where a socat server listens) gets a ServiceImport in `b`; a client on
+//! b's non-gateway node connects by the ClusterSetIP and by DNS name (`fleetboard dns` for
+//! `b`, queried by the client's resolver) with real TCP through both clusters' gateways and
+//! the hub, and the bytes arrive intact. A same-named unexported Service in `b` is never an
+//! endpoint. Then a's gateway is killed: the other node takes the Lease and the MCS
+//! controllers with it, and unexporting still removes the import, the name and the VIP.
 //!
 //! NAT limitation (documented in control/src/mcs/README.md): a client and an endpoint behind
 //! the same node's dataplane are not translated, so client and server are on different nodes.
@@ -148,16 +150,29 @@ fn dig(ns: &Netns, name: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusterset_ip_and_dns_name_reach_an_exported_service_in_another_cluster() {
     let opts = FleetOptions {
-        nodes_per_member: 1,
+        nodes_per_member: 2,
         ..Default::default()
     };
-    let f = Fleet::start(opts, all_crds()).await.unwrap();
+    let mut f = Fleet::start(opts, all_crds()).await.unwrap();
     let (a, b) = (f.members[0].cluster.client(), f.members[1].cluster.client());
     for c in [&a, &b] {
         install_crds(c, member_crds()).await.unwrap();
     }
+    // The non-gateway node of each member: server in a, client in b.
+    let mut picked = Vec::new();
+    for (m, nodes) in [(0, ["a1", "a2"]), (1, ["b1", "b2"])] {
+        let gw = eventually(&format!("member {m} gateway"), DEADLINE, POLL, || {
+            f.gateway(m)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+        let other = if gw == nodes[0] { nodes[1] } else { nodes[0] };
+        picked.push((gw, other.to_string()));
+    }
+    let (a_gateway, server_node) = picked[0].clone();
+    let client_node = picked[1].1.clone();
     let mut tun = Vec::new();
-    for node in ["a1", "b1"] {
+    for node in [&server_node, &client_node] {
         let ip = eventually(&format!("{node} TUN address"), DEADLINE, POLL, || {
             f.tun_ip(node)
         })
@@ -166,12 +181,14 @@ async fn clusterset_ip_and_dns_name_reach_an_exported_service_in_another_cluster
         tun.push(ip);
     }
     let (server_ip, client_ip) = (tun[0].clone(), tun[1].clone());
-    let server = &f.nodes[f.node("a1")].ns;
-    let client = &f.nodes[f.node("b1")].ns;
+    let (si, ci) = (f.node(&server_node), f.node(&client_node));
     // The tunnel is up (member to member through the hub) before services come into play.
-    wait_for("b1 reaches a1", DEADLINE, POLL, || {
-        Ok(f.nodes[f.node("b1")].ping_once(&server_ip).then_some(()))
-    })
+    wait_for(
+        &format!("{client_node} reaches {server_node}"),
+        DEADLINE,
+        POLL,
+        || Ok(f.nodes[ci].ping_once(&server_ip).then_some(())),
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
 
     for c in [&a, &b] {
@@ -202,14 +219,15 @@ async fn clusterset_ip_and_dns_name_reach_an_exported_service_in_another_cluster
     .unwrap();
     assert_eq!(addrs, [server_ip.as_str()], "only the exported endpoint");
 
-    // By ClusterSetIP: real TCP from b1 through the tunnel to a1, bytes intact.
+    // By ClusterSetIP: real TCP from b's node through the tunnel to a's, bytes intact.
     let (file, want) = random_file(&f.dir);
-    let (_rx, sum) = receiver(server, &server_ip, &f.dir);
-    send(&f, client, &file, &format!("{vip}:80"));
+    let (_rx, sum) = receiver(&f.nodes[si].ns, &server_ip, &f.dir);
+    send(&f, &f.nodes[ci].ns, &file, &format!("{vip}:80"));
     assert_eq!(read_sum(&sum), want, "bytes intact through the VIP");
 
-    // By DNS name: `fleetboard dns` for b (agent credentials) on b1's loopback, used by the
-    // client's resolver.
+    // By DNS name: `fleetboard dns` for b (agent credentials) on the client node's loopback,
+    // used by the client's resolver.
+    let client = &f.nodes[ci].ns;
     client.ip(&["link", "set", "lo", "up"]).unwrap();
     let mut dns = client.command(bin("fleetboard").to_str().unwrap());
     dns.args(["dns", "--listen", "127.0.0.1:53", "--kubeconfig"])
@@ -229,18 +247,39 @@ async fn clusterset_ip_and_dns_name_reach_an_exported_service_in_another_cluster
         )
     });
     assert!(dig(client, &format!("nothere.{NS}.svc.clusterset.local")).0);
-    let (_rx2, sum2) = receiver(server, &server_ip, &f.dir);
+    let (_rx2, sum2) = receiver(&f.nodes[si].ns, &server_ip, &f.dir);
     send(&f, client, &file, &format!("{name}:80"));
     assert_eq!(read_sum(&sum2), want, "bytes intact by DNS name");
 
-    // Unexported: the import, the name and the VIP go.
+    // a's gateway dies: the other node takes the Lease and runs the MCS controllers.
+    f.kill_agent(f.node(&a_gateway));
+    eventually("a's gateway moves", DEADLINE, POLL, || async {
+        Ok((f.gateway(0).await?.as_deref() == Some(server_node.as_str())).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    wait_for(
+        "the new gateway runs the MCS controllers",
+        DEADLINE,
+        POLL,
+        || {
+            Ok(f.nodes[si]
+                .log()
+                .contains("MCS-Syncer running")
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+
+    // Unexported (handled by a's new gateway): the import, the name and the VIP go.
     unexport(&a, NS, "hello").await;
     await_no_import(&b, NS, "hello", "import gone after unexport").await;
+    let client = &f.nodes[ci].ns;
     wait_for("NXDOMAIN after unexport", DEADLINE, POLL, || {
         Ok(dig(client, &name).0.then_some(()))
     })
     .unwrap();
-    let (_rx3, _sum3) = receiver(server, &server_ip, &f.dir);
+    let (_rx3, _sum3) = receiver(&f.nodes[si].ns, &server_ip, &f.dir);
     wait_for("the VIP stops connecting", DEADLINE, POLL, || {
         let out = client
             .command("socat")
