@@ -190,3 +190,52 @@ impl AgentConfig {
             .unwrap_or_else(|| self.node_ip.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            namespace: "fleetboard-system".into(),
+            cluster_id: "a".into(),
+            node_name: "a1".into(),
+            node_ip: "198.18.0.11".parse().unwrap(),
+            endpoint: None,
+            listen_port: 31820,
+            transport: Transport::Wg,
+            public: false,
+            cidrs: Vec::new(),
+            node_block_prefix: 24,
+            hub: HubAccess::Kubeconfig("/dev/null".into()),
+            hub_namespace: "fleetboard-system".into(),
+            tun_name: "fb0".into(),
+            state_dir: "/run/fleetboard".into(),
+            metrics_address: None,
+            kubeconfig: None,
+            lease_duration: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(5),
+            mcs: true,
+            service_cidrs: vec!["100.127.0.0/16".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn service_cidrs_one_per_family_unless_mcs_is_off() {
+        config().validate().unwrap();
+        let mut c = config();
+        c.service_cidrs.push("fd00:127::/112".parse().unwrap());
+        c.validate().unwrap();
+        c.service_cidrs.push("100.126.0.0/16".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--service-cidr") && e.contains("100.126.0.0/16"),
+            "{e}"
+        );
+        c.service_cidrs.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--service-cidr"), "{e}");
+        c.mcs = false;
+        c.validate().unwrap();
+    }
+}
