@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-PKGS=(iproute2 iputils-ping iperf3 procps kmod ethtool tcpdump wireguard-tools netcat-openbsd socat psmisc fonts-dejavu-core)
+PKGS=(iproute2 iputils-ping iperf3 procps kmod ethtool tcpdump wireguard-tools netcat-openbsd socat psmisc fonts-dejavu-core bind9-dnsutils)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

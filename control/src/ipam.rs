@@ -156,11 +156,27 @@ pub struct Assignment<K> {
 /// block it already holds; a block held twice stays with the first owner; everyone else gets
 /// the first free block. Deterministic: the same input gives the same plan.
 pub fn plan<K: Clone>(alloc: &BlockAllocator, owners: &[(K, Option<IpNet>)]) -> Vec<Assignment<K>> {
+    plan_reserving(alloc, owners, &[])
+}
+
+/// Like [`plan`], but no block overlaps any of `reserved` (e.g. the ClusterSetIP service
+/// block): such a block is never handed out, and an owner holding one gets a new block.
+pub fn plan_reserving<K: Clone>(
+    alloc: &BlockAllocator,
+    owners: &[(K, Option<IpNet>)],
+    reserved: &[IpNet],
+) -> Vec<Assignment<K>> {
     let mut held: HashSet<IpNet> = HashSet::new();
     let mut out: Vec<Option<Assignment<K>>> = vec![None; owners.len()];
+    let overlaps_reserved = |b: &IpNet| {
+        reserved
+            .iter()
+            .any(|r| r.contains(&b.network()) || b.contains(&r.network()))
+    };
     for (i, (owner, existing)) in owners.iter().enumerate() {
         if let Some(b) = existing
             && alloc.is_block(b)
+            && !overlaps_reserved(b)
             && held.insert(*b)
         {
             out[i] = Some(Assignment {
@@ -171,6 +187,7 @@ pub fn plan<K: Clone>(alloc: &BlockAllocator, owners: &[(K, Option<IpNet>)]) -> 
         }
     }
     let mut taken: Vec<IpNet> = held.iter().copied().collect();
+    taken.extend(reserved.iter().map(|r| r.trunc()));
     for (i, (owner, _)) in owners.iter().enumerate() {
         if out[i].is_some() {
             continue;
@@ -260,6 +277,34 @@ mod tests {
         assert_eq!(p[2].block, Ok(net("100.64.1.0/24")));
         assert_eq!(p[3].block, Ok(net("100.64.2.0/24")));
         assert!(p[1].is_new && p[2].is_new && p[3].is_new);
+    }
+
+    #[test]
+    fn reserved_blocks_are_never_handed_out() {
+        // The default service block is the last /16 of the default tunnel CIDR.
+        let a = BlockAllocator::new(net("100.64.0.0/10"), 16).unwrap();
+        let reserved = [net("100.127.0.0/16"), net("100.65.7.0/24")];
+        let owners: Vec<(usize, Option<IpNet>)> = (0..64).map(|i| (i, None)).collect();
+        let p = plan_reserving(&a, &owners, &reserved);
+        let got: Vec<IpNet> = p.iter().filter_map(|x| x.block.clone().ok()).collect();
+        // 64 blocks in the pool, two unusable (one reserved, one overlapping a reserved /24).
+        assert_eq!(got.len(), 62);
+        assert!(!got.contains(&net("100.127.0.0/16")));
+        assert!(!got.contains(&net("100.65.0.0/16")));
+        assert!(p[62].block.is_err() && p[63].block.is_err());
+        // An owner that holds a reserved block (a hub started before the flag) is moved.
+        let p = plan_reserving(
+            &a,
+            &[
+                ("x", Some(net("100.127.0.0/16"))),
+                ("y", Some(net("100.66.0.0/16"))),
+            ],
+            &reserved,
+        );
+        assert_eq!(p[0].block, Ok(net("100.64.0.0/16")));
+        assert!(p[0].is_new);
+        assert_eq!(p[1].block, Ok(net("100.66.0.0/16")));
+        assert!(!p[1].is_new);
     }
 
     proptest! {

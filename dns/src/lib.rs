@@ -14,4 +14,4 @@ pub mod records;
 pub mod server;
 
 pub use records::{Answer, Records};
-pub use server::{DnsArgs, DnsConfig, DnsError, main, run};
+pub use server::{DnsArgs, DnsConfig, DnsError, main, run, serve};

@@ -212,4 +212,60 @@ mod tests {
         assert!(r.lookup("nope.ns.svc.clusterset.local").is_none());
         assert!(r.in_zone("x.clusterset.local") && !r.in_zone("example.com"));
     }
+
+    #[test]
+    fn dual_stack_vips_and_other_namespaces() {
+        let imports = [import(
+            "ns",
+            "web",
+            "ClusterSetIP",
+            &["100.127.0.5", "fd00:127::5"],
+        )];
+        // A slice of a same-named service in another namespace is not this import's.
+        let slices = [slice(
+            "other",
+            "web",
+            "a",
+            json!([{"addresses": ["100.64.9.9"]}]),
+        )];
+        let r = Records::build("clusterset.local", &imports, &slices);
+        let web = r.lookup("web.ns.svc.clusterset.local").unwrap();
+        let got: Vec<String> = web.addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["100.127.0.5", "fd00:127::5"]);
+        assert!(r.lookup("web.other.svc.clusterset.local").is_none());
+        // Hostnames exist only for headless imports.
+        assert_eq!(r.len(), 2, "the service and its SRV name");
+    }
+
+    #[test]
+    fn unnamed_ports_have_no_srv_and_bad_addresses_are_skipped() {
+        let imp: ServiceImport = serde_json::from_value(json!({
+            "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"type": "Headless", "ports": [{"port": 5432, "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        let slices = [slice(
+            "ns",
+            "db",
+            "a",
+            json!([{"addresses": ["not-an-ip", "100.64.1.6"], "hostname": "db-0"}]),
+        )];
+        let r = Records::build("clusterset.local", &[imp], &slices);
+        let db = r.lookup("db.ns.svc.clusterset.local").unwrap();
+        assert_eq!(db.addrs.len(), 1);
+        assert!(db.srv.is_empty());
+        assert_eq!(r.len(), 2, "the service and one hostname, no SRV name");
+        assert!(r.lookup("db-0.a.db.ns.svc.clusterset.local").is_some());
+    }
+
+    #[test]
+    fn an_empty_zone_refuses_outside_names_only() {
+        let r = Records::build("clusterset.local", &[], &[]);
+        assert!(r.is_empty());
+        assert!(r.in_zone("clusterset.local."));
+        assert!(r.in_zone("a.b.svc.ClusterSet.Local"));
+        assert!(!r.in_zone("xclusterset.local"));
+        assert!(!r.in_zone("svc.cluster.local"));
+    }
 }

@@ -193,13 +193,29 @@ where
 /// Serves the zone on `cfg.listen` (UDP and TCP) from the member cluster's ServiceImports and
 /// MCS EndpointSlices until the server fails.
 pub async fn run(client: Client, cfg: DnsConfig) -> Result<(), DnsError> {
-    let handler = Handler::new(Records::build(&cfg.zone, &[], &[]));
     let udp = tokio::net::UdpSocket::bind(cfg.listen)
         .await
         .map_err(|e| DnsError::Bind(cfg.listen, e))?;
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| DnsError::Bind(cfg.listen, e))?;
+    serve(client, udp, tcp, &cfg.zone).await
+}
+
+/// Like [`run`] on sockets the caller bound (e.g. port 0 in tests).
+pub async fn serve(
+    client: Client,
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
+    zone: &str,
+) -> Result<(), DnsError> {
+    let cfg = DnsConfig {
+        listen: udp
+            .local_addr()
+            .map_err(|e| DnsError::Server(e.to_string()))?,
+        zone: zone.to_string(),
+    };
+    let handler = Handler::new(Records::build(&cfg.zone, &[], &[]));
     let mut server = hickory_server::Server::new(handler.clone());
     server.register_socket(udp);
     server.register_listener(tcp, TCP_TIMEOUT, TCP_BUFFER);

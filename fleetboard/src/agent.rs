@@ -92,6 +92,18 @@ pub struct AgentArgs {
     /// Seconds between gateway Lease renewals.
     #[arg(long, env = "FLEETBOARD_RENEW_INTERVAL", default_value_t = 5)]
     renew_interval: u64,
+    /// Do not run the multi-cluster-service controllers nor program service VIPs.
+    #[arg(long, env = "FLEETBOARD_NO_MCS")]
+    no_mcs: bool,
+    /// Block of this cluster's ClusterSetIPs (repeatable: one IPv4 and one IPv6 at most; the
+    /// hub must reserve it with `--reserved-cidr`).
+    #[arg(
+        long = "service-cidr",
+        env = "FLEETBOARD_SERVICE_CIDR",
+        value_delimiter = ',',
+        default_value = "100.127.0.0/16"
+    )]
+    service_cidr: Vec<IpNet>,
 }
 
 impl AgentArgs {
@@ -133,6 +145,8 @@ impl AgentArgs {
             kubeconfig: self.kubeconfig,
             lease_duration: Duration::from_secs(self.lease_duration),
             renew_interval: Duration::from_secs(self.renew_interval),
+            mcs: !self.no_mcs,
+            service_cidrs: self.service_cidr,
         })
     }
 }

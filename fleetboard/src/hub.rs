@@ -44,6 +44,15 @@ pub struct HubArgs {
         default_value = "100.64.0.0/10"
     )]
     tunnel_cidr: Vec<IpNet>,
+    /// Range never handed out as a cluster block (repeatable; default: the MCS ClusterSetIP
+    /// block every member allocates service VIPs from).
+    #[arg(
+        long = "reserved-cidr",
+        env = "FLEETBOARD_RESERVED_CIDR",
+        value_delimiter = ',',
+        default_value = "100.127.0.0/16"
+    )]
+    reserved_cidr: Vec<IpNet>,
     /// Prefix length of the block each cluster gets from an IPv4 tunnel CIDR.
     #[arg(long, env = "FLEETBOARD_BLOCK_PREFIX", default_value_t = 16)]
     block_prefix: u8,
@@ -129,6 +138,7 @@ pub fn main(args: HubArgs) -> anyhow::Result<()> {
         cluster_id: args.cluster_id,
         identity: identity(args.identity)?,
         tunnel_cidrs: args.tunnel_cidr,
+        reserved_cidrs: args.reserved_cidr,
         block_prefix: args.block_prefix,
         block_prefix_v6: args.block_prefix_v6,
         endpoint: args.endpoint,

@@ -42,6 +42,8 @@ enum Command {
     Agent(Box<agent::AgentArgs>),
     /// containerd NRI plugin: gives every pod the parallel interface `eth-fleet`.
     Nri(Box<fleetboard_nri::NriArgs>),
+    /// `clusterset.local` DNS server of multi-cluster services (ServiceImports of this cluster).
+    Dns(fleetboard_dns::DnsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,15 +69,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(args) => agent::main(*args),
+        Command::Dns(args) => {
+            // hickory-server logs every query at info.
+            init_tracing("info,hickory_server=warn");
+            tokio::runtime::Runtime::new()?.block_on(fleetboard_dns::main(args))?;
+            Ok(())
+        }
         Command::Nri(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+            init_tracing("info");
             tokio::runtime::Runtime::new()?.block_on(fleetboard_nri::run(*args))?;
             Ok(())
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
 }

@@ -296,6 +296,7 @@ pub async fn prepare_member(member: &Cluster, nodes: &[&str]) -> anyhow::Result<
                 { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"] },
                 { "apiGroups": [""], "resources": ["namespaces", "services"], "verbs": ["get", "list", "watch"] },
                 { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": all },
+                { "apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceexports", "serviceexports/status", "serviceimports", "serviceimports/status"], "verbs": all },
                 { "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"] },
             ],
         }),

@@ -277,6 +277,7 @@ fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
         tunnel.get("hostPort").is_some(),
         values["tunnel"]["hostPort"] == json!(true)
     );
+    check_agent_mcs_render(docs, values, &args);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     for k in [
         "ServiceAccount",
@@ -286,6 +287,70 @@ fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
         "RoleBinding",
     ] {
         assert!(kinds.contains(&k), "agent chart lacks a {k}: {kinds:?}");
+    }
+}
+
+/// The MCS flags of the agent and the optional `fleetboard-dns` Deployment and Service.
+fn check_agent_mcs_render(docs: &[serde_json::Value], values: &serde_json::Value, args: &[String]) {
+    let mcs = &values["mcs"];
+    if mcs["enabled"] == json!(false) {
+        assert!(args.contains(&"--no-mcs".to_string()), "{args:?}");
+        assert!(!args.iter().any(|a| a.starts_with("--service-cidr")));
+    } else {
+        let cidrs: Vec<String> = match mcs["serviceCIDRs"].as_array() {
+            Some(v) => v.iter().map(|c| c.as_str().unwrap().to_string()).collect(),
+            None => vec!["100.127.0.0/16".to_string()],
+        };
+        for c in cidrs {
+            assert!(args.contains(&format!("--service-cidr={c}")), "{args:?}");
+        }
+        assert!(!args.contains(&"--no-mcs".to_string()));
+    }
+    let dns = &values["dns"];
+    let named = |kind: &str| {
+        docs.iter()
+            .any(|d| d["kind"] == kind && d["metadata"]["name"] == "fleetboard-dns")
+    };
+    if dns["enabled"] == json!(false) {
+        for kind in ["Deployment", "Service", "ServiceAccount", "ClusterRole"] {
+            assert!(
+                !named(kind),
+                "dns disabled but a {kind} fleetboard-dns is rendered"
+            );
+        }
+        return;
+    }
+    let deploy = find(docs, "Deployment", "fleetboard-dns");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "fleetboard-dns");
+    let c = &pod["containers"][0];
+    let port = dns["containerPort"].as_u64().unwrap_or(5353);
+    let zone = dns["zone"].as_str().unwrap_or("clusterset.local");
+    let dargs = args_of(c);
+    for want in [
+        "dns".to_string(),
+        format!("--listen=0.0.0.0:{port}"),
+        format!("--zone={zone}"),
+    ] {
+        assert!(dargs.contains(&want), "dns args lack {want}: {dargs:?}");
+    }
+    assert!(!dargs.iter().any(|a| a.contains("token")), "{dargs:?}");
+    let svc = find(docs, "Service", "fleetboard-dns");
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    for proto in ["UDP", "TCP"] {
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["port"] == 53 && p["protocol"] == proto),
+            "{ports:?}"
+        );
+    }
+    if let Some(ip) = dns["serviceIP"].as_str().filter(|s| !s.is_empty()) {
+        assert_eq!(svc["spec"]["clusterIP"], ip);
+    }
+    let role = find(docs, "ClusterRole", "fleetboard-dns");
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
     }
 }
 
@@ -1038,6 +1103,32 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ("*", "*", None, NONE),
     ];
     check_rights(&cluster, &agent, &allowed, &denied);
+
+    // fleetboard-dns: reads imports and their slices, nothing else.
+    let dns = format!("system:serviceaccount:{NS}:fleetboard-dns");
+    let mut allowed: Vec<(&str, &str, Option<&str>, &[&str])> = Vec::new();
+    for verb in ["get", "list", "watch"] {
+        allowed.push((verb, "serviceimports.multicluster.x-k8s.io", None, NONE));
+        allowed.push((verb, "endpointslices.discovery.k8s.io", None, NONE));
+    }
+    let denied: Vec<(&str, &str, Option<&str>, &[&str])> = vec![
+        ("create", "serviceimports.multicluster.x-k8s.io", ns, NONE),
+        ("update", "serviceimports.multicluster.x-k8s.io", ns, NONE),
+        ("get", "serviceexports.multicluster.x-k8s.io", ns, NONE),
+        ("create", "endpointslices.discovery.k8s.io", ns, NONE),
+        ("delete", "endpointslices.discovery.k8s.io", ns, NONE),
+        ("list", "services", None, NONE),
+        ("list", "pods", None, NONE),
+        ("get", "secrets", ns, NONE),
+        (
+            "get",
+            "leases.coordination.k8s.io/fleetboard-gateway",
+            ns,
+            NONE,
+        ),
+        ("*", "*", None, NONE),
+    ];
+    check_rights(&cluster, &dns, &allowed, &denied);
 
     // The member identity (bootstrap token group) in the hub: its Role and nothing else.
     let member_args: &[&str] = &[

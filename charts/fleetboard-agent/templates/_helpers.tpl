@@ -18,3 +18,10 @@ app.kubernetes.io/component: agent
 {{- define "fleetboard-agent.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{/* Labels that select the fleetboard-dns pods. */}}
+{{- define "fleetboard-agent.dnsSelectorLabels" -}}
+app.kubernetes.io/name: fleetboard-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dns
+{{- end }}

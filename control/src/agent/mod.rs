@@ -8,8 +8,13 @@
 //! peers when both sides are public, one inner tunnel per other node). Every other node runs
 //! a dataplane with its own key and one peer, the gateway. Nodes, the Lease and the hub's
 //! Peers are watched; any change re-plans ([`plan`]) and re-applies.
+//!
+//! Multi-cluster services (unless `mcs` is off): the gateway also runs the parallel
+//! EndpointSlice controller and the MCS-Syncer ([`crate::mcs`]) while it holds the Lease, and
+//! every node's dataplane gets the ClusterSetIPs of the cluster's ServiceImports as `services`.
 
 pub mod hub;
+mod mcs;
 pub mod plan;
 mod reconcile;
 
@@ -81,6 +86,10 @@ pub struct AgentConfig {
     pub lease_duration: Duration,
     /// Gateway Lease renew interval.
     pub renew_interval: Duration,
+    /// Run the MCS controllers on the gateway and give dataplanes the service VIPs.
+    pub mcs: bool,
+    /// Blocks of this cluster's ClusterSetIPs (at most one per IP family).
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// Why the agent stopped.
@@ -152,6 +161,25 @@ impl AgentConfig {
                 "must be above zero and below two thirds of --lease-duration".into(),
             );
         }
+        if self.mcs {
+            if self.service_cidrs.is_empty() {
+                return bad(
+                    "--service-cidr",
+                    "at least one is required (or --no-mcs)".into(),
+                );
+            }
+            for (i, c) in self.service_cidrs.iter().enumerate() {
+                if self.service_cidrs[..i]
+                    .iter()
+                    .any(|o| o.addr().is_ipv6() == c.addr().is_ipv6())
+                {
+                    return bad(
+                        "--service-cidr",
+                        format!("{c}: at most one block per IP family"),
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -160,5 +188,54 @@ impl AgentConfig {
         self.endpoint
             .clone()
             .unwrap_or_else(|| self.node_ip.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            namespace: "fleetboard-system".into(),
+            cluster_id: "a".into(),
+            node_name: "a1".into(),
+            node_ip: "198.18.0.11".parse().unwrap(),
+            endpoint: None,
+            listen_port: 31820,
+            transport: Transport::Wg,
+            public: false,
+            cidrs: Vec::new(),
+            node_block_prefix: 24,
+            hub: HubAccess::Kubeconfig("/dev/null".into()),
+            hub_namespace: "fleetboard-system".into(),
+            tun_name: "fb0".into(),
+            state_dir: "/run/fleetboard".into(),
+            metrics_address: None,
+            kubeconfig: None,
+            lease_duration: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(5),
+            mcs: true,
+            service_cidrs: vec!["100.127.0.0/16".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn service_cidrs_one_per_family_unless_mcs_is_off() {
+        config().validate().unwrap();
+        let mut c = config();
+        c.service_cidrs.push("fd00:127::/112".parse().unwrap());
+        c.validate().unwrap();
+        c.service_cidrs.push("100.126.0.0/16".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--service-cidr") && e.contains("100.126.0.0/16"),
+            "{e}"
+        );
+        c.service_cidrs.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--service-cidr"), "{e}");
+        c.mcs = false;
+        c.validate().unwrap();
     }
 }

@@ -12,11 +12,13 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 
+use super::mcs::{Controllers, ServiceView, mcs_slice_selector};
 use super::plan::{
     self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
 };
@@ -24,6 +26,7 @@ use super::{
     AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE,
     NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_IP_ANNOTATION, node_keys_secret,
 };
+use crate::crd::mcs::ServiceImport;
 use crate::crd::peer::{Peer, PeerSpec};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
 use crate::keys::{GatewayKeys, load_or_create};
@@ -78,6 +81,21 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         "hub peers",
     );
 
+    let services = cfg.mcs.then(|| ServiceView {
+        imports: watch_store(
+            Api::<ServiceImport>::all(member.clone()),
+            watcher::Config::default(),
+            notify.clone(),
+            "service imports",
+        ),
+        slices: watch_store(
+            Api::<EndpointSlice>::all(member.clone()),
+            watcher::Config::default().labels(&mcs_slice_selector()),
+            notify.clone(),
+            "MCS endpoint slices",
+        ),
+    });
+
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let election = LeaderElection {
@@ -111,6 +129,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         nodes,
         gateway,
         peers,
+        services,
+        controllers: Controllers::default(),
         assigned: HashMap::new(),
         dataplane: None,
         was_leading: false,
@@ -312,6 +332,10 @@ struct Agent {
     /// The gateway Lease's holder (a node name).
     gateway: watch::Receiver<Option<String>>,
     peers: Store<Peer>,
+    /// ServiceImports and MCS EndpointSlices (none with MCS off).
+    services: Option<ServiceView>,
+    /// The MCS controllers (running while this node is the gateway).
+    controllers: Controllers,
     /// Blocks this gateway wrote and the Node store may not show yet.
     assigned: HashMap<String, IpNet>,
     dataplane: Option<Running>,
@@ -324,6 +348,7 @@ impl Agent {
         stop_election: tokio::sync::oneshot::Sender<()>,
         election: tokio::task::JoinHandle<Result<(), crate::leader::LeaderError>>,
     ) -> Result<(), AgentError> {
+        self.controllers.stop();
         let _ = stop_election.send(());
         match tokio::time::timeout(Duration::from_secs(5), election).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway election ended with an error"),
@@ -351,6 +376,17 @@ impl Agent {
             self.was_leading = leading;
             self.assigned.clear();
         }
+        if leading && self.cfg.mcs {
+            self.controllers.ensure(
+                &self.member,
+                &self.hub,
+                &self.cfg.cluster_id,
+                &self.cfg.hub_namespace,
+                &self.cfg.service_cidrs,
+            );
+        } else if self.controllers.running() {
+            self.controllers.stop();
+        }
         let mut nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| node_info(n)).collect();
         for n in &mut nodes {
             if let Some(c) = self.assigned.get(&n.name)
@@ -366,7 +402,10 @@ impl Agent {
         } else {
             self.node_pass(&nodes, &peers)
         };
-        if let Some(c) = desired {
+        if let Some(mut c) = desired {
+            if let Some(v) = &self.services {
+                c.services = v.services(&self.cfg.cluster_id);
+            }
             self.apply_dataplane(c).await;
         }
         Ok(())

@@ -57,6 +57,9 @@ pub struct HubConfig {
     pub identity: String,
     /// Tunnel CIDRs (v4 and/or v6) blocks are allocated from.
     pub tunnel_cidrs: Vec<IpNet>,
+    /// Ranges never handed out as a cluster block (`--reserved-cidr`; default the MCS
+    /// ClusterSetIP block 100.127.0.0/16).
+    pub reserved_cidrs: Vec<IpNet>,
     /// Block prefix length for IPv4 pools.
     pub block_prefix: u8,
     /// Block prefix length for IPv6 pools.
@@ -115,6 +118,11 @@ impl HubConfig {
                 return Err(HubError::Config(format!(
                     "--tunnel-cidr {c} overlaps {}",
                     o.pool()
+                )));
+            }
+            if let Some(r) = self.reserved_cidrs.iter().find(|r| r.contains(c)) {
+                return Err(HubError::Config(format!(
+                    "--reserved-cidr {r} covers the whole --tunnel-cidr {c}"
                 )));
             }
             let a = BlockAllocator::new(*c, len)
@@ -277,6 +285,7 @@ impl<'a> Leader<'a> {
         self.settings = Some(HubSettings {
             cluster_id: c.cluster_id.clone(),
             pools: self.pools.clone(),
+            reserved: c.reserved_cidrs.clone(),
             private_key: keys.private_key.clone(),
             listen_port: c.listen_port,
             transport: c.transport,
@@ -605,4 +614,47 @@ fn status_patch(s: &PeerStatus) -> serde_json::Value {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(tunnel: &str, reserved: &str) -> HubConfig {
+        HubConfig {
+            namespace: "fleetboard-system".into(),
+            cluster_id: "hub".into(),
+            identity: "hub-0".into(),
+            tunnel_cidrs: vec![tunnel.parse().unwrap()],
+            reserved_cidrs: vec![reserved.parse().unwrap()],
+            block_prefix: 16,
+            block_prefix_v6: 64,
+            endpoint: None,
+            listen_port: 31820,
+            transport: Transport::Wg,
+            tun_name: "fb0".into(),
+            state_dir: "/run/fleetboard".into(),
+            metrics_address: None,
+            lease_name: LEASE_NAME.into(),
+            keys_secret: KEYS_SECRET.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn a_reserved_cidr_may_not_cover_a_whole_tunnel_cidr() {
+        assert_eq!(
+            config("100.64.0.0/10", "100.127.0.0/16")
+                .pools()
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = config("100.127.0.0/16", "100.64.0.0/10")
+            .pools()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--reserved-cidr 100.64.0.0/10"), "{e}");
+    }
 }

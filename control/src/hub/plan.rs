@@ -92,6 +92,8 @@ pub struct HubSettings {
     pub cluster_id: String,
     /// Block allocators, one per tunnel CIDR.
     pub pools: Vec<BlockAllocator>,
+    /// Ranges no cluster block may overlap (`--reserved-cidr`, the ClusterSetIP block).
+    pub reserved: Vec<IpNet>,
     /// The hub's WireGuard key.
     pub private_key: SecretKey,
     /// WireGuard UDP port (QUIC on the next port).
@@ -254,7 +256,7 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
                 owners.push((Some(i), existing));
             }
         }
-        for a in ipam::plan(pool, &owners) {
+        for a in ipam::plan_reserving(pool, &owners, &hub.reserved) {
             match (a.owner, a.block) {
                 (None, Ok(b)) => hub_blocks.push(b),
                 (None, Err(e)) => tracing::error!(error = %e, "no block for the hub itself"),
@@ -361,6 +363,7 @@ mod tests {
                 .iter()
                 .map(|(p, b)| BlockAllocator::new(p.parse().unwrap(), *b).unwrap())
                 .collect(),
+            reserved: Vec::new(),
             private_key: key(1),
             listen_port: 31820,
             transport: Transport::Wg,
@@ -417,6 +420,27 @@ mod tests {
         );
         assert_eq!(p.dataplane.peers.len(), 2);
         p.dataplane.validate().unwrap();
+    }
+
+    #[test]
+    fn reserved_cidrs_are_never_a_cluster_block() {
+        let mut h = hub(&[("100.124.0.0/14", 16)]);
+        h.reserved = nets(&["100.127.0.0/16"]);
+        // A member that held the reserved block (before the flag existed) is moved off it.
+        let p = plan(
+            &h,
+            &[],
+            &[
+                member("a", 2, &[], &["100.127.0.0/16"]),
+                member("b", 3, &[], &[]),
+                member("c", 4, &[], &[]),
+            ],
+        );
+        assert_eq!(p.hub_allocated, nets(&["100.124.0.0/16"]));
+        assert_eq!(p.members[0].allocated, nets(&["100.125.0.0/16"]));
+        assert_eq!(p.members[1].allocated, nets(&["100.126.0.0/16"]));
+        assert!(p.members[2].allocated.is_empty());
+        assert_eq!(p.members[2].ready().1, REASON_POOL_EXHAUSTED);
     }
 
     #[test]
