@@ -23,9 +23,19 @@ pub struct NriArgs {
     /// Two-digit plugin index; the runtime calls plugins in ascending index order.
     #[arg(long, env = "FLEETBOARD_NRI_PLUGIN_INDEX", default_value = "10")]
     pub plugin_index: String,
-    /// This node's sub-block: pods get their `eth-fleet` address from it.
-    #[arg(long, env = "FLEETBOARD_POD_CIDR")]
-    pub pod_cidr: Ipv4Net,
+    /// This node's sub-block: pods get their `eth-fleet` address from it. Without it,
+    /// `--node-name` says which Node's `fleetboard.io/node-cidr` annotation (written by the
+    /// member agent) to wait for.
+    #[arg(
+        long,
+        env = "FLEETBOARD_POD_CIDR",
+        required_unless_present = "node_name"
+    )]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// This node's name, to read its sub-block from the Node object when `--pod-cidr` is not
+    /// given (the member chart runs the plugin beside the agent this way).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Node-side address every pod routes through (default: first address of --pod-cidr). It
     /// is never given to a pod.
     #[arg(long, env = "FLEETBOARD_POD_GATEWAY")]
@@ -143,13 +153,19 @@ impl NriArgs {
                 format!("{:?}: must be two digits, e.g. 10", self.plugin_index),
             );
         }
-        if self.pod_cidr.prefix_len() > 30 {
+        let Some(pod_cidr) = self.pod_cidr else {
             return bad(
                 "--pod-cidr",
-                format!("{} is too small (at most /30)", self.pod_cidr),
+                "required (or --node-name, to read it from the node's fleetboard.io/node-cidr annotation)".into(),
+            );
+        };
+        if pod_cidr.prefix_len() > 30 {
+            return bad(
+                "--pod-cidr",
+                format!("{pod_cidr} is too small (at most /30)"),
             );
         }
-        let pod_cidr = self.pod_cidr.trunc();
+        let pod_cidr = pod_cidr.trunc();
         let gateway = self.gateway.unwrap_or_else(|| {
             pod_cidr
                 .hosts()
@@ -264,5 +280,16 @@ mod tests {
             let e = parse(args).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn node_name_stands_in_for_the_pod_cidr_until_it_is_known() {
+        let argv = ["x", "--node-name", "n1", "--tunnel-cidr", "100.64.0.0/10"];
+        let args = Cli::try_parse_from(argv).unwrap().nri;
+        assert_eq!(args.node_name.as_deref(), Some("n1"));
+        // Not resolved yet: validation names the flag.
+        assert_eq!(args.validate().unwrap_err().field, "--pod-cidr");
+        // Neither flag: clap refuses.
+        assert!(Cli::try_parse_from(["x", "--tunnel-cidr", "100.64.0.0/10"]).is_err());
     }
 }

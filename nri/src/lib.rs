@@ -19,6 +19,7 @@ pub mod connection;
 pub mod ipam;
 pub mod metrics;
 pub mod mux;
+pub mod node_cidr;
 pub mod plugin;
 pub mod podnet;
 pub mod runtime;
@@ -39,12 +40,29 @@ pub enum NriError {
     /// No Kubernetes client for the pod annotations.
     #[error(transparent)]
     Annotate(#[from] annotate::AnnotateError),
+    /// The node's sub-block could not be read from its Node object.
+    #[error(transparent)]
+    NodeCidr(#[from] node_cidr::NodeCidrError),
 }
 
 /// Runs the plugin until SIGINT/SIGTERM: validates `args`, loads the IPAM state, then keeps a
 /// registered connection to the runtime, reconnecting whenever it goes away. Pods keep their
 /// interfaces when the plugin stops; the state file carries their addresses to the next run.
-pub async fn run(args: NriArgs) -> Result<(), NriError> {
+pub async fn run(mut args: NriArgs) -> Result<(), NriError> {
+    if args.pod_cidr.is_none()
+        && let Some(node) = args.node_name.clone()
+    {
+        let client = annotate::client(args.kubeconfig.as_deref())
+            .await?
+            .ok_or_else(|| node_cidr::NodeCidrError::NoApi(node.clone()))?;
+        let every = std::time::Duration::from_secs(2);
+        let cidr = tokio::select! {
+            r = node_cidr::wait(&client, &node, every) => r?,
+            () = stop_signal() => return Ok(()),
+        };
+        tracing::info!(node, pod_cidr = %cidr, "the node's sub-block");
+        args.pod_cidr = Some(cidr);
+    }
     let cfg = args.validate()?;
     let listener = match cfg.metrics_address {
         Some(addr) => Some(metrics::bind(addr).await?),

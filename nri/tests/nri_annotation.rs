@@ -104,3 +104,58 @@ async fn nri_publishes_the_parallel_ip_annotation_on_pods() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// Beside the agent (the member chart), the plugin has no `--pod-cidr`: it waits for the
+/// agent to annotate its Node with the sub-block, and takes it from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nri_reads_the_node_sub_block_the_agent_annotates() -> anyhow::Result<()> {
+    use fleetboard_nri::node_cidr::{self, NODE_CIDR_ANNOTATION};
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Patch, PatchParams};
+
+    let cluster = Cluster::start().await?;
+    let client = cluster.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({ "metadata": { "name": "n1" } }))?,
+        )
+        .await?;
+    // The Node has no sub-block yet: the plugin waits.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { node_cidr::wait(&client, "n1", Duration::from_millis(200)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "no sub-block yet, still waiting");
+    let annotate =
+        |v: &str| serde_json::json!({ "metadata": { "annotations": { NODE_CIDR_ANNOTATION: v } } });
+    nodes
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(annotate("100.65.3.0/24")),
+        )
+        .await?;
+    let got = tokio::time::timeout(Duration::from_secs(90), waiting).await???;
+    assert_eq!(got, "100.65.3.0/24".parse()?);
+
+    // A value the agent never writes is an error naming the node and the annotation.
+    nodes
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(annotate("not-a-cidr")),
+        )
+        .await?;
+    let err = node_cidr::wait(&client, "n1", Duration::from_millis(200))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("n1") && err.contains(NODE_CIDR_ANNOTATION),
+        "{err}"
+    );
+    Ok(())
+}

@@ -559,6 +559,25 @@ impl Fleet {
         }
     }
 
+    /// Kills hub replica `r` (SIGKILL: no Lease release, like a crashed hub pod).
+    pub fn kill_hub(&mut self, r: usize) {
+        if let Some(mut p) = self.hub.replicas[r].process.take() {
+            p.kill();
+        }
+    }
+
+    /// The hub replica holding the hub Lease, by identity.
+    pub async fn hub_leader(&self) -> anyhow::Result<Option<String>> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.hub.cluster.client(), NAMESPACE);
+        Ok(api
+            .get_opt("fleetboard-hub")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    }
+
     /// Index of node `name`.
     pub fn node(&self, name: &str) -> usize {
         self.nodes

@@ -3,8 +3,8 @@
 //! Members join with a bootstrap token, get blocks, allocate node sub-blocks, elect a
 //! gateway; node TUN addresses of member a reach member b's through the hub (ping and a TCP
 //! transfer with intact bytes), over wg and over quic. Restarted agents keep CIDR and keys;
-//! a killed gateway is replaced and traffic resumes; a deleted Peer's block is reclaimed and
-//! its routes disappear.
+//! a killed gateway is replaced and traffic resumes; so does a killed hub leader (the standby
+//! replica takes over); a deleted Peer's block is reclaimed and its routes disappear.
 
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,44 @@ async fn members_reach_each_other_through_the_hub_and_survive_a_gateway_move_wg(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_reach_each_other_through_the_hub_and_survive_a_gateway_move_quic() {
     join_move_scenario("quic").await;
+}
+
+/// The hub leader dies: the standby replica takes the Lease and publishes itself, the
+/// members' gateways re-point their tunnels to it, and traffic between members resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_leader_killed_standby_takes_over_and_traffic_resumes() {
+    let opts = FleetOptions {
+        transport: "wg",
+        hub_replicas: 2,
+        ..Default::default()
+    };
+    let mut f = Fleet::start(opts, all_crds()).await.unwrap();
+    let ips = joined(&f).await;
+    let leader = eventually("a hub leader", DEADLINE, POLL, || f.hub_leader())
+        .await
+        .unwrap();
+    let r = f
+        .hub
+        .replicas
+        .iter()
+        .position(|r| r.identity == leader)
+        .expect("the leader is one of the replicas");
+    let standby = f.hub.replicas[1 - r].identity.clone();
+
+    let killed = Instant::now();
+    f.kill_hub(r);
+    wait_ping(&f, "a1", ip_of(&ips, "b1"), DEADLINE);
+    println!(
+        "hub failover (wg transport): {leader} killed, {standby} leads; traffic a1 -> b1 resumed after {:.1?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        f.hub_leader().await.unwrap(),
+        Some(standby),
+        "standby holds the Lease"
+    );
+    wait_ping(&f, "b2", ip_of(&ips, "a2"), DEADLINE);
+    tcp_transfer(&f, "b2", "a2", ip_of(&ips, "a2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
