@@ -1,6 +1,6 @@
 //! `fleetboard agent`: the member agent, one per node (see `fleetboard_control::agent`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +8,8 @@ use clap::{Args, ValueEnum};
 use fleetboard_control::agent::{AgentConfig, HubAccess, run};
 use fleetboard_control::crd::peer::Transport;
 use ipnet::IpNet;
+
+use crate::common::{LocalArgs, init_tracing, runtime, shutdown_signal};
 
 /// Tunnel transport (flag value).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,18 +76,8 @@ pub struct AgentArgs {
         default_value = "fleetboard-system"
     )]
     hub_namespace: String,
-    /// TUN device name.
-    #[arg(long, env = "FLEETBOARD_TUN_NAME", default_value = "fb0")]
-    tun_name: String,
-    /// Folder for the admin socket and the QUIC identity files.
-    #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
-    state_dir: PathBuf,
-    /// Address for /metrics, /live, /ready.
-    #[arg(long, env = "FLEETBOARD_METRICS_ADDRESS")]
-    metrics_address: Option<SocketAddr>,
-    /// Member cluster kubeconfig (default: in-cluster, or $KUBECONFIG).
-    #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    local: LocalArgs,
     /// Seconds a gateway Lease holds without renewal (a dead gateway is replaced after this).
     #[arg(long, env = "FLEETBOARD_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
@@ -139,10 +131,10 @@ impl AgentArgs {
             node_block_prefix: self.node_block_prefix,
             hub,
             hub_namespace: self.hub_namespace,
-            tun_name: self.tun_name,
-            state_dir: self.state_dir,
-            metrics_address: self.metrics_address,
-            kubeconfig: self.kubeconfig,
+            tun_name: self.local.tun_name,
+            state_dir: self.local.state_dir,
+            metrics_address: self.local.metrics_address,
+            kubeconfig: self.local.kubeconfig,
             lease_duration: Duration::from_secs(self.lease_duration),
             renew_interval: Duration::from_secs(self.renew_interval),
             mcs: !self.no_mcs,
@@ -153,21 +145,8 @@ impl AgentArgs {
 
 /// Entry point of the subcommand.
 pub fn main(args: AgentArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    init_tracing("info");
     let config = args.into_config()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(config, async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }))?;
+    runtime()?.block_on(run(config, shutdown_signal()))?;
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! `fleetboard hub`: the hub controller (leader-elected replicas; the leader runs the hub
 //! dataplane). Every flag can also come from `FLEETBOARD_<FLAG>`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +9,8 @@ use clap::{Args, ValueEnum};
 use fleetboard_control::crd::peer::Transport;
 use fleetboard_control::hub::{self, HubConfig};
 use ipnet::IpNet;
+
+use crate::common::{LocalArgs, init_tracing, runtime, shutdown_signal};
 
 /// Tunnel transport flag values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -22,6 +23,11 @@ enum TransportArg {
 
 /// `fleetboard hub` flags.
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("state_dir", |a| a.help("State folder: admin socket (`dataplane.sock`), QUIC key files")),
+    mut_arg("metrics_address", |a| a.help("Address of `/metrics`, `/live`, `/ready` (served by the leader's dataplane)")),
+    mut_arg("kubeconfig", |a| a.help("Kubeconfig of the hub cluster (default: in-cluster, else $KUBECONFIG / ~/.kube/config)")),
+)]
 pub struct HubArgs {
     /// Shared namespace of the Peers, the Lease and the keys Secret.
     #[arg(
@@ -68,18 +74,8 @@ pub struct HubArgs {
     /// The hub's default transport (each member uses its own Peer's transport).
     #[arg(long, env = "FLEETBOARD_TRANSPORT", value_enum, default_value = "wg")]
     transport: TransportArg,
-    /// TUN device name.
-    #[arg(long, env = "FLEETBOARD_TUN_NAME", default_value = "fb0")]
-    tun_name: String,
-    /// State folder: admin socket (`dataplane.sock`), QUIC key files.
-    #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
-    state_dir: PathBuf,
-    /// Address of `/metrics`, `/live`, `/ready` (served by the leader's dataplane).
-    #[arg(long, env = "FLEETBOARD_METRICS_ADDRESS")]
-    metrics_address: Option<SocketAddr>,
-    /// Kubeconfig of the hub cluster (default: in-cluster, else $KUBECONFIG / ~/.kube/config).
-    #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    local: LocalArgs,
     /// Name of the Lease the replicas elect a leader with.
     #[arg(long, env = "FLEETBOARD_LEASE_NAME", default_value = hub::LEASE_NAME)]
     lease_name: String,
@@ -124,15 +120,9 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-}
-
 /// Entry point of `fleetboard hub`.
 pub fn main(args: HubArgs) -> anyhow::Result<()> {
-    init_logs();
+    init_tracing("info");
     let config = HubConfig {
         namespace: args.namespace,
         cluster_id: args.cluster_id,
@@ -147,9 +137,9 @@ pub fn main(args: HubArgs) -> anyhow::Result<()> {
             TransportArg::Wg => Transport::Wg,
             TransportArg::Quic => Transport::Quic,
         },
-        tun_name: args.tun_name,
-        state_dir: args.state_dir,
-        metrics_address: args.metrics_address,
+        tun_name: args.local.tun_name,
+        state_dir: args.local.state_dir,
+        metrics_address: args.local.metrics_address,
         lease_name: args.lease_name,
         keys_secret: args.keys_secret,
         lease_duration: Duration::from_secs(args.lease_duration),
@@ -157,20 +147,10 @@ pub fn main(args: HubArgs) -> anyhow::Result<()> {
     };
     // Bad flags exit before anything is bound or written.
     config.pools()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let client = client(args.kubeconfig).await?;
+    runtime()?.block_on(async move {
+        let client = client(args.local.kubeconfig).await?;
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            shutdown_signal().await;
             tracing::info!("shutting down");
         };
         hub::run(config, client, shutdown).await?;

@@ -1,11 +1,13 @@
 //! The `fleetboard` binary: one image, one binary, subcommands per role.
 
 mod agent;
+mod common;
 mod dataplane;
 mod hub;
 mod keys;
 
 use clap::{Parser, Subcommand};
+use common::init_tracing;
 
 /// FleetBoard: connect Kubernetes clusters into one network.
 #[derive(Parser, Debug)]
@@ -81,14 +83,4 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
-fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
 }

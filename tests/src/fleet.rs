@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::binaries::bin;
-use crate::kube::{Cluster, ClusterOptions, eventually};
+use crate::kube::{Cluster, ClusterOptions};
 use crate::netns::{Netns, Underlay, require_net_admin, unique_token};
 use crate::process::ChildGuard;
 
@@ -70,12 +70,7 @@ impl FleetNode {
 
     /// One ping to `dst` from this node; true when answered.
     pub fn ping_once(&self, dst: &str) -> bool {
-        self.ns
-            .command("ping")
-            .args(["-c", "1", "-W", "1", dst])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        self.ns.ping_once(dst)
     }
 }
 
@@ -195,21 +190,7 @@ pub async fn install_crds(
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e).context(format!("creating CRD {name}")),
         }
-        eventually(&format!("CRD {name} Established"), DEADLINE, POLL, || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await?;
-                let ok = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(ok.then_some(()))
-            }
-        })
-        .await?;
+        crate::charts::wait_established(client, &name, DEADLINE).await?;
     }
     Ok(())
 }

@@ -90,6 +90,15 @@ impl Netns {
         &self.name
     }
 
+    /// One ping to `dst` (IPv4 or IPv6) from this namespace; true when it was answered.
+    pub fn ping_once(&self, dst: &str) -> bool {
+        self.command("ping")
+            .args(["-c", "1", "-W", "1", dst])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
     /// A command that runs `program` inside this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

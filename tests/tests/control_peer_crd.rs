@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fleetboard_control::crd::all_crds;
 use fleetboard_control::crd::peer::{Peer, PeerSpec, PeerStatus};
+use fleetboard_tests::charts::wait_established;
 use fleetboard_tests::kube::{Cluster, eventually};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -30,18 +31,9 @@ async fn peer_crd_validates_fields_and_prints_columns() {
     for crd in all_crds() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
-    eventually("Peer CRD Established", DEADLINE, POLL, || async {
-        let crd = crds.get("peers.fleetboard.io").await?;
-        let ok = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        Ok(ok.then_some(()))
-    })
-    .await
-    .unwrap();
+    wait_established(&client, "peers.fleetboard.io", DEADLINE)
+        .await
+        .unwrap();
     let nss: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
         metadata: ObjectMeta {

@@ -140,33 +140,27 @@ fn metrics_health_and_show_report_peers_and_drops() {
 fn a_bad_config_exits_before_binding_and_names_the_field() {
     let dir = TempDir::new();
     let p = dir.0.join("bad.yaml");
-    std::fs::write(
-        &p,
-        "interface: { name: fb0, mtu: 70000 }\nprivate_key: \"not-a-key\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin("fleetboard"))
-        .args(["dataplane", "--config", p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // Writes `yaml` as the config, runs the dataplane on it: it must fail; returns its stderr.
+    let fails_with = |yaml: &str| {
+        std::fs::write(&p, yaml).unwrap();
+        let out = std::process::Command::new(bin("fleetboard"))
+            .args(["dataplane", "--config", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails_with("interface: { name: fb0, mtu: 70000 }\nprivate_key: \"not-a-key\"\n");
     assert!(
         err.contains("interface.mtu") || err.contains("private_key"),
         "{err}"
     );
 
-    std::fs::write(
-        &p,
-        format!("interface: {{ name: fb0, mtu: 100 }}\nprivate_key: \"{}\"\npeers:\n  - {{ public_key: \"{}\", persistent_keepalive: 0 }}\n", random_key().to_base64(), random_key().public_key()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin("fleetboard"))
-        .args(["dataplane", "--config", p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = fails_with(&format!(
+        "interface: {{ name: fb0, mtu: 100 }}\nprivate_key: \"{}\"\npeers:\n  - {{ public_key: \"{}\", persistent_keepalive: 0 }}\n",
+        random_key().to_base64(),
+        random_key().public_key()
+    ));
     assert!(
         err.contains("interface.mtu") && err.contains("peers[0].persistent_keepalive"),
         "{err}"

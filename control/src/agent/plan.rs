@@ -419,6 +419,21 @@ mod tests {
         }
     }
 
+    /// The gateway config of member `peers[1]` (cluster key 7, WireGuard) with `nodes`' blocks.
+    fn gateway_of(l: &LocalSettings, peers: &[PeerInfo], nodes: &[NodeInfo]) -> DataplaneConfig {
+        let (blocks, _) = plan_node_blocks(&peers[1].allocated, 24, nodes).unwrap();
+        gateway_config(&GatewayInputs {
+            local: l,
+            cluster_key: key(7),
+            quic: None,
+            peers,
+            nodes,
+            blocks: &blocks,
+            resolve: &HashMap::new(),
+        })
+        .unwrap()
+    }
+
     fn peer(name: &str, is_hub: bool, k: u8, cidrs: &[&str], alloc: &[&str]) -> PeerInfo {
         let mut spec: PeerSpec =
             serde_json::from_value(serde_json::json!({ "clusterId": name })).unwrap();
@@ -469,17 +484,7 @@ mod tests {
             node("n1", "1", None, 1, "198.18.0.1"),
             node("n2", "2", None, 2, "198.18.0.2"),
         ];
-        let (blocks, _) = plan_node_blocks(&peers[1].allocated, 24, &nodes).unwrap();
-        let c = gateway_config(&GatewayInputs {
-            local: &l,
-            cluster_key: key(7),
-            quic: None,
-            peers: &peers,
-            nodes: &nodes,
-            blocks: &blocks,
-            resolve: &HashMap::new(),
-        })
-        .unwrap();
+        let c = gateway_of(&l, &peers, &nodes);
         c.validate().unwrap();
         assert_eq!(c.interface.addresses[0].to_string(), "100.65.0.1/10");
         assert_eq!(c.peers.len(), 2);
@@ -524,17 +529,7 @@ mod tests {
         ];
         peers[2].spec.is_public = true;
         let nodes = vec![node("n1", "1", None, 1, "198.18.0.1")];
-        let (blocks, _) = plan_node_blocks(&peers[1].allocated, 24, &nodes).unwrap();
-        let c = gateway_config(&GatewayInputs {
-            local: &l,
-            cluster_key: key(7),
-            quic: None,
-            peers: &peers,
-            nodes: &nodes,
-            blocks: &blocks,
-            resolve: &HashMap::new(),
-        })
-        .unwrap();
+        let c = gateway_of(&l, &peers, &nodes);
         let names: Vec<_> = c.peers.iter().map(|p| p.name.clone().unwrap()).collect();
         assert_eq!(names, ["hub", "b"]);
     }

@@ -124,12 +124,7 @@ impl Node {
 
     /// One ping to `dst` (IPv4 or IPv6); true when it was answered.
     pub fn ping_once(&self, dst: &str) -> bool {
-        self.ns
-            .command("ping")
-            .args(["-c", "1", "-W", "1", dst])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        self.ns.ping_once(dst)
     }
 
     /// Pings until answered (or panics with the logs after the deadline).

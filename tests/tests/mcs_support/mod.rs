@@ -61,23 +61,9 @@ impl Drop for Fleet {
 }
 
 async fn install(client: &Client, crds: Vec<CustomResourceDefinition>) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crds {
-        let name = crd.name_any();
-        api.create(&PostParams::default(), &crd).await.unwrap();
-        eventually(&format!("{name} Established"), DEADLINE, POLL, || async {
-            let c = api.get(&name).await?;
-            let ok = c
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(ok.then_some(()))
-        })
+    fleetboard_tests::fleet::install_crds(client, crds)
         .await
         .unwrap();
-    }
 }
 
 impl Fleet {

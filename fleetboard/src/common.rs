@@ -1,0 +1,53 @@
+//! What `fleetboard hub` and `fleetboard agent` share: the local dataplane and cluster-access
+//! flags, logging, the runtime and the shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Flags of the local dataplane and of the local cluster's apiserver, declared once for `hub`
+/// and `agent` (`hub` words some help texts its own way with `mut_arg`).
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// TUN device name.
+    #[arg(long, env = "FLEETBOARD_TUN_NAME", default_value = "fb0")]
+    pub tun_name: String,
+    /// Folder for the admin socket and the QUIC identity files.
+    #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
+    pub state_dir: PathBuf,
+    /// Address for /metrics, /live, /ready.
+    #[arg(long, env = "FLEETBOARD_METRICS_ADDRESS")]
+    pub metrics_address: Option<SocketAddr>,
+    /// Member cluster kubeconfig (default: in-cluster, or $KUBECONFIG).
+    #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
+pub fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
+}
+
+/// The two-worker tokio runtime `hub` and `agent` run on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
