@@ -228,6 +228,28 @@ fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
         token_env["valueFrom"]["secretKeyRef"],
         json!({"name": "fleetboard-hub-token", "key": "token"})
     );
+    // The NRI plugin rides along (unless turned off), reading its sub-block from the Node.
+    let nri = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "nri");
+    if values["nri"]["enabled"] == json!(false) {
+        assert!(nri.is_none(), "nri.enabled=false still renders the plugin");
+    } else {
+        let nri = nri.expect("the NRI plugin container");
+        assert_eq!(env_field_ref(nri, "NODE_NAME"), "spec.nodeName");
+        let nri_args = args_of(nri);
+        assert_eq!(nri_args[0], "nri");
+        assert!(
+            !nri_args.iter().any(|a| a.starts_with("--pod-cidr")),
+            "the sub-block comes from the Node: {nri_args:?}"
+        );
+        assert!(
+            nri_args.contains(&format!("--own-namespace={NS}")),
+            "{nri_args:?}"
+        );
+    }
     let args = args_of(c);
     let hub = &values["hub"];
     for want in [
