@@ -38,7 +38,7 @@ pub fn tunnel_mtu(transport: crate::crd::peer::Transport) -> u16 {
     match transport {
         crate::crd::peer::Transport::Wg => DEFAULT_MTU,
         crate::crd::peer::Transport::Quic => DEFAULT_MTU.min(mtu::tunnel_mtu(
-            1500,
+            fleetboard_dataplane::core::quic_config::DEFAULT_UNDERLAY_MTU,
             Encapsulation::Quic,
             UnderlayFamily::V6,
         )),

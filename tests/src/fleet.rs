@@ -549,14 +549,7 @@ impl Fleet {
 
     /// The hub replica holding the hub Lease, by identity.
     pub async fn hub_leader(&self) -> anyhow::Result<Option<String>> {
-        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.hub.cluster.client(), NAMESPACE);
-        Ok(api
-            .get_opt("fleetboard-hub")
-            .await?
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity)
-            .filter(|h| !h.is_empty()))
+        lease_holder(&self.hub.cluster, "fleetboard-hub").await
     }
 
     /// Index of node `name`.
@@ -616,14 +609,7 @@ impl Fleet {
 
     /// The gateway Lease holder of member `m`.
     pub async fn gateway(&self, m: usize) -> anyhow::Result<Option<String>> {
-        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.members[m].cluster.client(), NAMESPACE);
-        Ok(api
-            .get_opt("fleetboard-gateway")
-            .await?
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity)
-            .filter(|h| !h.is_empty()))
+        lease_holder(&self.members[m].cluster, "fleetboard-gateway").await
     }
 
     /// `fleetboard dataplane show --json --socket <socket>` (run inside `ns`, parsed).
@@ -635,6 +621,18 @@ impl Fleet {
         )?;
         Ok(serde_json::from_str(&out)?)
     }
+}
+
+/// The holder of Lease `name` in the shared namespace of `cluster` (none when free).
+async fn lease_holder(cluster: &Cluster, name: &str) -> anyhow::Result<Option<String>> {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cluster.client(), NAMESPACE);
+    Ok(api
+        .get_opt(name)
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
 }
 
 impl Drop for Fleet {
