@@ -224,7 +224,7 @@ impl DataplaneDriver {
                             let (from, datagrams) = rx.datagrams(i);
                             for d in datagrams {
                                 let a = self.core.handle_udp(now, from, d, tun_tx.slot());
-                                perform_rx(a, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                                perform_rx(a, d, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                         }
                     }
@@ -236,7 +236,7 @@ impl DataplaneDriver {
                     let mut done = 0;
                     while let Some(m) = next {
                         let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tun_tx.slot());
-                        perform_rx(a, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                        perform_rx(a, &m.packet, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         done += 1;
                         next = if done < BATCH {
                             self.quic.as_mut().and_then(|q| q.try_recv())
@@ -344,9 +344,12 @@ enum Origin {
 
 /// Carries out what the core decided for a packet that arrived from a peer (its bytes are at
 /// `tun_tx.slot()`): queue it for the TUN (the common case, no copy), or copy it to the UDP
-/// batch / QUIC link (relay, handshake replies).
+/// batch / QUIC link (relay, handshake replies). `input` is what arrived (a relay message is
+/// forwarded from there unchanged).
+#[allow(clippy::too_many_arguments)]
 async fn perform_rx(
     a: Action,
+    input: &[u8],
     tun_tx: &mut TunTx,
     tx: &mut TxBatch,
     udp: &UdpIo,
@@ -364,6 +367,10 @@ async fn perform_rx(
         }
         Action::SendUdp(t) => {
             tx.out()[..t.len].copy_from_slice(&tun_tx.slot()[..t.len]);
+            tx.push(udp, core, t.dst, t.peer, t.len).await;
+        }
+        Action::Forward(t) => {
+            tx.out()[..t.len].copy_from_slice(&input[..t.len]);
             tx.push(udp, core, t.dst, t.peer, t.len).await;
         }
         Action::SendPeer { len, .. } => {
@@ -394,7 +401,8 @@ async fn perform(
     // At most two rounds: the packet, then the ICMP error answering it.
     for round in 0..2 {
         match a {
-            Action::None => {}
+            // Forward answers only a datagram from the network (`perform_rx`).
+            Action::None | Action::Forward(_) => {}
             Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
             Action::WriteTun { len } => {
                 if let Err(e) = tun.send(&tx.out()[..len]).await {

@@ -652,9 +652,12 @@ async fn traffic_through_the_hub(transport: Transport) {
                 persistent_keepalive: Some(5),
                 transport: Some(transport),
                 fingerprint: Some(hub_fp.clone()),
+                via: None,
             }],
             routes: vec![],
             services: vec![],
+            local: vec![],
+            relay: false,
             admin: AdminConfig {
                 socket: dir.join("dataplane.sock"),
             },

@@ -195,6 +195,8 @@ fn base_config(local: &LocalSettings, key: SecretKey, address: IpNet) -> Datapla
         routes: Vec::new(),
         // Service VIPs (MCS ClusterSetIP) are fed by the MCS controllers when they run.
         services: Vec::new(),
+        local: vec![],
+        relay: false,
         admin: AdminConfig {
             socket: local.admin_socket.clone(),
         },
@@ -275,6 +277,7 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
             persistent_keepalive: Some(KEEPALIVE_SECS),
             transport: Some(dp_transport(local.transport)),
             fingerprint: hub.spec.cert_fingerprint.clone(),
+            via: None,
         },
     );
     for n in i.nodes {
@@ -299,6 +302,7 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
                 persistent_keepalive: Some(KEEPALIVE_SECS),
                 transport: Some(DpTransport::Wg),
                 fingerprint: None,
+                via: None,
             },
         );
     }
@@ -338,6 +342,7 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
                     persistent_keepalive: Some(KEEPALIVE_SECS),
                     transport: Some(dp_transport(local.transport)),
                     fingerprint: p.spec.cert_fingerprint.clone(),
+                    via: None,
                 },
             );
         }
@@ -384,6 +389,7 @@ pub fn node_config(i: &NodeInputs<'_>) -> Option<DataplaneConfig> {
         persistent_keepalive: Some(KEEPALIVE_SECS),
         transport: Some(DpTransport::Wg),
         fingerprint: None,
+        via: None,
     });
     Some(c)
 }

@@ -304,6 +304,8 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
         routes: Vec::new(),
         // Service VIPs (MCS ClusterSetIP) are fed by the MCS controllers when they run.
         services: Vec::new(),
+        local: vec![],
+        relay: false,
         admin: AdminConfig {
             socket: hub.admin_socket.clone(),
         },
@@ -345,6 +347,7 @@ fn member_peer(m: &PeerInput, blocks: &[IpNet]) -> Option<PeerConfig> {
         persistent_keepalive: None,
         transport: Some(dp_transport(m.spec.transport)),
         fingerprint: m.spec.cert_fingerprint.clone(),
+        via: None,
     })
 }
 

@@ -84,6 +84,15 @@ pub struct DataplaneConfig {
     /// see [`crate::service_nat`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<crate::service_nat::ServiceConfig>,
+    /// Prefixes of this node itself (its own block): packets to them from peers go to the
+    /// TUN device even when a broader route (the hub's) covers them. The interface addresses
+    /// are always local.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<IpNet>,
+    /// Forward relay messages between peers without decrypting them (the hub; see
+    /// [`crate::relay`]). Off: relay messages for other nodes are dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 fn default_listen_port() -> u16 {
@@ -136,6 +145,11 @@ pub struct PeerConfig {
     /// QUIC: pinned SHA-256 of the peer's certificate public key (base64 or hex).
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// Reach this peer through another peer (public key of a relay, the hub), which forwards
+    /// our WireGuard messages without decrypting them ([`crate::relay`]); `endpoint` is then
+    /// unused. Both peers must use the wg transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<PublicKey>,
 }
 
 /// An extra route: `cidr` goes to `peer` (also accepted as source from it).
@@ -292,6 +306,50 @@ impl DataplaneConfig {
                 }
             }
         }
+        for (i, p) in self.peers.iter().enumerate() {
+            let Some(via) = p.via else { continue };
+            let field = format!("peers[{i}].via");
+            match self.peers.iter().find(|q| q.public_key == via) {
+                _ if via == p.public_key => err(field, "a peer cannot be its own relay".into()),
+                None => err(field, format!("no peer with public key {via}")),
+                Some(r) if r.via.is_some() => err(
+                    field,
+                    format!("peer {via} is itself reached through a relay (no chains)"),
+                ),
+                Some(r) if r.transport_or(self.transport) != Transport::Wg => {
+                    err(field, format!("relay {via} must use the wg transport"))
+                }
+                Some(_) => {}
+            }
+            if p.transport_or(self.transport) != Transport::Wg {
+                err(
+                    format!("peers[{i}].transport"),
+                    "a peer reached through a relay must use the wg transport".into(),
+                );
+            }
+        }
+        if self.relay {
+            let mut ids: HashMap<crate::relay::RelayId, usize> = HashMap::new();
+            for (i, p) in self.peers.iter().enumerate() {
+                if let Some(j) = ids.insert(crate::relay::RelayId::of(&p.public_key), i) {
+                    err(
+                        format!("peers[{i}].public_key"),
+                        format!(
+                            "starts with the same 7 bytes as peers[{j}].public_key; a relay \
+                             cannot tell them apart (generate a new key for one of them)"
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, c) in self.local.iter().enumerate() {
+            if *c != c.trunc() {
+                err(
+                    format!("local[{i}]"),
+                    format!("{c} has host bits set (did you mean {}?)", c.trunc()),
+                );
+            }
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let field = format!("routes[{i}].cidr");
             if r.cidr != r.cidr.trunc() {
@@ -350,12 +408,15 @@ mod tests {
                 persistent_keepalive: Some(25),
                 transport: None,
                 fingerprint: None,
+                via: None,
             }],
             routes: vec![],
             admin: AdminConfig::default(),
             metrics_address: None,
             quic: Default::default(),
             services: vec![],
+            local: vec![],
+            relay: false,
         }
     }
 
@@ -399,6 +460,54 @@ mod tests {
             e.contains("peers[1].allowed_ips[0]") && e.contains("peers[0].allowed_ips[0]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn via_must_name_a_wg_peer_that_is_not_itself_relayed() {
+        let mut c = base();
+        let hub = c.peers[0].public_key;
+        let mut member = c.peers[0].clone();
+        member.public_key = SecretKey::from_random_bytes([3; 32]).public_key();
+        member.allowed_ips = vec!["100.64.2.0/24".parse().unwrap()];
+        member.via = Some(hub);
+        c.peers.push(member.clone());
+        c.validate().unwrap();
+
+        let mut bad = c.clone();
+        bad.peers[1].via = Some(SecretKey::from_random_bytes([9; 32]).public_key());
+        bad.peers[0].via = Some(bad.peers[1].public_key);
+        bad.peers[0].transport = Some(Transport::Quic);
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("peers[1].via: no peer with public key"), "{e}");
+        assert!(e.contains("peers[0].via"), "{e}");
+        assert!(e.contains("peers[0].transport"), "{e}");
+
+        let mut quic_relay = c;
+        quic_relay.peers[0].transport = Some(Transport::Quic);
+        let e = quic_relay.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("peers[1].via: relay") && e.contains("wg transport"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_relay_refuses_peers_it_cannot_tell_apart() {
+        let mut c = base();
+        c.relay = true;
+        let mut twin = c.peers[0].clone();
+        let mut k = twin.public_key.0;
+        k[31] ^= 1; // same first 7 bytes
+        twin.public_key = PublicKey(k);
+        twin.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+        c.peers.push(twin);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("peers[1].public_key: starts with the same 7 bytes"),
+            "{e}"
+        );
+        c.relay = false;
+        c.validate().unwrap();
     }
 
     #[test]

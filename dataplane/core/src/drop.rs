@@ -31,10 +31,13 @@ pub enum DropReason {
     TransportUnavailable,
     /// The I/O layer failed to send it (socket or TUN error, full queue).
     SendFailed,
+    /// A relay message this node does not forward: relaying is off, or the sender or the
+    /// destination is not one of its peers.
+    RelayRefused,
 }
 
 /// Number of [`DropReason`] variants.
-pub const DROP_REASONS: usize = 12;
+pub const DROP_REASONS: usize = 13;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -51,6 +54,7 @@ impl DropReason {
         DropReason::TooLarge,
         DropReason::TransportUnavailable,
         DropReason::SendFailed,
+        DropReason::RelayRefused,
     ];
 
     /// The metric label value.
@@ -68,6 +72,7 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::TransportUnavailable => "transport_unavailable",
             DropReason::SendFailed => "send_failed",
+            DropReason::RelayRefused => "relay_refused",
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   `poll_transmit`, `poll_timeout` out.
 //! - [`service_nat`]: ClusterSetIP VIP -> endpoint translation with connection tracking.
 //! - [`drop`]: [`DropReason`] and its counters.
+//! - [`relay`]: end-to-end relaying through the hub (the hub forwards ciphertext).
 //! - [`wire`]: the IP header view.
 //! - [`mtu`], [`icmp`], [`mss`]: tunnel MTU per transport, ICMP too-big errors, TCP MSS
 //!   clamping (QUIC branch).
@@ -23,6 +24,7 @@ pub mod mtu;
 pub mod node;
 pub mod peer;
 pub mod quic_config;
+pub mod relay;
 pub mod route;
 pub mod service_nat;
 pub mod session;

@@ -10,10 +10,13 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+
 use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
 use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
 use crate::peer::{PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
+use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex};
 use crate::route::RouteTable;
 use crate::service_nat::{self, ServiceNat};
 use crate::session::{Identity, Incoming, Session, SessionOutput};
@@ -51,6 +54,9 @@ pub enum Action {
     None,
     /// Send `out[..len]` as one UDP datagram (WireGuard) to `dst`.
     SendUdp(Transmit),
+    /// Send the datagram that was passed in, unchanged, to `dst` (a relay message this node
+    /// forwards for two of its peers; `out` is untouched).
+    Forward(Transmit),
     /// `out[..len]` is a plaintext IP packet for `peer`, whose transport (not wg) must
     /// encapsulate and send it.
     SendPeer {
@@ -96,6 +102,12 @@ pub struct DataplaneStatus {
     pub drops: DropCounters,
     /// Number of routes.
     pub routes: usize,
+    /// Relay messages forwarded between peers without decrypting them (the hub).
+    #[serde(default)]
+    pub relayed_packets: u64,
+    /// Bytes of those messages.
+    #[serde(default)]
+    pub relayed_bytes: u64,
 }
 
 struct Queued {
@@ -119,6 +131,14 @@ pub struct Dataplane {
     next_tick: Instant,
     next_limiter_reset: Instant,
     nat: ServiceNat,
+    /// This node's relay id (relay messages for it carry it).
+    relay_id: RelayId,
+    /// Peers by relay id, when this node relays.
+    relay_index: RelayIndex<PeerId>,
+    /// The last sender a relay message was accepted from (a bulk flow hits it every time).
+    relay_sender: Option<(SocketAddr, PeerId)>,
+    relayed_packets: u64,
+    relayed_bytes: u64,
 }
 
 impl Dataplane {
@@ -139,6 +159,11 @@ impl Dataplane {
             next_tick: now,
             next_limiter_reset: now + LIMITER_WINDOW,
             nat: ServiceNat::new(),
+            relay_id: RelayId::of(&config.private_key.public_key()),
+            relay_index: RelayIndex::default(),
+            relay_sender: None,
+            relayed_packets: 0,
+            relayed_bytes: 0,
         };
         dp.nat.handle_timeout(now);
         dp.config.peers.clear();
@@ -166,6 +191,7 @@ impl Dataplane {
             // A new identity invalidates every session.
             self.key = config.private_key.clone();
             self.identity = Identity::new(&self.key);
+            self.relay_id = RelayId::of(&self.key.public_key());
             let ids: Vec<PeerId> = self.peers.iter().map(|p| p.id).collect();
             for id in ids {
                 self.peers.remove(id);
@@ -209,6 +235,7 @@ impl Dataplane {
                         config: pc.clone(),
                         transport,
                         endpoint: pc.endpoint,
+                        via: None,
                         session: Session::new(
                             &self.key,
                             &pc.public_key,
@@ -222,6 +249,28 @@ impl Dataplane {
                 }
             }
         }
+        // Resolve relays now that every peer has its id.
+        let vias: Vec<(PeerId, Option<PeerId>)> = self
+            .peers
+            .iter()
+            .map(|p| (p.id, p.config.via.and_then(|k| self.peers.by_key(&k))))
+            .collect();
+        for (id, via) in vias {
+            if let Some(p) = self.peers.get_mut(id) {
+                p.via = via;
+            }
+        }
+        self.relay_index = if config.relay {
+            RelayIndex::new(
+                self.peers
+                    .iter()
+                    .map(|p| (RelayId::of(&p.config.public_key), p.id))
+                    .collect(),
+            )
+        } else {
+            RelayIndex::default()
+        };
+        self.relay_sender = None;
         let mut routes = RouteTable::new();
         for p in self.peers.iter() {
             for c in &p.config.allowed_ips {
@@ -232,6 +281,14 @@ impl Dataplane {
             if let Some(id) = self.peers.by_key(&r.peer) {
                 routes.insert(r.cidr.trunc(), id);
             }
+        }
+        let own = config
+            .interface
+            .addresses
+            .iter()
+            .map(|a| IpNet::from(a.addr()));
+        for c in own.chain(config.local.iter().copied()) {
+            routes.insert(c.trunc(), PeerId::LOCAL);
         }
         self.routes = routes;
         self.nat.apply(&config.services);
@@ -253,10 +310,7 @@ impl Dataplane {
         let Some(id) = self.routes.lookup(hdr.dst) else {
             return self.drop(None, DropReason::NoRoute);
         };
-        let Some(peer) = self.peers.get_mut(id) else {
-            return self.drop(None, DropReason::NoRoute);
-        };
-        match send_to(peer, packet, out) {
+        match send_to(&mut self.peers, id, packet, out) {
             Ok(a) => a,
             Err(r) => self.drop(Some(id), r),
         }
@@ -270,8 +324,8 @@ impl Dataplane {
             Err(r) => return self.drop(None, r),
         };
         let routed = self.routes.lookup(hdr.dst);
-        match routed.and_then(|id| self.peers.get_mut(id).map(|p| (id, p))) {
-            Some((id, peer)) => match send_to(peer, packet, out) {
+        match routed.filter(|id| self.peers.get(*id).is_some()) {
+            Some(id) => match send_to(&mut self.peers, id, packet, out) {
                 Ok(a) => a,
                 Err(r) => self.drop(Some(id), r),
             },
@@ -305,17 +359,15 @@ impl Dataplane {
         let Some(id) = self.routes.lookup(dst) else {
             return self.drop(None, DropReason::NoRoute);
         };
-        let Some(peer) = self.peers.get_mut(id) else {
-            return self.drop(None, DropReason::NoRoute);
-        };
-        match send_to(peer, &self.scratch[..len], out) {
+        match send_to(&mut self.peers, id, &self.scratch[..len], out) {
             Ok(a) => a,
             Err(r) => self.drop(Some(id), r),
         }
     }
 
     /// A UDP datagram from `from`: decrypt it, then deliver to the TUN, relay it to another
-    /// peer, or answer a handshake.
+    /// peer, or answer a handshake. A relay message for another node is forwarded unchanged
+    /// ([`Action::Forward`]) when this node relays.
     pub fn handle_udp(
         &mut self,
         now: Instant,
@@ -323,12 +375,91 @@ impl Dataplane {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action {
+        if !relay::is_relay(datagram) {
+            return self.handle_wg(now, from, datagram, false, out);
+        }
+        let Some((to, message)) = relay::parse(datagram) else {
+            return self.drop(None, DropReason::Malformed);
+        };
+        if to == self.relay_id {
+            return self.handle_wg(now, from, message, true, out);
+        }
+        self.forward_relay(from, to, datagram)
+    }
+
+    /// A relay message for peer `to` from `from`: forwarded when both are peers of this relay.
+    #[inline]
+    fn forward_relay(&mut self, from: SocketAddr, to: RelayId, datagram: &[u8]) -> Action {
+        let Some(src) = self.relay_sender_of(from) else {
+            return self.drop(None, DropReason::RelayRefused);
+        };
+        let Some(dst_id) = self.relay_index.get(&to).filter(|d| *d != src) else {
+            return self.drop(Some(src), DropReason::RelayRefused);
+        };
+        let len = datagram.len() as u64;
+        if let Some(p) = self.peers.get_mut(src) {
+            p.counters.rx_bytes += len;
+            p.counters.rx_packets += 1;
+        }
+        let Some(dst) = self.peers.get_mut(dst_id) else {
+            return self.drop(Some(src), DropReason::RelayRefused);
+        };
+        let Some(endpoint) = dst.endpoint.filter(|_| dst.via.is_none()) else {
+            return self.drop(Some(dst_id), DropReason::NoEndpoint);
+        };
+        dst.counters.tx_bytes += len;
+        dst.counters.tx_packets += 1;
+        self.relayed_packets += 1;
+        self.relayed_bytes += len;
+        Action::Forward(Transmit {
+            dst: endpoint,
+            peer: Some(dst_id),
+            len: datagram.len(),
+        })
+    }
+
+    /// The peer whose current endpoint is `from`, if it may send relay messages: only
+    /// authenticated, directly connected wg peers (their endpoint is the address their last
+    /// authenticated message came from, or configured).
+    #[inline]
+    fn relay_sender_of(&mut self, from: SocketAddr) -> Option<PeerId> {
+        if self.relay_index.is_empty() {
+            return None;
+        }
+        let ok = |p: &PeerState| {
+            p.endpoint == Some(from) && p.via.is_none() && p.transport == Transport::Wg
+        };
+        if let Some((addr, id)) = self.relay_sender
+            && addr == from
+            && self.peers.get(id).is_some_and(ok)
+        {
+            return Some(id);
+        }
+        let id = self.peers.iter().find(|p| ok(p))?.id;
+        self.relay_sender = Some((from, id));
+        Some(id)
+    }
+
+    /// A WireGuard message from `from` (`relayed`: it came inside a relay message, so `from`
+    /// is the relay's address).
+    fn handle_wg(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        relayed: bool,
+        out: &mut [u8],
+    ) -> Action {
         let incoming = match self.identity.classify(from.ip(), datagram, out) {
             Ok(Ok(i)) => i,
             Ok(Err((a, b))) => {
-                // Under load: a cookie reply instead of a handshake.
-                out.copy_within(a..b, 0);
+                // Under load: a cookie reply instead of a handshake. (Relayed handshakes are
+                // not answered with cookies: the initiator is behind the relay's address.)
                 self.drops.add(DropReason::UnderLoad);
+                if relayed {
+                    return Action::None;
+                }
+                out.copy_within(a..b, 0);
                 return Action::SendUdp(Transmit {
                     dst: from,
                     peer: None,
@@ -351,8 +482,10 @@ impl Dataplane {
         let result = peer.session.decapsulate(from.ip(), datagram, out);
         let is_cookie = datagram[0] == 3;
         if result.is_ok() && !is_cookie {
-            // Authenticated: roam to the address it came from.
-            peer.endpoint = Some(from);
+            // Authenticated: roam to the address it came from (not to a relay's).
+            if !relayed && peer.via.is_none() {
+                peer.endpoint = Some(from);
+            }
             peer.last_rx = Some(now);
             peer.counters.rx_bytes += datagram.len() as u64;
             peer.counters.rx_packets += 1;
@@ -361,14 +494,23 @@ impl Dataplane {
             Err(r) => self.drop(Some(id), r),
             Ok(SessionOutput::Done) => Action::None,
             Ok(SessionOutput::Network(a, b)) => {
-                out.copy_within(a..b, 0);
+                // A handshake answer: back the way the message came.
+                let header = relayed.then(|| RelayId::of(&peer.config.public_key));
+                let off = if relayed { RELAY_HEADER } else { 0 };
+                if out.len() < b - a + off {
+                    return self.drop(Some(id), DropReason::TooLarge);
+                }
+                out.copy_within(a..b, off);
+                if let Some(h) = header {
+                    h.write_header(out);
+                }
                 peer.counters.tx_bytes += (b - a) as u64;
                 peer.counters.tx_packets += 1;
-                self.flush_session(id, from);
+                self.flush_session(id);
                 Action::SendUdp(Transmit {
                     dst: from,
                     peer: Some(id),
-                    len: b - a,
+                    len: b - a + off,
                 })
             }
             Ok(SessionOutput::Tunnel(a, b, src)) => {
@@ -450,22 +592,23 @@ impl Dataplane {
                 }
             }
             if let Some(SessionOutput::Network(a, b)) = outputs[0] {
-                match peer.endpoint {
-                    Some(dst) => {
-                        peer.counters.tx_bytes += (b - a) as u64;
-                        peer.counters.tx_packets += 1;
-                        enqueue(
-                            &mut self.queue,
-                            &mut self.free,
-                            &mut self.drops,
-                            dst,
-                            Some(id),
-                            &self.scratch[a..b],
-                        );
-                    }
+                peer.counters.tx_bytes += (b - a) as u64;
+                peer.counters.tx_packets += 1;
+                match path_of(&self.peers, id) {
+                    Some((dst, header)) => enqueue(
+                        &mut self.queue,
+                        &mut self.free,
+                        &mut self.drops,
+                        dst,
+                        Some(id),
+                        header,
+                        &self.scratch[a..b],
+                    ),
                     None => {
-                        peer.counters.drops.add(DropReason::NoEndpoint);
                         self.drops.add(DropReason::NoEndpoint);
+                        if let Some(p) = self.peers.get_mut(id) {
+                            p.counters.drops.add(DropReason::NoEndpoint);
+                        }
                     }
                 }
             }
@@ -529,6 +672,8 @@ impl Dataplane {
             peers: self.peers.iter().map(PeerState::status).collect(),
             drops: self.drops,
             routes: self.routes.len(),
+            relayed_packets: self.relayed_packets,
+            relayed_bytes: self.relayed_bytes,
         }
     }
 
@@ -542,8 +687,12 @@ impl Dataplane {
         Action::None
     }
 
-    /// After a handshake: sends what the session queued while it had no keys.
-    fn flush_session(&mut self, id: PeerId, dst: SocketAddr) {
+    /// After a handshake: sends what the session queued while it had no keys (along the
+    /// peer's path: its endpoint, or its relay).
+    fn flush_session(&mut self, id: PeerId) {
+        let Some((dst, header)) = path_of(&self.peers, id) else {
+            return;
+        };
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
@@ -558,6 +707,7 @@ impl Dataplane {
                 &mut self.drops,
                 dst,
                 Some(id),
+                header,
                 &self.scratch[a..b],
             );
         }
@@ -575,13 +725,13 @@ impl Dataplane {
             Err(r) => return self.drop(Some(from), r),
         };
         match self.routes.lookup(dst) {
-            Some(to) if to != from => {
+            Some(to) if to != from && to != PeerId::LOCAL => {
                 // Relay: re-encrypt for the other peer, never through the host stack.
-                let Some(peer) = self.peers.get_mut(to) else {
+                if self.peers.get(to).is_none() {
                     return self.drop(Some(from), DropReason::NoRoute);
-                };
+                }
                 self.scratch[..len].copy_from_slice(&out[..len]);
-                match send_to(peer, &self.scratch[..len], out) {
+                match send_to(&mut self.peers, to, &self.scratch[..len], out) {
                     Ok(a) => a,
                     Err(r) => self.drop(Some(to), r),
                 }
@@ -614,9 +764,33 @@ fn view(p: &PeerState) -> PeerView<'_> {
     }
 }
 
-/// Encapsulates `packet` for `peer` into `out`.
+/// Where datagrams for peer `id` go: its endpoint, or its relay's endpoint with the relay
+/// header for it.
 #[inline]
-fn send_to(peer: &mut PeerState, packet: &[u8], out: &mut [u8]) -> Result<Action, DropReason> {
+fn path_of(peers: &PeerTable, id: PeerId) -> Option<(SocketAddr, Option<RelayId>)> {
+    let p = peers.get(id)?;
+    match p.via {
+        None => p.endpoint.map(|e| (e, None)),
+        Some(r) => {
+            let relay = peers.get(r)?;
+            Some((relay.endpoint?, Some(RelayId::of(&p.config.public_key))))
+        }
+    }
+}
+
+/// Encapsulates `packet` for peer `id` into `out` (behind the relay header when the peer is
+/// reached through a relay).
+#[inline]
+fn send_to(
+    peers: &mut PeerTable,
+    id: PeerId,
+    packet: &[u8],
+    out: &mut [u8],
+) -> Result<Action, DropReason> {
+    let path = path_of(peers, id);
+    let Some(peer) = peers.get_mut(id) else {
+        return Err(DropReason::NoRoute);
+    };
     match peer.transport {
         Transport::Quic => {
             if out.len() < packet.len() {
@@ -630,20 +804,28 @@ fn send_to(peer: &mut PeerState, packet: &[u8], out: &mut [u8]) -> Result<Action
             })
         }
         Transport::Wg => {
-            let Some(dst) = peer.endpoint else {
+            let Some((dst, header)) = path else {
                 return Err(DropReason::NoEndpoint);
             };
-            match peer.session.encapsulate(packet, out)? {
+            let off = if header.is_some() { RELAY_HEADER } else { 0 };
+            if out.len() <= off {
+                return Err(DropReason::TooLarge);
+            }
+            let (head, body) = out.split_at_mut(off);
+            match peer.session.encapsulate(packet, body)? {
                 SessionOutput::Network(a, b) => {
                     if a != 0 {
-                        out.copy_within(a..b, 0);
+                        body.copy_within(a..b, 0);
+                    }
+                    if let Some(h) = header {
+                        h.write_header(head);
                     }
                     peer.counters.tx_bytes += (b - a) as u64;
                     peer.counters.tx_packets += 1;
                     Ok(Action::SendUdp(Transmit {
                         dst,
                         peer: Some(peer.id),
-                        len: b - a,
+                        len: off + b - a,
                     }))
                 }
                 SessionOutput::Done => Ok(Action::None),
@@ -659,6 +841,7 @@ fn enqueue(
     drops: &mut DropCounters,
     dst: SocketAddr,
     peer: Option<PeerId>,
+    header: Option<RelayId>,
     data: &[u8],
 ) {
     if queue.len() >= MAX_QUEUED {
@@ -666,8 +849,16 @@ fn enqueue(
         return;
     }
     let mut buf = free.pop().unwrap_or_else(|| vec![0u8; MAX_PACKET]);
-    let len = data.len().min(buf.len());
-    buf[..len].copy_from_slice(&data[..len]);
+    let off = match header {
+        Some(h) => {
+            h.write_header(&mut buf);
+            RELAY_HEADER
+        }
+        None => 0,
+    };
+    let len = data.len().min(buf.len() - off);
+    buf[off..off + len].copy_from_slice(&data[..len]);
+    let len = off + len;
     queue.push_back(Queued {
         dst,
         peer,

@@ -23,6 +23,10 @@ const GEN_MASK: u32 = 0xff;
 pub struct PeerId(pub u32);
 
 impl PeerId {
+    /// Not a peer: the route target of this node's own addresses (`DataplaneConfig::local`),
+    /// delivered to the TUN device and never forwarded. No slot has this id.
+    pub const LOCAL: PeerId = PeerId(u32::MAX);
+
     fn new(slot: usize, generation: u32) -> Self {
         PeerId(((generation & GEN_MASK) << SLOT_BITS) | slot as u32)
     }
@@ -61,6 +65,8 @@ pub struct PeerState {
     pub transport: Transport,
     /// Where we currently send to (configured, then the last authenticated source).
     pub endpoint: Option<SocketAddr>,
+    /// The relay this peer is reached through (`PeerConfig::via`, resolved).
+    pub via: Option<PeerId>,
     /// The WireGuard session (also kept for non-wg peers, unused there).
     pub session: Session,
     /// Counters.

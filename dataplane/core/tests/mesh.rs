@@ -18,6 +18,8 @@ struct Node {
 struct Mesh {
     nodes: Vec<Node>,
     wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Every datagram that crossed the wire (to check that nothing went in clear).
+    seen: Vec<Vec<u8>>,
     now: Instant,
     buf: Vec<u8>,
 }
@@ -43,6 +45,8 @@ fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
         metrics_address: None,
         quic: Default::default(),
         services: vec![],
+        local: vec![],
+        relay: false,
     }
 }
 
@@ -55,6 +59,7 @@ fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
         persistent_keepalive: Some(5),
         transport: None,
         fingerprint: None,
+        via: None,
     }
 }
 
@@ -95,15 +100,38 @@ impl Mesh {
         Mesh {
             nodes,
             wire: VecDeque::new(),
+            seen: vec![],
             now,
             buf: vec![0; MAX_PACKET],
         }
     }
 
+    /// hub_and_spokes, but a and b keep a session with each other through the hub, which
+    /// only forwards (relay: true).
+    fn end_to_end_relay() -> Self {
+        let mut m = Self::hub_and_spokes();
+        let mut hub = m.nodes[0].dp.config().clone();
+        hub.relay = true;
+        m.nodes[0].dp.apply_config(hub).unwrap();
+        for (i, other, cidr) in [(1, 3, "100.64.2.0/24"), (2, 2, "100.64.1.0/24")] {
+            let mut c = m.nodes[i].dp.config().clone();
+            let mut p = peer(other, None, &[cidr]);
+            p.via = Some(key(1).public_key());
+            c.peers.push(p);
+            m.nodes[i].dp.apply_config(c).unwrap();
+        }
+        m
+    }
+
     fn act(&mut self, i: usize, a: Action) {
+        self.act_on(i, a, &[]);
+    }
+
+    fn act_on(&mut self, i: usize, a: Action, input: &[u8]) {
         let from = self.nodes[i].addr;
         match a {
             Action::None => {}
+            Action::Forward(t) => self.wire.push_back((from, t.dst, input[..t.len].to_vec())),
             Action::SendUdp(t) => self
                 .wire
                 .push_back((from, t.dst, self.buf[..t.len].to_vec())),
@@ -126,13 +154,14 @@ impl Mesh {
             let Some((from, to, data)) = self.wire.pop_front() else {
                 return;
             };
+            self.seen.push(data.clone());
             let Some(i) = self.nodes.iter().position(|n| n.addr == to) else {
                 continue;
             };
             let a = self.nodes[i]
                 .dp
                 .handle_udp(self.now, from, &data, &mut self.buf);
-            self.act(i, a);
+            self.act_on(i, a, &data);
         }
         panic!("mesh did not settle");
     }
@@ -383,4 +412,126 @@ fn a_peer_that_changes_address_keeps_working() {
         .find(|p| p.name.as_deref() == Some("n2"))
         .unwrap();
     assert_eq!(a.endpoint, Some("198.18.0.22:40000".parse().unwrap()));
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn relayed_members_talk_end_to_end_and_the_hub_only_forwards() {
+    let mut m = Mesh::end_to_end_relay();
+    // The hub learns where a and b are from their own sessions with it.
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    assert_eq!(m.nodes[0].tun_out.len(), 2);
+
+    let secret = b"only a and b can read this";
+    let pkt = ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], secret);
+    m.send_tun(1, &pkt);
+    m.run();
+    assert_eq!(
+        m.nodes[2].tun_out,
+        vec![pkt.clone()],
+        "b received a's packet"
+    );
+    let back = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"reply");
+    m.send_tun(2, &back);
+    m.run();
+    assert_eq!(m.nodes[1].tun_out, vec![back]);
+
+    let hub = m.nodes[0].dp.status();
+    assert_eq!(
+        m.nodes[0].tun_out.len(),
+        2,
+        "nothing relayed reached the hub's TUN"
+    );
+    // Handshake initiation + response + two data packets (one each way).
+    assert!(hub.relayed_packets >= 4, "{}", hub.relayed_packets);
+    assert_eq!(hub.drops.total(), 0, "{:?}", hub.drops);
+    assert!(
+        !m.seen.iter().any(|d| contains(d, secret)),
+        "the payload crossed the wire in clear"
+    );
+    // a keeps b behind the relay: it never roams b to the hub's address.
+    let a = m.nodes[1].dp.status();
+    let b = a
+        .peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some("n3"))
+        .unwrap();
+    assert_eq!(b.endpoint, None);
+    assert!(
+        b.last_handshake_secs_ago.is_some(),
+        "a and b completed a handshake"
+    );
+}
+
+#[test]
+fn relayed_sessions_survive_keepalive_timers() {
+    let mut m = Mesh::end_to_end_relay();
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"first"));
+    m.run();
+    // Keepalives and timer-driven messages of the a-b session take the relay path too.
+    for _ in 0..30 {
+        m.tick(Duration::from_secs(1));
+    }
+    let pkt = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"thirty seconds later");
+    m.send_tun(2, &pkt);
+    m.run();
+    assert_eq!(m.nodes[1].tun_out.last(), Some(&pkt));
+    assert_eq!(m.nodes[0].dp.drops().total(), 0);
+}
+
+#[test]
+fn relay_messages_from_strangers_or_to_non_relays_are_refused() {
+    let mut m = Mesh::end_to_end_relay();
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
+    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+    m.run();
+    let now = m.now;
+    let mut buf = vec![0; MAX_PACKET];
+    // For b, but from an address that is no peer's endpoint: not forwarded.
+    let mut msg = vec![0xfbu8];
+    msg.extend_from_slice(&key(3).public_key().0[..7]);
+    msg.extend_from_slice(&[4u8; 64]);
+    let stranger: SocketAddr = "198.18.0.99:4000".parse().unwrap();
+    assert_eq!(
+        m.nodes[0].dp.handle_udp(now, stranger, &msg, &mut buf),
+        Action::None
+    );
+    // From a, but for a key the hub does not know.
+    let mut unknown = msg.clone();
+    unknown[1..8].copy_from_slice(&[0xee; 7]);
+    let a_addr = m.nodes[1].addr;
+    assert_eq!(
+        m.nodes[0].dp.handle_udp(now, a_addr, &unknown, &mut buf),
+        Action::None
+    );
+    assert_eq!(m.nodes[0].dp.drops().get(DropReason::RelayRefused), 2);
+    // A member does not relay (relay is off there): a message for b sent to a is refused.
+    let hub_addr = m.nodes[0].addr;
+    assert_eq!(
+        m.nodes[1].dp.handle_udp(now, hub_addr, &msg, &mut buf),
+        Action::None
+    );
+    assert_eq!(m.nodes[1].dp.drops().get(DropReason::RelayRefused), 1);
+    // Truncated relay messages are malformed.
+    assert_eq!(
+        m.nodes[0].dp.handle_udp(now, a_addr, &msg[..8], &mut buf),
+        Action::None
+    );
+    assert_eq!(m.nodes[0].dp.drops().get(DropReason::Malformed), 1);
+    // And the forwarded one from a, for b, goes to b unchanged.
+    match m.nodes[0].dp.handle_udp(now, a_addr, &msg, &mut buf) {
+        Action::Forward(t) => {
+            assert_eq!(t.dst, m.nodes[2].addr);
+            assert_eq!(t.len, msg.len());
+        }
+        other => panic!("{other:?}"),
+    }
 }

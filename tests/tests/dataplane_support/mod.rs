@@ -166,6 +166,7 @@ pub fn peer(name: &str, key: &SecretKey, endpoint: Option<&str>, cidrs: &[&str])
         persistent_keepalive: if endpoint.is_some() { Some(5) } else { None },
         transport: None,
         fingerprint: None,
+        via: None,
     }
 }
 
@@ -227,6 +228,8 @@ fn base_config(dir: &Path, name: &str, key: SecretKey, v4: &str, v6: &str) -> Da
         metrics_address: Some(format!("127.0.0.1:{METRICS_PORT}").parse().unwrap()),
         quic: Default::default(),
         services: vec![],
+        local: vec![],
+        relay: false,
     }
 }
 
