@@ -95,6 +95,16 @@ pub fn render(s: &DataplaneStatus) -> String {
     );
     let _ = writeln!(
         o,
+        "# HELP fleetboard_relayed_packets_total Relay messages forwarded between peers without decrypting them.\n# TYPE fleetboard_relayed_packets_total counter\nfleetboard_relayed_packets_total {}",
+        s.relayed_packets
+    );
+    let _ = writeln!(
+        o,
+        "# HELP fleetboard_relayed_bytes_total Bytes of relay messages forwarded between peers.\n# TYPE fleetboard_relayed_bytes_total counter\nfleetboard_relayed_bytes_total {}",
+        s.relayed_bytes
+    );
+    let _ = writeln!(
+        o,
         "# HELP fleetboard_udp_gso_fallbacks_total UDP GSO sends the kernel refused (GSO then off).\n# TYPE fleetboard_udp_gso_fallbacks_total counter\nfleetboard_udp_gso_fallbacks_total {}",
         crate::udp::GSO_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
     );

@@ -26,6 +26,13 @@ pub fn format(s: &DataplaneStatus) -> String {
     let _ = writeln!(o, "  public key: {}", s.public_key);
     let _ = writeln!(o, "  listening port: {}", s.listen_port);
     let _ = writeln!(o, "  routes: {}", s.routes);
+    if s.relayed_packets > 0 {
+        let _ = writeln!(
+            o,
+            "  relayed: {} packets, {} bytes (forwarded end to end, not decrypted)",
+            s.relayed_packets, s.relayed_bytes
+        );
+    }
     let drops: Vec<String> = s
         .drops
         .iter()
@@ -48,6 +55,9 @@ pub fn format(s: &DataplaneStatus) -> String {
             let _ = writeln!(o, "  name: {n}");
         }
         let _ = writeln!(o, "  transport: {}", p.transport);
+        if let Some(v) = p.via {
+            let _ = writeln!(o, "  via relay: {v}");
+        }
         if let Some(e) = p.endpoint {
             let _ = writeln!(o, "  endpoint: {e}");
         }

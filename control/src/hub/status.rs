@@ -233,6 +233,7 @@ mod tests {
             name: Some("a".into()),
             transport,
             endpoint: Some("198.18.0.2:31820".parse().unwrap()),
+            via: None,
             allowed_ips: vec![],
             last_handshake_secs_ago: hs,
             rtt_ms: rtt,

@@ -177,6 +177,9 @@ pub struct PeerStatus {
     pub transport: Transport,
     /// Current endpoint.
     pub endpoint: Option<SocketAddr>,
+    /// The relay it is reached through (`PeerConfig::via`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<PublicKey>,
     /// Allowed IPs.
     pub allowed_ips: Vec<ipnet::IpNet>,
     /// Seconds since the last completed handshake.
@@ -200,6 +203,7 @@ impl PeerState {
             name: self.config.name.clone(),
             transport: self.transport,
             endpoint: self.endpoint,
+            via: self.config.via,
             allowed_ips: self.config.allowed_ips.clone(),
             last_handshake_secs_ago: self
                 .session
