@@ -17,7 +17,8 @@
 # Topology, new for every case and run: namespaces A and B on one veth (198.18.0.1 <-> .2),
 # tunnel addresses 100.64.1.1 (A) and 100.64.2.1 (B); the relay case puts a hub namespace H
 # between them (A 198.18.1.1 <-> H .2, B 198.18.2.1 <-> H .2; hub tunnel address 100.64.0.1).
-# Cases: raw (no tunnel), fb-wg, fb-quic, fb-wg-relay, wireguard-go, boringtun. Per case and
+# Cases: raw (no tunnel), fb-wg, fb-quic, fb-wg-relay (members' own session, the hub forwards
+# ciphertext), fb-wg-hub-decrypt (the hub decrypts and re-encrypts), wireguard-go, boringtun. Per case and
 # run, from A to B: perf-probe RTT (p50/p99), iperf3 TCP 1 and 4 streams, iperf3 UDP at a fixed
 # rate (loss); CPU of the tunnel processes (/proc/<pid>/stat), RSS (VmRSS idle, VmHWM peak),
 # nstat UdpRcvbufErrors, TCP retransmits. Benchmark only: no pass/fail, it prints figures.
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 RUNS=3 DURATION=10 UDP_RATE=300M OUT="" QUICK=0 NO_BUILD=0 PROFILE=0
-CASES="raw fb-wg fb-quic fb-wg-relay wireguard-go boringtun"
+CASES="raw fb-wg fb-quic fb-wg-relay fb-wg-hub-decrypt wireguard-go boringtun"
 ARGS="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -151,27 +152,37 @@ YAML
     start "$NA" "$WORK/a.log" "$FB" dataplane --config "$WORK/a.yaml"
 }
 
-# fleetboard wg, A -> hub H -> B.
+# fleetboard wg, A -> hub H -> B. $1 = e2e: A and B keep a session with each other and the
+# hub forwards their ciphertext (relay: true, `via`; what the agents configure for wg members);
+# $1 = decrypt: the hub decrypts and re-encrypts (what a quic member's traffic gets).
 up_fb_relay() {
+    local mode="$1" relay="" via_a="" via_b=""
     net_relay
     fb_keys a b h
+    if [ "$mode" = e2e ]; then
+        relay="relay: true"
+        via_a="  - { name: b, public_key: \"$(cat "$WORK/b.pub")\", via: \"$(cat "$WORK/h.pub")\", allowed_ips: [\"100.64.2.0/24\"], persistent_keepalive: 5 }"
+        via_b="  - { name: a, public_key: \"$(cat "$WORK/a.pub")\", via: \"$(cat "$WORK/h.pub")\", allowed_ips: [\"100.64.1.0/24\"], persistent_keepalive: 5 }"
+    fi
     cat >"$WORK/h.yaml" <<YAML
 interface: { name: fb0, addresses: ["100.64.0.1/10"] }
 private_key: "$(cat "$WORK/h.key")"
 admin: { socket: "$WORK/h.sock" }
+$relay
 peers:
   - { name: a, public_key: "$(cat "$WORK/a.pub")", allowed_ips: ["100.64.1.0/24"] }
   - { name: b, public_key: "$(cat "$WORK/b.pub")", allowed_ips: ["100.64.2.0/24"] }
 YAML
-    local n addr hub
+    local n addr hub via
     for n in a b; do
-        [ "$n" = a ] && addr=100.64.1.1 hub=198.18.1.2 || addr=100.64.2.1 hub=198.18.2.2
+        [ "$n" = a ] && addr=100.64.1.1 hub=198.18.1.2 via="$via_a" || addr=100.64.2.1 hub=198.18.2.2 via="$via_b"
         cat >"$WORK/$n.yaml" <<YAML
 interface: { name: fb0, addresses: ["$addr/10"] }
 private_key: "$(cat "$WORK/$n.key")"
 admin: { socket: "$WORK/$n.sock" }
 peers:
   - { name: hub, public_key: "$(cat "$WORK/h.pub")", endpoint: "$hub:31820", allowed_ips: ["100.64.0.0/10"], persistent_keepalive: 5 }
+$via
 YAML
     done
     start "$NH" "$WORK/h.log" "$FB" dataplane --config "$WORK/h.yaml"
@@ -207,7 +218,8 @@ case_up() {
         raw) net_direct; DST=198.18.0.2 ;;
         fb-wg) up_fb_direct wg; DST=100.64.2.1 ;;
         fb-quic) up_fb_direct quic; DST=100.64.2.1 ;;
-        fb-wg-relay) up_fb_relay; DST=100.64.2.1 ;;
+        fb-wg-relay) up_fb_relay e2e; DST=100.64.2.1 ;;
+        fb-wg-hub-decrypt) up_fb_relay decrypt; DST=100.64.2.1 ;;
         wireguard-go | boringtun) up_wg_tool "$1"; DST=100.64.2.1 ;;
         *) echo "run.sh: unknown case $1" >&2; exit 2 ;;
     esac

@@ -48,7 +48,8 @@ const CASES: &[(&str, &str)] = &[
     ("raw", "raw veth (no tunnel)"),
     ("fb-wg", "fleetboard wg"),
     ("fb-quic", "fleetboard quic"),
-    ("fb-wg-relay", "fleetboard wg, relayed by hub"),
+    ("fb-wg-relay", "fleetboard wg, relayed by hub (end to end)"),
+    ("fb-wg-hub-decrypt", "fleetboard wg, hub decrypts + re-encrypts"),
     ("wireguard-go", "wireguard-go"),
     ("boringtun", "boringtun-cli"),
 ];
