@@ -31,12 +31,14 @@ pub fn quic_port(port: u16) -> u16 {
 
 /// The TUN MTU for a cluster whose gateway carries `transport` (over a 1500-byte underlay):
 /// every node of the cluster uses it, so no packet a node sends is too big for the gateway's
-/// tunnel — WireGuard's 1420, QUIC's 1414 (its overhead over a dual-stack socket is IPv6's).
+/// tunnel. wg: WireGuard's 1420 minus the 8-byte relay header of the end-to-end relay through
+/// the hub (1412); quic: 1414 (its overhead over a dual-stack socket is IPv6's).
 pub fn tunnel_mtu(transport: crate::crd::peer::Transport) -> u16 {
     use fleetboard_dataplane::core::config::DEFAULT_MTU;
     use fleetboard_dataplane::core::mtu::{self, Encapsulation, UnderlayFamily};
+    use fleetboard_dataplane::core::relay::RELAY_HEADER;
     match transport {
-        crate::crd::peer::Transport::Wg => DEFAULT_MTU,
+        crate::crd::peer::Transport::Wg => DEFAULT_MTU - RELAY_HEADER as u16,
         crate::crd::peer::Transport::Quic => DEFAULT_MTU.min(mtu::tunnel_mtu(
             fleetboard_dataplane::core::quic_config::DEFAULT_UNDERLAY_MTU,
             Encapsulation::Quic,

@@ -306,6 +306,7 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
             },
         );
     }
+    c.local = vec![own_block];
     if local.is_public {
         for p in i.peers {
             if p.spec.is_hub
@@ -347,7 +348,58 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
             );
         }
     }
+    if local.transport == Transport::Wg {
+        push_relayed_members(&mut c, &mut keys, &mut cidrs, i.peers, &local.cluster_id, hub_key);
+    }
     Some(c)
+}
+
+/// Every other wg member that is not a direct peer, reached end to end through the hub: this
+/// gateway keeps its own WireGuard session with the member's gateway, and the hub only
+/// forwards the ciphertext (`PeerConfig::via`, see `fleetboard_dataplane::core::relay`).
+fn push_relayed_members(
+    c: &mut DataplaneConfig,
+    keys: &mut HashSet<PublicKey>,
+    cidrs: &mut HashSet<IpNet>,
+    peers: &[PeerInfo],
+    own_cluster: &str,
+    hub_key: PublicKey,
+) {
+    for p in peers {
+        if p.spec.is_hub
+            || p.name == own_cluster
+            || p.spec.transport != Transport::Wg
+            || p.allocated.is_empty()
+        {
+            continue;
+        }
+        let Some(key) = p
+            .spec
+            .public_key
+            .as_deref()
+            .and_then(|k| PublicKey::from_base64(k).ok())
+        else {
+            continue;
+        };
+        if keys.contains(&key) {
+            continue; // a direct peer already
+        }
+        push_peer(
+            c,
+            keys,
+            cidrs,
+            PeerConfig {
+                public_key: key,
+                name: Some(p.name.clone()),
+                endpoint: None,
+                allowed_ips: p.allocated.clone(),
+                persistent_keepalive: Some(KEEPALIVE_SECS),
+                transport: Some(DpTransport::Wg),
+                fingerprint: None,
+                via: Some(hub_key),
+            },
+        );
+    }
 }
 
 /// Inputs of [`node_config`].
@@ -381,6 +433,7 @@ pub fn node_config(i: &NodeInputs<'_>) -> Option<DataplaneConfig> {
     if cluster_key == i.node_key.public_key() || tunnel.is_empty() {
         return None;
     }
+    c.local = vec![own_block];
     c.peers.push(PeerConfig {
         public_key: cluster_key,
         name: Some("gateway".into()),
@@ -536,7 +589,58 @@ mod tests {
         peers[2].spec.is_public = true;
         let nodes = vec![node("n1", "1", None, 1, "198.18.0.1")];
         let c = gateway_of(&l, &peers, &nodes);
+        c.validate().unwrap();
         let names: Vec<_> = c.peers.iter().map(|p| p.name.clone().unwrap()).collect();
-        assert_eq!(names, ["hub", "b"]);
+        assert_eq!(names, ["hub", "b", "c"]);
+        // b is public: direct. c is not: end to end through the hub.
+        assert!(c.peers[1].endpoint.is_some() && c.peers[1].via.is_none());
+        assert_eq!(c.peers[2].via, Some(key(9).public_key()));
+        assert_eq!(c.peers[2].endpoint, None);
+    }
+
+    #[test]
+    fn wg_members_reach_each_other_end_to_end_through_the_hub() {
+        let l = local("n1");
+        let mut peers = vec![
+            peer("hub", true, 9, &["100.64.0.0/10"], &[]),
+            peer("a", false, 7, &[], &["100.65.0.0/16"]),
+            peer("b", false, 8, &[], &["100.66.0.0/16"]),
+            peer("q", false, 6, &[], &["100.67.0.0/16"]),
+        ];
+        peers[3].spec.transport = Transport::Quic;
+        let nodes = vec![
+            node("n1", "1", None, 1, "198.18.0.1"),
+            node("n2", "2", None, 2, "198.18.0.2"),
+        ];
+        let c = gateway_of(&l, &peers, &nodes);
+        c.validate().unwrap();
+        let names: Vec<_> = c.peers.iter().map(|p| p.name.clone().unwrap()).collect();
+        // q uses QUIC: its traffic goes to the hub, which decrypts it (the /10 route).
+        assert_eq!(names, ["hub", "node-n2", "b"]);
+        assert_eq!(c.peers[2].via, Some(key(9).public_key()));
+        assert_eq!(c.peers[2].public_key, key(8).public_key());
+        assert_eq!(c.peers[2].allowed_ips[0].to_string(), "100.66.0.0/16");
+        // This node's own block is delivered locally, never sent back to the hub.
+        assert_eq!(c.local, vec!["100.65.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.interface.mtu, 1412);
+
+        // A quic member gets no relayed peers: the hub terminates its tunnel.
+        let mut lq = local("n1");
+        lq.transport = Transport::Quic;
+        let (blocks, _) = plan_node_blocks(&peers[1].allocated, 24, &nodes).unwrap();
+        let cq = gateway_config(&GatewayInputs {
+            local: &lq,
+            cluster_key: key(7),
+            quic: Some(QuicFiles {
+                certificate: "/c".into(),
+                private_key: "/k".into(),
+            }),
+            peers: &peers,
+            nodes: &nodes,
+            blocks: &blocks,
+            resolve: &HashMap::new(),
+        })
+        .unwrap();
+        assert!(cq.peers.iter().all(|p| p.via.is_none()), "{:?}", cq.peers);
     }
 }

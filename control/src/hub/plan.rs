@@ -305,7 +305,8 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
         // Service VIPs (MCS ClusterSetIP) are fed by the MCS controllers when they run.
         services: Vec::new(),
         local: vec![],
-        relay: false,
+        // wg members reach each other end to end through the hub: forward their ciphertext.
+        relay: true,
         admin: AdminConfig {
             socket: hub.admin_socket.clone(),
         },
