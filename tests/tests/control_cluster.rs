@@ -173,6 +173,29 @@ async fn join_move_scenario(transport: &'static str) {
     tcp_transfer(&f, "a2", "b2", ip_of(&ips, "b2"));
     tcp_transfer(&f, "b1", "a1", ip_of(&ips, "a1"));
 
+    // wg members talk end to end: the hub forwarded their ciphertext without decrypting it,
+    // and a's gateway holds a session with b's (via the hub). quic traffic is terminated.
+    let hub = f.dataplane_show(&f.hub.replicas[0].socket()).unwrap();
+    let relayed = hub["relayed_bytes"].as_u64().unwrap_or(0);
+    let a_gw = f.gateway(0).await.unwrap().unwrap();
+    let a_show = f.dataplane_show(&f.nodes[f.node(&a_gw)].socket()).unwrap();
+    let b_via_hub = a_show["peers"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["name"] == "b" && p["via"].is_string()));
+    if transport == "wg" {
+        assert!(
+            relayed >= 1 << 20,
+            "hub relayed {relayed} bytes end to end\n{hub}"
+        );
+        assert!(
+            b_via_hub,
+            "a's gateway has no peer b via the hub:\n{a_show}"
+        );
+    } else {
+        assert_eq!(relayed, 0, "quic traffic is not relayed end to end\n{hub}");
+        assert!(!b_via_hub, "{a_show}");
+    }
+
     let table = kubectl_get_peers(&f);
     for want in ["hub", "a", "b", transport] {
         assert!(table.contains(want), "{want} missing in:\n{table}");

@@ -349,7 +349,14 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
         }
     }
     if local.transport == Transport::Wg {
-        push_relayed_members(&mut c, &mut keys, &mut cidrs, i.peers, &local.cluster_id, hub_key);
+        push_relayed_members(
+            &mut c,
+            &mut keys,
+            &mut cidrs,
+            i.peers,
+            &local.cluster_id,
+            hub_key,
+        );
     }
     Some(c)
 }

@@ -49,7 +49,10 @@ const CASES: &[(&str, &str)] = &[
     ("fb-wg", "fleetboard wg"),
     ("fb-quic", "fleetboard quic"),
     ("fb-wg-relay", "fleetboard wg, relayed by hub (end to end)"),
-    ("fb-wg-hub-decrypt", "fleetboard wg, hub decrypts + re-encrypts"),
+    (
+        "fb-wg-hub-decrypt",
+        "fleetboard wg, hub decrypts + re-encrypts",
+    ),
     ("wireguard-go", "wireguard-go"),
     ("boringtun", "boringtun-cli"),
 ];
