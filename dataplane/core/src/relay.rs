@@ -85,7 +85,7 @@ impl<T> Default for RelayIndex<T> {
 impl<T: Copy> RelayIndex<T> {
     /// An index of `entries` (config validation refuses duplicate ids first).
     pub fn new(mut entries: Vec<(RelayId, T)>) -> Self {
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         Self { ids: entries }
     }
 
