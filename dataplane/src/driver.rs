@@ -221,11 +221,25 @@ impl DataplaneDriver {
                             }
                         };
                         for i in 0..n {
-                            let (from, datagrams) = rx.datagrams(i);
-                            for d in datagrams {
+                            let (from, buf, stride) = rx.buffer(i);
+                            // Relay messages forwarded to one destination leave together,
+                            // straight from the receive buffer: `fwd` is that run so far.
+                            let mut fwd = ForwardRun::default();
+                            for (k, d) in buf.chunks(stride).enumerate() {
                                 let a = self.core.handle_udp(now, from, d, tun_tx.slot());
+                                if let Action::Forward(t) = a
+                                    && fwd.extends(t, k, d.len() == stride)
+                                {
+                                    continue;
+                                }
+                                fwd.send(buf, stride, &self.udp, &mut self.core).await;
+                                if let Action::Forward(t) = a {
+                                    fwd = ForwardRun::start(t, k, d.len() == stride);
+                                    continue;
+                                }
                                 perform_rx(a, d, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
+                            fwd.send(buf, stride, &self.udp, &mut self.core).await;
                         }
                     }
                     flush_tun(&self.tun, &mut tun_tx, &mut self.core).await;
@@ -369,6 +383,7 @@ async fn perform_rx(
             tx.out()[..t.len].copy_from_slice(&tun_tx.slot()[..t.len]);
             tx.push(udp, core, t.dst, t.peer, t.len).await;
         }
+        // (The UDP receive loop sends forwarded datagrams itself, from its buffer.)
         Action::Forward(t) => {
             tx.out()[..t.len].copy_from_slice(&input[..t.len]);
             tx.push(udp, core, t.dst, t.peer, t.len).await;
@@ -376,6 +391,48 @@ async fn perform_rx(
         Action::SendPeer { len, .. } => {
             tx.out()[..len].copy_from_slice(&tun_tx.slot()[..len]);
             perform(a, Origin::Peer, tx, udp, tun, core, quic).await;
+        }
+    }
+}
+
+/// Consecutive datagrams of one receive buffer that the relay forwards to the same
+/// destination: datagrams `first..end` of the buffer (all full-size but the last).
+#[derive(Default)]
+struct ForwardRun {
+    dst: Option<SocketAddr>,
+    peer: Option<fleetboard_dataplane_core::PeerId>,
+    first: usize,
+    end: usize,
+    /// The last datagram was shorter than the stride: nothing may follow it in one send.
+    closed: bool,
+}
+
+impl ForwardRun {
+    fn start(t: fleetboard_dataplane_core::Transmit, k: usize, full: bool) -> Self {
+        Self {
+            dst: Some(t.dst),
+            peer: t.peer,
+            first: k,
+            end: k + 1,
+            closed: !full,
+        }
+    }
+
+    /// Adds datagram `k` (forwarded by `t`) when it continues this run.
+    fn extends(&mut self, t: fleetboard_dataplane_core::Transmit, k: usize, full: bool) -> bool {
+        if self.dst != Some(t.dst) || self.closed || self.end != k {
+            return false;
+        }
+        self.end = k + 1;
+        self.closed = !full;
+        true
+    }
+
+    /// Sends the run (one GSO send) and empties it.
+    async fn send(&mut self, buf: &[u8], stride: usize, udp: &UdpIo, core: &mut Dataplane) {
+        if let Some(dst) = self.dst.take() {
+            let bytes = &buf[self.first * stride..(self.end * stride).min(buf.len())];
+            crate::udp::send_segments(udp, core, dst, self.peer, bytes, stride).await;
         }
     }
 }

@@ -156,11 +156,12 @@ impl Default for RxBatch {
 }
 
 impl RxBatch {
-    /// The datagrams of buffer `i` (GRO may have put several of `stride` bytes in one).
-    pub fn datagrams(&self, i: usize) -> (SocketAddr, std::slice::Chunks<'_, u8>) {
+    /// Buffer `i`: its sender, its bytes and the size of each datagram in it (GRO may have
+    /// put several of `stride` bytes in one, the last one possibly shorter).
+    pub fn buffer(&self, i: usize) -> (SocketAddr, &[u8], usize) {
         let m = &self.meta[i];
         let from = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-        (from, self.bufs[i][..m.len].chunks(m.stride.max(1)))
+        (from, &self.bufs[i][..m.len], m.stride.max(1))
     }
 }
 
@@ -238,30 +239,61 @@ impl TxBatch {
             return;
         }
         let dst = self.dst.expect("batch has a destination");
-        let seg = (self.segs > 1).then_some(self.seg);
-        match udp.send(dst, &self.buf[..self.len], seg).await {
-            Ok(()) => {}
-            // The kernel refused GSO (EIO/EINVAL: a device without it) and quinn-udp turned
-            // it off for the socket: count it and send this batch one datagram at a time.
-            Err(e) if seg.is_some() && udp.max_segments() == 1 => {
-                GSO_FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(error = %e, %dst, "udp GSO refused; sending without it");
-                for d in self.buf[..self.len].chunks(self.seg) {
-                    if udp.send(dst, d, None).await.is_err() {
-                        core.count_drop(self.peers[0], DropReason::SendFailed);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, %dst, "udp send");
-                for _ in 0..self.segs {
-                    core.count_drop(self.peers[0], DropReason::SendFailed);
-                }
-            }
-        }
+        send_segments(
+            udp,
+            core,
+            dst,
+            self.peers[0],
+            &self.buf[..self.len],
+            self.seg,
+        )
+        .await;
         self.len = 0;
         self.segs = 0;
         self.short = false;
         self.dst = None;
+    }
+}
+
+/// Sends `contents`, datagrams of `seg` bytes (the last may be shorter) to `dst` in one GSO
+/// send where it can. The relay forwards a received GRO batch with it straight from the
+/// receive buffer, without copying it.
+pub async fn send_segments(
+    udp: &UdpIo,
+    core: &mut Dataplane,
+    dst: SocketAddr,
+    peer: Option<PeerId>,
+    contents: &[u8],
+    seg: usize,
+) {
+    let segs = contents.len().div_ceil(seg.max(1));
+    let max = udp.max_segments();
+    if segs > max {
+        // More than one GSO send holds (a GRO batch larger than this socket's GSO limit).
+        for part in contents.chunks(seg * max) {
+            Box::pin(send_segments(udp, core, dst, peer, part, seg)).await;
+        }
+        return;
+    }
+    let gso = (segs > 1).then_some(seg);
+    match udp.send(dst, contents, gso).await {
+        Ok(()) => {}
+        // The kernel refused GSO (EIO/EINVAL: a device without it) and quinn-udp turned
+        // it off for the socket: count it and send these one datagram at a time.
+        Err(e) if gso.is_some() && udp.max_segments() == 1 => {
+            GSO_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(error = %e, %dst, "udp GSO refused; sending without it");
+            for d in contents.chunks(seg) {
+                if udp.send(dst, d, None).await.is_err() {
+                    core.count_drop(peer, DropReason::SendFailed);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, %dst, "udp send");
+            for _ in 0..segs {
+                core.count_drop(peer, DropReason::SendFailed);
+            }
+        }
     }
 }
