@@ -239,6 +239,9 @@ emit() { # emit METRIC VALUE (nothing when the value is missing)
     printf '{"case":"%s","run":%s,"metric":"%s","value":%s}\n' "$CASE" "$RUN" "$1" "$2" >>"$RUNLOG"
 }
 cpu_ticks() { local p t=0; for p in $PIDS; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done; echo "$t"; }
+# sched_sum: the tunnel processes' (all threads') /proc/PID/task/*/schedstat summed: ns on a
+# CPU, ns waiting on a run queue, times scheduled in.
+sched_sum() { local p; for p in $PIDS; do cat /proc/"$p"/task/*/schedstat; done | awk '{r += $1; w += $2; n += $3} END {printf "%d %d %d\n", r, w, n}'; }
 rss_max() { local p v m=0; for p in $PIDS; do v=$(awk -v k="$1:" '$1 == k {print $2}' "/proc/$p/status"); [ "${v:-0}" -gt "$m" ] && m=$v; done; echo "$m"; }
 rcvbuf() { local ns t=0; for ns in "$NA" "$NB" "$NH"; do ip netns list | grep -q "^$ns" || continue; t=$((t + $(ip netns exec "$ns" nstat -asz UdpRcvbufErrors Udp6RcvbufErrors | awk '!/^#/ {s += $2} END {print s + 0}'))); done; echo "$t"; }
 jget() { python3 -c 'import json,sys
@@ -268,10 +271,22 @@ measure() {
     sleep 0.2
     local count=2000
     [ "$QUICK" = 1 ] && count=500
+    local s0 s1
+    s0=$(sched_sum)
     ip netns exec "$NA" "$PROBE" client --to "$DST:$port" --count "$count" >"$WORK/rtt.json"
+    s1=$(sched_sum)
     kill "$probe" 2>/dev/null || true
     emit rtt_p50_us "$(jget "$WORK/rtt.json" p50_us)"
     emit rtt_p99_us "$(jget "$WORK/rtt.json" p99_us)"
+    # Where a round trip's added time goes (tunnel processes, per probe): µs running on a CPU,
+    # µs runnable but waiting for one, and times scheduled in (wake-ups). The rest of the added
+    # RTT is wake-up latency the scheduler does not count (idle exit, IPIs) and the kernel's path.
+    if [ -n "$PIDS" ]; then
+        read -r r0 w0 n0 <<<"$s0"; read -r r1 w1 n1 <<<"$s1"
+        emit rtt_run_us_per_probe "$(awk -v d=$((r1 - r0)) -v c="$count" 'BEGIN {printf "%.2f", d / c / 1000}')"
+        emit rtt_runq_us_per_probe "$(awk -v d=$((w1 - w0)) -v c="$count" 'BEGIN {printf "%.2f", d / c / 1000}')"
+        emit rtt_wakeups_per_probe "$(awk -v d=$((n1 - n0)) -v c="$count" 'BEGIN {printf "%.2f", d / c}')"
+    fi
     # TCP
     cpu0=$(cpu_ticks) rb0=$(rcvbuf)
     local prof=""

@@ -208,6 +208,29 @@ fn markdown(meta: &serde_json::Value, sum: &dyn Fn(&str, &str) -> Option<Summary
             cell(sum(id, "tcp4_retrans"), 0),
         );
     }
+    if CASES.iter().any(|(id, _)| sum(id, "rtt_run_us_per_probe").is_some()) {
+        s += "\n### Where the RTT goes (tunnel processes, per probe round trip)\n\n\
+              From `/proc/<pid>/task/*/schedstat` around the RTT probe: time running on a CPU, \
+              time runnable but waiting for one, and wake-ups. What the added RTT has beyond \
+              them is wake-up latency the scheduler does not count (idle exit, IPIs) plus the \
+              kernel's own path (veth, UDP, TUN).\n\n\
+              | case | added p50 µs | running µs | run-queue wait µs | wake-ups |\n|---|---|---|---|---|\n";
+        for (id, label) in CASES {
+            if sum(id, "rtt_run_us_per_probe").is_none() {
+                continue;
+            }
+            let added = match (sum(id, "rtt_p50_us"), raw_p50) {
+                (Some(p), Some(r)) => format!("{:.0}", p.median - r),
+                _ => "–".into(),
+            };
+            s += &format!(
+                "| {label} | {added} | {} | {} | {} |\n",
+                cell(sum(id, "rtt_run_us_per_probe"), 1),
+                cell(sum(id, "rtt_runq_us_per_probe"), 1),
+                cell(sum(id, "rtt_wakeups_per_probe"), 1),
+            );
+        }
+    }
     s += "\n### Targets of issue 9 (ratios of medians, this run)\n\n";
     s += "| target | measured | met |\n|---|---|---|\n";
     let med = |c: &str, k: &str| sum(c, k).map(|x| x.median);
