@@ -294,7 +294,7 @@ async fn restarted_agents_keep_cidr_and_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_peer_is_reclaimed_and_its_routes_disappear() {
-    // Members behind the hub (direct tunnels between `--public` members are not covered yet).
+    // Members behind the hub (direct tunnels: `public_members_talk_directly_without_the_hub`).
     let mut f = fleet("wg", &[]).await;
     let _ips = joined(&f).await;
     let b = peer(&f, "b").await.unwrap();
@@ -353,4 +353,51 @@ async fn deleted_peer_is_reclaimed_and_its_routes_disappear() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
     assert_eq!(got, b_block, "b's block was reclaimed and handed to c");
+}
+
+/// `--public` members tunnel to each other directly: the transfer between them never crosses
+/// the hub (which relays nothing and carries only their keepalives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_members_talk_directly_without_the_hub() {
+    let f = fleet("wg", &["--public"]).await;
+    let ips = joined(&f).await;
+    let a_gw = f.gateway(0).await.unwrap().unwrap();
+    let a_socket = f.nodes[f.node(&a_gw)].socket();
+    let direct_b = |show: &serde_json::Value| {
+        show["peers"].as_array().and_then(|ps| {
+            ps.iter()
+                .find(|p| p["name"] == "b" && p["via"].is_null() && p["endpoint"].is_string())
+                .cloned()
+        })
+    };
+    wait_for("a's gateway has a direct peer b", DEADLINE, POLL, || {
+        Ok(direct_b(&f.dataplane_show(&a_socket)?).map(|_| ()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    let hub_socket = f.hub.replicas[0].socket();
+    let hub_rx = |show: &serde_json::Value| -> u64 {
+        show["peers"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| p["counters"]["rx_bytes"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = hub_rx(&f.dataplane_show(&hub_socket).unwrap());
+    tcp_transfer(&f, "a2", "b2", ip_of(&ips, "b2"));
+    tcp_transfer(&f, "b1", "a1", ip_of(&ips, "a1"));
+    let hub = f.dataplane_show(&hub_socket).unwrap();
+    let through_hub = hub_rx(&hub) - before;
+    assert!(
+        through_hub < TRANSFER_BYTES as u64 / 4,
+        "{through_hub} bytes crossed the hub during two {TRANSFER_BYTES}-byte transfers\n{hub}"
+    );
+    assert_eq!(hub["relayed_bytes"].as_u64().unwrap_or(0), 0, "{hub}");
+    let b = direct_b(&f.dataplane_show(&a_socket).unwrap()).unwrap();
+    assert!(
+        b["counters"]["rx_bytes"].as_u64().unwrap_or(0) >= TRANSFER_BYTES as u64,
+        "a's gateway received the b1 -> a1 transfer from b directly: {b}"
+    );
 }

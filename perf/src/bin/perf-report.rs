@@ -208,7 +208,10 @@ fn markdown(meta: &serde_json::Value, sum: &dyn Fn(&str, &str) -> Option<Summary
             cell(sum(id, "tcp4_retrans"), 0),
         );
     }
-    if CASES.iter().any(|(id, _)| sum(id, "rtt_run_us_per_probe").is_some()) {
+    if CASES
+        .iter()
+        .any(|(id, _)| sum(id, "rtt_run_us_per_probe").is_some())
+    {
         s += "\n### Where the RTT goes (tunnel processes, per probe round trip)\n\n\
               From `/proc/<pid>/task/*/schedstat` around the RTT probe: time running on a CPU, \
               time runnable but waiting for one, and wake-ups. What the added RTT has beyond \
