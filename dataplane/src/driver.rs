@@ -237,7 +237,7 @@ impl DataplaneDriver {
                                     fwd = ForwardRun::start(t, k, d.len() == stride);
                                     continue;
                                 }
-                                perform_rx(a, d, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                                perform_rx(a, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                             }
                             fwd.send(buf, stride, &self.udp, &mut self.core).await;
                         }
@@ -250,7 +250,7 @@ impl DataplaneDriver {
                     let mut done = 0;
                     while let Some(m) = next {
                         let a = self.core.handle_peer_packet(now, m.peer, &m.packet, tun_tx.slot());
-                        perform_rx(a, &m.packet, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
+                        perform_rx(a, &mut tun_tx, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         done += 1;
                         next = if done < BATCH {
                             self.quic.as_mut().and_then(|q| q.try_recv())
@@ -358,12 +358,9 @@ enum Origin {
 
 /// Carries out what the core decided for a packet that arrived from a peer (its bytes are at
 /// `tun_tx.slot()`): queue it for the TUN (the common case, no copy), or copy it to the UDP
-/// batch / QUIC link (relay, handshake replies). `input` is what arrived (a relay message is
-/// forwarded from there unchanged).
-#[allow(clippy::too_many_arguments)]
+/// batch / QUIC link (relay, handshake replies).
 async fn perform_rx(
     a: Action,
-    input: &[u8],
     tun_tx: &mut TunTx,
     tx: &mut TxBatch,
     udp: &UdpIo,
@@ -372,7 +369,8 @@ async fn perform_rx(
     quic: &mut Option<crate::quic::QuicLink>,
 ) {
     match a {
-        Action::None => {}
+        // Forwarded relay messages leave from the UDP receive loop's own buffer (`ForwardRun`).
+        Action::None | Action::Forward(_) => {}
         Action::WriteTun { len } => {
             tun_tx.commit(len);
             if tun_tx.is_full() {
@@ -381,11 +379,6 @@ async fn perform_rx(
         }
         Action::SendUdp(t) => {
             tx.out()[..t.len].copy_from_slice(&tun_tx.slot()[..t.len]);
-            tx.push(udp, core, t.dst, t.peer, t.len).await;
-        }
-        // (The UDP receive loop sends forwarded datagrams itself, from its buffer.)
-        Action::Forward(t) => {
-            tx.out()[..t.len].copy_from_slice(&input[..t.len]);
             tx.push(udp, core, t.dst, t.peer, t.len).await;
         }
         Action::SendPeer { len, .. } => {
@@ -458,7 +451,7 @@ async fn perform(
     // At most two rounds: the packet, then the ICMP error answering it.
     for round in 0..2 {
         match a {
-            // Forward answers only a datagram from the network (`perform_rx`).
+            // Forward answers only a datagram from the network (the UDP receive loop).
             Action::None | Action::Forward(_) => {}
             Action::SendUdp(t) => tx.push(udp, core, t.dst, t.peer, t.len).await,
             Action::WriteTun { len } => {

@@ -266,33 +266,33 @@ pub async fn send_segments(
     contents: &[u8],
     seg: usize,
 ) {
-    let segs = contents.len().div_ceil(seg.max(1));
-    let max = udp.max_segments();
-    if segs > max {
-        // More than one GSO send holds (a GRO batch larger than this socket's GSO limit).
-        for part in contents.chunks(seg * max) {
-            Box::pin(send_segments(udp, core, dst, peer, part, seg)).await;
-        }
-        return;
-    }
-    let gso = (segs > 1).then_some(seg);
-    match udp.send(dst, contents, gso).await {
-        Ok(()) => {}
-        // The kernel refused GSO (EIO/EINVAL: a device without it) and quinn-udp turned
-        // it off for the socket: count it and send these one datagram at a time.
-        Err(e) if gso.is_some() && udp.max_segments() == 1 => {
-            GSO_FALLBACKS.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(error = %e, %dst, "udp GSO refused; sending without it");
-            for d in contents.chunks(seg) {
-                if udp.send(dst, d, None).await.is_err() {
-                    core.count_drop(peer, DropReason::SendFailed);
+    let seg = seg.max(1);
+    let mut rest = contents;
+    while !rest.is_empty() {
+        // At most one GSO send's worth at a time (a GRO batch may hold more segments than
+        // this socket's GSO limit, which also drops to 1 after a fallback).
+        let (part, tail) = rest.split_at(rest.len().min(seg * udp.max_segments()));
+        rest = tail;
+        let segs = part.len().div_ceil(seg);
+        let gso = (segs > 1).then_some(seg);
+        match udp.send(dst, part, gso).await {
+            Ok(()) => {}
+            // The kernel refused GSO (EIO/EINVAL: a device without it) and quinn-udp turned
+            // it off for the socket: count it and send these one datagram at a time.
+            Err(e) if gso.is_some() && udp.max_segments() == 1 => {
+                GSO_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(error = %e, %dst, "udp GSO refused; sending without it");
+                for d in part.chunks(seg) {
+                    if udp.send(dst, d, None).await.is_err() {
+                        core.count_drop(peer, DropReason::SendFailed);
+                    }
                 }
             }
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, %dst, "udp send");
-            for _ in 0..segs {
-                core.count_drop(peer, DropReason::SendFailed);
+            Err(e) => {
+                tracing::debug!(error = %e, %dst, "udp send");
+                for _ in 0..segs {
+                    core.count_drop(peer, DropReason::SendFailed);
+                }
             }
         }
     }

@@ -17,16 +17,7 @@ fn peers_are_added_and_removed_at_runtime_through_the_admin_api() {
     t.a.wait_ping(HUB_V4, &t.logs());
     assert!(!t.b.ping_once(A_V4), "gw-b is not a peer of the hub yet");
 
-    let gw_a_handshake = |t: &Topology| {
-        t.hub
-            .status()
-            .peers
-            .iter()
-            .find(|p| p.name.as_deref() == Some("gw-a"))
-            .unwrap()
-            .counters
-            .rx_packets
-    };
+    let gw_a_handshake = |t: &Topology| peer_named(&t.hub.status(), "gw-a").counters.rx_packets;
     let before = gw_a_handshake(&t);
     let kb = t.b.key.clone();
     block_on(t.hub.admin().upsert_peer(peer(

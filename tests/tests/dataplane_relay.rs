@@ -28,16 +28,8 @@ fn relay_64mib(transport: Transport) {
 
     // It went through the hub's relay: the hub received and sent at least 64 MiB.
     let s = t.hub.status();
-    let gw_a = s
-        .peers
-        .iter()
-        .find(|p| p.name.as_deref() == Some("gw-a"))
-        .unwrap();
-    let gw_b = s
-        .peers
-        .iter()
-        .find(|p| p.name.as_deref() == Some("gw-b"))
-        .unwrap();
+    let gw_a = peer_named(&s, "gw-a");
+    let gw_b = peer_named(&s, "gw-b");
     assert!(
         gw_a.counters.rx_bytes >= 64 << 20,
         "hub rx from gw-a: {:?}",
@@ -89,11 +81,7 @@ fn end_to_end_relay_64mib_arrives_and_the_hub_only_forwards() {
     );
     // gw-b decrypted it from gw-a's own session, and never took the hub's address for gw-a.
     let b = t.b.status();
-    let a_at_b = b
-        .peers
-        .iter()
-        .find(|p| p.name.as_deref() == Some("gw-a"))
-        .unwrap();
+    let a_at_b = peer_named(&b, "gw-a");
     assert!(
         a_at_b.counters.rx_bytes >= 64 << 20,
         "{:?}",

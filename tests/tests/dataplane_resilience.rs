@@ -72,11 +72,7 @@ fn wrong_key(transport: Transport) {
         assert!(!t.b.ping_once(HUB_V4), "wrong key got through to the hub");
     }
     let s = t.hub.status();
-    let gw_b = s
-        .peers
-        .iter()
-        .find(|p| p.name.as_deref() == Some("gw-b"))
-        .unwrap();
+    let gw_b = peer_named(&s, "gw-b");
     assert_eq!(
         gw_b.counters.rx_packets, 0,
         "nothing accepted from the wrong key: {gw_b:?}"

@@ -309,20 +309,10 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
     c.local = vec![own_block];
     if local.is_public {
         for p in i.peers {
-            if p.spec.is_hub
-                || p.name == local.cluster_id
-                || !p.spec.is_public
-                || p.spec.transport != local.transport
-                || p.allocated.is_empty()
-            {
+            if !p.spec.is_public || p.spec.transport != local.transport {
                 continue;
             }
-            let Some(key) = p
-                .spec
-                .public_key
-                .as_deref()
-                .and_then(|k| PublicKey::from_base64(k).ok())
-            else {
+            let Some(key) = other_member_key(p, &local.cluster_id) else {
                 continue;
             };
             if local.transport == Transport::Quic && p.spec.cert_fingerprint.is_none() {
@@ -361,6 +351,15 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
     Some(c)
 }
 
+/// The public key of `p` when it is another member with a block (not the hub, not this
+/// cluster, not yet allocated, or without a valid key: `None`).
+fn other_member_key(p: &PeerInfo, own_cluster: &str) -> Option<PublicKey> {
+    if p.spec.is_hub || p.name == own_cluster || p.allocated.is_empty() {
+        return None;
+    }
+    PublicKey::from_base64(p.spec.public_key.as_deref()?).ok()
+}
+
 /// Every other wg member that is not a direct peer, reached end to end through the hub: this
 /// gateway keeps its own WireGuard session with the member's gateway, and the hub only
 /// forwards the ciphertext (`PeerConfig::via`, see `fleetboard_dataplane::core::relay`).
@@ -373,19 +372,10 @@ fn push_relayed_members(
     hub_key: PublicKey,
 ) {
     for p in peers {
-        if p.spec.is_hub
-            || p.name == own_cluster
-            || p.spec.transport != Transport::Wg
-            || p.allocated.is_empty()
-        {
+        if p.spec.transport != Transport::Wg {
             continue;
         }
-        let Some(key) = p
-            .spec
-            .public_key
-            .as_deref()
-            .and_then(|k| PublicKey::from_base64(k).ok())
-        else {
+        let Some(key) = other_member_key(p, own_cluster) else {
             continue;
         };
         if keys.contains(&key) {

@@ -496,7 +496,7 @@ impl Dataplane {
             Ok(SessionOutput::Network(a, b)) => {
                 // A handshake answer: back the way the message came.
                 let header = relayed.then(|| RelayId::of(&peer.config.public_key));
-                let off = if relayed { RELAY_HEADER } else { 0 };
+                let off = header.map_or(0, |_| RELAY_HEADER);
                 if out.len() < b - a + off {
                     return self.drop(Some(id), DropReason::TooLarge);
                 }
@@ -807,7 +807,7 @@ fn send_to(
             let Some((dst, header)) = path else {
                 return Err(DropReason::NoEndpoint);
             };
-            let off = if header.is_some() { RELAY_HEADER } else { 0 };
+            let off = header.map_or(0, |_| RELAY_HEADER);
             if out.len() <= off {
                 return Err(DropReason::TooLarge);
             }

@@ -123,6 +123,13 @@ impl Mesh {
         m
     }
 
+    /// a and b each send one packet to the hub ("a", "b"): the hub learns their endpoints.
+    fn greet_hub(&mut self) {
+        self.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
+        self.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
+        self.run();
+    }
+
     fn act(&mut self, i: usize, a: Action) {
         self.act_on(i, a, &[]);
     }
@@ -270,9 +277,7 @@ fn garbage_and_unknown_keys_are_counted_not_delivered() {
 #[test]
 fn restarted_hub_is_reconnected_by_keepalive_peers() {
     let mut m = Mesh::hub_and_spokes();
-    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
-    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
-    m.run();
+    m.greet_hub();
     for _ in 0..8 {
         m.tick(Duration::from_secs(1));
     }
@@ -293,9 +298,7 @@ fn restarted_hub_is_reconnected_by_keepalive_peers() {
 #[test]
 fn removing_a_peer_at_runtime_stops_its_traffic_only() {
     let mut m = Mesh::hub_and_spokes();
-    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
-    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
-    m.run();
+    m.greet_hub();
     let mut cfg = m.nodes[0].dp.config().clone();
     cfg.peers.retain(|p| p.name.as_deref() != Some("n3"));
     m.nodes[0].dp.apply_config(cfg).unwrap();
@@ -422,9 +425,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn relayed_members_talk_end_to_end_and_the_hub_only_forwards() {
     let mut m = Mesh::end_to_end_relay();
     // The hub learns where a and b are from their own sessions with it.
-    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
-    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
-    m.run();
+    m.greet_hub();
     assert_eq!(m.nodes[0].tun_out.len(), 2);
 
     let secret = b"only a and b can read this";
@@ -471,9 +472,7 @@ fn relayed_members_talk_end_to_end_and_the_hub_only_forwards() {
 #[test]
 fn relayed_sessions_survive_keepalive_timers() {
     let mut m = Mesh::end_to_end_relay();
-    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
-    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
-    m.run();
+    m.greet_hub();
     m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"first"));
     m.run();
     // Keepalives and timer-driven messages of the a-b session take the relay path too.
@@ -490,9 +489,7 @@ fn relayed_sessions_survive_keepalive_timers() {
 #[test]
 fn relay_messages_from_strangers_or_to_non_relays_are_refused() {
     let mut m = Mesh::end_to_end_relay();
-    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
-    m.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
-    m.run();
+    m.greet_hub();
     let now = m.now;
     let mut buf = vec![0; MAX_PACKET];
     // For b, but from an address that is no peer's endpoint: not forwarded.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fleetboard_dataplane::AdminClient;
 use fleetboard_dataplane::core::{
-    AdminConfig, DataplaneConfig, DataplaneStatus, InterfaceConfig, PeerConfig, SecretKey,
-    Transport,
+    AdminConfig, DataplaneConfig, DataplaneStatus, InterfaceConfig, PeerConfig, PeerStatus,
+    SecretKey, Transport,
 };
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::netns::{Netns, Underlay, require_net_admin, unique_token};
@@ -154,6 +154,17 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// The status of the peer named `name` in `s` (panics with the names there are).
+pub fn peer_named<'a>(s: &'a DataplaneStatus, name: &str) -> &'a PeerStatus {
+    s.peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| {
+            let names: Vec<_> = s.peers.iter().map(|p| p.name.clone()).collect();
+            panic!("no peer {name} among {names:?}")
+        })
 }
 
 /// A peer entry for `key`.
