@@ -1,11 +1,9 @@
 //! Runtime changes (admin API, SIGHUP), observability (`/metrics`, `/live`, `/ready`,
 //! `show`), and config errors that name their field.
 
-mod dataplane_support;
-
 use std::time::Duration;
 
-use dataplane_support::*;
+use crate::dataplane_support::*;
 use fleetboard_dataplane::core::DropReason;
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::process::wait_for;

@@ -3,11 +3,9 @@
 //! "fragmentation needed" and clamp the MSS of TCP SYNs; a bulk TCP transfer that would stall
 //! on a black hole completes.
 
-mod dataplane_support;
-
 use std::time::Duration;
 
-use dataplane_support::*;
+use crate::dataplane_support::*;
 use fleetboard_dataplane::core::Transport;
 use fleetboard_tests::process::wait_for;
 

@@ -1,8 +1,6 @@
 //! A 64 MiB TCP transfer from gw-a to gw-b through the hub relay arrives byte-identical.
 
-mod dataplane_support;
-
-use dataplane_support::*;
+use crate::dataplane_support::*;
 use fleetboard_dataplane::core::Transport;
 
 #[test]

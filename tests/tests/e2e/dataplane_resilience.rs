@@ -1,10 +1,8 @@
 //! Bad and broken conditions: a restarted hub, a wrong key, garbage on the UDP port.
 
-mod dataplane_support;
-
 use std::time::Duration;
 
-use dataplane_support::*;
+use crate::dataplane_support::*;
 use fleetboard_dataplane::core::{DropReason, Transport};
 use fleetboard_tests::netns::Netns;
 use fleetboard_tests::process::{ChildGuard, wait_for};

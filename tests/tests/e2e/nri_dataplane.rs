@@ -5,13 +5,11 @@
 //! pod-a (eth-fleet 100.64.1.x) -> gw-a (fbn veth, kernel route 100.64.0.0/10 dev fb0) ->
 //! dataplane gw-a -> hub -> dataplane gw-b -> fb0 -> route 100.64.2.y/32 dev fbn -> pod-b.
 
-mod dataplane_support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use dataplane_support::*;
+use crate::dataplane_support::*;
 use fleetboard_nri::runtime::{NriRuntime, PluginConn, pod_sandbox};
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::netns::{Netns, unique_token};

@@ -19,10 +19,12 @@
 //! inaccessible" and "Connectivity to an exported ClusterIP service should be accessible
 //! through DNS".
 
-mod mcs_support;
-
 use std::path::{Path, PathBuf};
 
+use crate::mcs_support::{
+    await_import, await_no_import, create_namespace, create_pod, create_service, export,
+    ready_addresses, unexport,
+};
 use fleetboard_control::crd::{all_crds, member_crds};
 use fleetboard_control::mcs::{LABEL_SLICE_MANAGED_BY, MCS_MANAGED_BY};
 use fleetboard_tests::binaries::bin;
@@ -32,10 +34,6 @@ use fleetboard_tests::netns::{Netns, unique_token};
 use fleetboard_tests::process::{ChildGuard, wait_for};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use mcs_support::{
-    await_import, await_no_import, create_namespace, create_pod, create_service, export,
-    ready_addresses, unexport,
-};
 
 const NS: &str = "demo";
 const PORT: u16 = 8080;

@@ -1,10 +1,8 @@
 //! ICMP echo, UDP and the IPv6 overlay cross the hub relay.
 
-mod dataplane_support;
-
 use std::time::Duration;
 
-use dataplane_support::*;
+use crate::dataplane_support::*;
 use fleetboard_dataplane::core::Transport;
 use fleetboard_tests::process::{ChildGuard, wait_for};
 

@@ -5,17 +5,15 @@
 //! Needs root (network namespaces), the `fleetboard` binary and the Kubernetes test tools
 //! (`tests/k8s/tools ensure`).
 
-mod support;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::support::*;
 use fleetboard_nri::plugin::PARALLEL_IP_ANNOTATION;
 use fleetboard_tests::kube::{Cluster, eventually};
 use fleetboard_tests::netns::require_net_admin;
 use k8s_openapi::api::core::v1::Pod as PodObject;
 use kube::api::{Api, PostParams};
-use support::*;
 
 fn pod_object(name: &str) -> anyhow::Result<PodObject> {
     Ok(serde_json::from_value(serde_json::json!({

@@ -5,8 +5,7 @@
 //! are named after the conformance cases. The "lost cluster" scenario runs last (it removes a
 //! member from the cluster set).
 
-mod mcs_support;
-
+use crate::mcs_support::*;
 use fleetboard_control::crd::mcs::{
     CONDITION_CONFLICT, CONDITION_READY, CONDITION_VALID, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
     REASON_INVALID_SERVICE_TYPE, ServiceImportType,
@@ -15,7 +14,6 @@ use fleetboard_control::mcs::{LABEL_SLICE_MANAGED_BY, MCS_MANAGED_BY};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use mcs_support::*;
 
 fn ports_of(i: &fleetboard_control::crd::mcs::ServiceImport) -> Vec<(String, i32, String)> {
     let mut v: Vec<_> = i

@@ -4,14 +4,12 @@
 //!
 //! Needs root (network namespaces) and the `fleetboard` binary (`cargo build -p fleetboard`).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use fleetboard_nri::runtime::{NriRuntime, pod_sandbox};
 use fleetboard_tests::netns::require_net_admin;
 use fleetboard_tests::process::wait_for;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nri_pod_gets_interface_address_and_routes() -> anyhow::Result<()> {

@@ -1,0 +1,28 @@
+//! FleetBoard's end-to-end and real-apiserver tests, one module per area, built as one test
+//! binary: every module links the whole workspace, and one binary compiles and links it once
+//! (44 binaries took most of CI's build time). Run one area with
+//! `cargo test -p fleetboard-tests --test e2e kube_api::`.
+
+mod dataplane_support;
+mod mcs_support;
+
+mod charts;
+mod control_cluster;
+mod control_hub;
+mod control_peer_crd;
+mod dataplane_admin;
+mod dataplane_mtu;
+mod dataplane_protocols;
+mod dataplane_relay;
+mod dataplane_resilience;
+mod dns_server;
+mod dockerfile;
+mod first_run;
+mod kube_api;
+mod kube_cli;
+mod kube_clusters;
+mod kubectl_peers;
+mod mcs_conformance;
+mod mcs_dataplane;
+mod netns_support;
+mod nri_dataplane;
