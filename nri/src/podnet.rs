@@ -512,4 +512,36 @@ mod tests {
         );
         assert_ne!(a, node_ifname("other"));
     }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// Lookups in the plugin's own namespace (unprivileged); connections close when dropped.
+    #[tokio::test]
+    async fn missing_interfaces_are_none_and_connections_close() {
+        let before = open_fds();
+        for _ in 0..20 {
+            let nl = Netlink::open(None).await.unwrap();
+            assert!(nl.index("lo").await.unwrap().is_some());
+            assert_eq!(nl.index("fb-no-such-if").await.unwrap(), None);
+            let e = nl.index_of("fb-no-such-if").await.unwrap_err();
+            let e = e.during("configuring");
+            assert!(e.to_string().contains("fb-no-such-if"), "{e}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while open_fds() > before + 5 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(open_fds() <= before + 5, "netlink sockets left open");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_no_namespace_is_named_in_the_error() {
+        let Err(e) = Netlink::open(Some(Path::new("/proc/self/status"))).await else {
+            panic!("entered a file that is no namespace");
+        };
+        let e = e.during("setting up").to_string();
+        assert!(e.contains("/proc/self/status"), "{e}");
+    }
 }
