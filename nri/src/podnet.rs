@@ -7,14 +7,24 @@
 //! - node: `G/32` on the node end (the same gateway address on every pod's veth) and
 //!   `P/32 dev <node end>`, so the node namespace (and the dataplane's TUN there) reaches the pod.
 //!
-//! The changes are made with iproute2 (`ip -batch`, entering namespaces with `nsenter`), which
-//! stops at the first failing line; a failure undoes the pair, so no pod is left half-configured.
+//! The changes are made in-process over rtnetlink. A netlink socket acts in the network
+//! namespace it was created in, so the socket for a pod's namespace (or the `--node-netns`) is
+//! opened by a short-lived thread that enters the namespace with `setns`, opens the socket and
+//! ends: the runtime's threads never leave the plugin's own namespace. The steps stop at the
+//! first failure, and a failure undoes the pair, so no pod is left half-configured.
 
-use std::net::Ipv4Addr;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use tokio::io::AsyncWriteExt;
+use futures::TryStreamExt;
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::config::PluginConfig;
 
@@ -27,7 +37,7 @@ pub const NODE_IF_PREFIX: &str = "fbn";
 pub struct NetError {
     /// The step that failed.
     pub what: String,
-    /// The tool's message.
+    /// Which operation failed, where, and the kernel's (or the system's) answer.
     pub detail: String,
 }
 
@@ -72,167 +82,418 @@ impl PodNet {
         ip: Ipv4Addr,
     ) -> Result<(), NetError> {
         let node_if = node_ifname(pod_id);
+        let pair = format!("creating the veth pair {node_if}/{}", self.pod_if);
+        let node = Netlink::open(self.node_netns.as_deref())
+            .await
+            .map_err(|e| e.during(&pair))?;
         // Leftovers of an interrupted earlier attempt (crash, retry) go first.
-        let _ = self.remove_node_if(&node_if).await;
-        let _ = ip_batch(Some(pod_netns), &format!("link del dev {}\n", self.pod_if)).await;
+        let _ = node.del_link(&node_if).await;
+        let pod = Netlink::open(Some(pod_netns))
+            .await
+            .map_err(|e| e.during(&pair))?;
+        let _ = pod.del_link(&self.pod_if).await;
 
-        let mut add = format!("link add name {node_if} mtu {} ", self.mtu);
-        if let Some(ns) = &self.node_netns {
-            add += &format!("netns {} ", ns.display());
-        }
-        add += &format!(
-            "type veth peer name {} mtu {} netns {}\n",
-            self.pod_if,
-            self.mtu,
-            pod_netns.display()
-        );
-        ip_batch(None, &add).await.map_err(|detail| NetError {
-            what: format!("creating the veth pair {node_if}/{}", self.pod_if),
-            detail,
-        })?;
+        let pod_ns = pod.ns.as_ref().expect("opened in a namespace");
+        node.add_veth(&node_if, &self.pod_if, self.mtu, pod_ns, &pod.place)
+            .await
+            .map_err(|e| e.during(&pair))?;
 
-        let gw = self.gateway;
-        let dev = &self.pod_if;
-        let mut pod = format!(
-            "link set dev {dev} up\naddr add {ip}/32 dev {dev}\nroute add {gw}/32 dev {dev} scope link\n"
-        );
-        for r in &self.routes {
-            pod += &format!("route add {r} via {gw} dev {dev}\n");
-        }
-        let node = format!(
-            "link set dev {node_if} up\naddr add {gw}/32 dev {node_if}\nroute add {ip}/32 dev {node_if} scope link\n"
-        );
-        let res = match ip_batch(Some(pod_netns), &pod).await {
-            Err(detail) => Err(NetError {
-                what: format!("configuring {dev} in {}", pod_netns.display()),
-                detail,
-            }),
-            Ok(()) => ip_batch(self.node_netns.as_deref(), &node)
+        let res = match self.configure_pod(&pod, ip).await {
+            Err(e) => Err(e.during(format!(
+                "configuring {} in {}",
+                self.pod_if,
+                pod_netns.display()
+            ))),
+            Ok(()) => self
+                .configure_node(&node, &node_if, ip)
                 .await
-                .map_err(|detail| NetError {
-                    what: format!("configuring the node side {node_if}"),
-                    detail,
-                }),
+                .map_err(|e| e.during(format!("configuring the node side {node_if}"))),
         };
         if res.is_err() {
-            let _ = self.remove_node_if(&node_if).await;
+            let _ = node.del_link(&node_if).await;
         }
         res
+    }
+
+    /// Pod side: link up, `P/32`, `G dev <pod if> scope link`, every routed block via `G`.
+    async fn configure_pod(&self, pod: &Netlink, ip: Ipv4Addr) -> Result<(), StepError> {
+        let dev = &self.pod_if;
+        let gw = self.gateway;
+        let index = pod.index_of(dev).await?;
+        pod.set_up(index, dev).await?;
+        pod.add_address(index, dev, ip).await?;
+        pod.add_route(
+            route(gw, 32, index).scope(RouteScope::Link).build(),
+            format!("{gw}/32 dev {dev} scope link"),
+        )
+        .await?;
+        for r in &self.routes {
+            pod.add_route(
+                route(r.network(), r.prefix_len(), index)
+                    .gateway(gw)
+                    .build(),
+                format!("{r} via {gw} dev {dev}"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Node side: link up, `G/32`, `P/32 dev <node end> scope link`.
+    async fn configure_node(
+        &self,
+        node: &Netlink,
+        node_if: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), StepError> {
+        let index = node.index_of(node_if).await?;
+        node.set_up(index, node_if).await?;
+        node.add_address(index, node_if, self.gateway).await?;
+        node.add_route(
+            route(ip, 32, index).scope(RouteScope::Link).build(),
+            format!("{ip}/32 dev {node_if} scope link"),
+        )
+        .await
     }
 
     /// Removes the pod's veth pair (deleting the node end deletes both); succeeds when it is
     /// already gone.
     pub async fn teardown(&self, pod_id: &str) -> Result<(), NetError> {
-        let node_if = node_ifname(pod_id);
-        match self.remove_node_if(&node_if).await {
-            Ok(()) => Ok(()),
-            Err(detail) if is_missing(&detail) => Ok(()),
-            Err(detail) => Err(NetError {
-                what: format!("deleting {node_if}"),
-                detail,
-            }),
-        }
+        self.remove_node_if(&node_ifname(pod_id)).await
     }
 
     /// True when the pod's interface exists in `pod_netns` with address `ip` and its node end
     /// exists too.
     pub async fn is_configured(&self, pod_id: &str, pod_netns: &Path, ip: Ipv4Addr) -> bool {
-        let pod = ip_output(
-            Some(pod_netns),
-            &["-o", "-4", "addr", "show", "dev", &self.pod_if],
-        )
-        .await;
-        let node = ip_output(
-            self.node_netns.as_deref(),
-            &["-o", "link", "show", "dev", &node_ifname(pod_id)],
-        )
-        .await;
-        matches!(pod, Ok(s) if s.contains(&format!(" {ip}/32 "))) && node.is_ok()
+        let pod_ok = match Netlink::open(Some(pod_netns)).await {
+            Ok(pod) => matches!(pod.has_address(&self.pod_if, ip).await, Ok(true)),
+            Err(_) => false,
+        };
+        if !pod_ok {
+            return false;
+        }
+        match Netlink::open(self.node_netns.as_deref()).await {
+            Ok(node) => matches!(node.index(&node_ifname(pod_id)).await, Ok(Some(_))),
+            Err(_) => false,
+        }
     }
 
     /// Names of the node-side veth ends made by this plugin (prefix [`NODE_IF_PREFIX`]).
     pub async fn node_interfaces(&self) -> Result<Vec<String>, NetError> {
-        let out = ip_output(
-            self.node_netns.as_deref(),
-            &["-o", "link", "show", "type", "veth"],
-        )
-        .await
-        .map_err(|detail| NetError {
-            what: "listing node-side interfaces".into(),
-            detail,
-        })?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        let what = "listing node-side interfaces";
+        let node = Netlink::open(self.node_netns.as_deref())
+            .await
+            .map_err(|e| e.during(what))?;
+        Ok(node
+            .veths()
+            .await
+            .map_err(|e| e.during(what))?
+            .into_iter()
             .filter(|n| n.starts_with(NODE_IF_PREFIX) && n.len() == NODE_IF_PREFIX.len() + 12)
             .collect())
     }
 
-    /// Deletes a node-side interface by name.
-    pub async fn remove_node_if(&self, node_if: &str) -> Result<(), String> {
-        ip_batch(
-            self.node_netns.as_deref(),
-            &format!("link del dev {node_if}\n"),
-        )
-        .await
-    }
-}
-
-fn is_missing(msg: &str) -> bool {
-    msg.contains("Cannot find device") || msg.contains("does not exist")
-}
-
-/// `ip` with arguments, run inside `netns` when given; returns stdout.
-async fn ip_output(netns: Option<&Path>, args: &[&str]) -> Result<String, String> {
-    let out = ip_command(netns)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// Runs `ip -batch -` with `script`, inside `netns` when given; stops at the first failing line.
-async fn ip_batch(netns: Option<&Path>, script: &str) -> Result<(), String> {
-    let mut child = ip_command(netns)
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("running ip: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(script.as_bytes())
-        .await
-        .map_err(|e| format!("writing to ip: {e}"))?;
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| format!("waiting for ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-fn ip_command(netns: Option<&Path>) -> tokio::process::Command {
-    match netns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("ip");
-            c
+    /// Deletes a node-side interface by name (with its pod end); succeeds when it is already
+    /// gone.
+    pub async fn remove_node_if(&self, node_if: &str) -> Result<(), NetError> {
+        let what = format!("deleting {node_if}");
+        let node = Netlink::open(self.node_netns.as_deref())
+            .await
+            .map_err(|e| e.during(&what))?;
+        match node.del_link(node_if).await {
+            Err(e) if !e.is_missing() => Err(e.during(what)),
+            _ => Ok(()),
         }
-        None => tokio::process::Command::new("ip"),
+    }
+}
+
+/// A unicast route to `dst/len` out of interface `index` in the main table, with iproute2's
+/// default protocol (`boot`, which `ip route` does not print).
+fn route(dst: Ipv4Addr, len: u8, index: u32) -> RouteMessageBuilder<Ipv4Addr> {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, len)
+        .output_interface(index)
+        .protocol(RouteProtocol::Boot)
+}
+
+/// One failed operation: what it was (and where) and the kernel's or the system's answer.
+#[derive(Debug)]
+struct StepError {
+    step: String,
+    /// The errno of a netlink request the kernel refused (None for other failures).
+    errno: Option<i32>,
+    detail: String,
+}
+
+impl StepError {
+    fn netlink(step: impl Into<String>, e: rtnetlink::Error) -> Self {
+        let (errno, detail) = match &e {
+            rtnetlink::Error::NetlinkError(m) => (Some(m.raw_code().abs()), m.to_io().to_string()),
+            other => (None, other.to_string()),
+        };
+        Self {
+            step: step.into(),
+            errno,
+            detail,
+        }
+    }
+
+    fn other(step: impl Into<String>, detail: impl ToString) -> Self {
+        Self {
+            step: step.into(),
+            errno: None,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The kernel said the thing is not there (iproute2's "Cannot find device ...",
+    /// "... does not exist"): no such device, entry or route.
+    fn is_missing(&self) -> bool {
+        [Errno::ENODEV, Errno::ENOENT, Errno::ESRCH]
+            .iter()
+            .any(|e| self.errno == Some(*e as i32))
+    }
+
+    fn already_exists(&self) -> bool {
+        self.errno == Some(Errno::EEXIST as i32)
+    }
+
+    /// The error of the whole step `what` this operation was part of.
+    fn during(self, what: impl Into<String>) -> NetError {
+        NetError {
+            what: what.into(),
+            detail: format!("{}: {}", self.step, self.detail),
+        }
+    }
+}
+
+/// An rtnetlink connection whose socket acts in one network namespace. Dropping it ends the
+/// connection's task.
+struct Netlink {
+    handle: Handle,
+    /// Where the socket acts, for messages.
+    place: String,
+    /// The namespace, kept open (a veth end is sent into it by descriptor); None for the
+    /// plugin's own.
+    ns: Option<File>,
+}
+
+impl Netlink {
+    /// A connection in the namespace at `netns` (None: the plugin's own).
+    async fn open(netns: Option<&Path>) -> Result<Self, StepError> {
+        let Some(path) = netns else {
+            let place = "the plugin's network namespace".to_string();
+            let (conn, handle, _) = rtnetlink::new_connection()
+                .map_err(|e| StepError::other(format!("opening a netlink socket in {place}"), e))?;
+            tokio::spawn(conn);
+            return Ok(Self {
+                handle,
+                place,
+                ns: None,
+            });
+        };
+        let place = format!("network namespace {}", path.display());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Handle::current();
+        let (path_t, place_t) = (path.to_path_buf(), place.clone());
+        // A thread of its own, never one of the runtime's: it enters the namespace for good,
+        // creates the socket there (the socket stays bound to it) and ends.
+        std::thread::Builder::new()
+            .name("fleetboard-netns".into())
+            .spawn(move || {
+                let res = (|| {
+                    let ns = File::open(&path_t)
+                        .map_err(|e| StepError::other(format!("opening {place_t}"), e))?;
+                    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        let why = match e {
+                            Errno::EINVAL => format!("not a network namespace ({e})"),
+                            _ => e.to_string(),
+                        };
+                        StepError::other(format!("entering {place_t}"), why)
+                    })?;
+                    let _in_runtime = runtime.enter();
+                    let conn = rtnetlink::new_connection().map_err(|e| {
+                        StepError::other(format!("opening a netlink socket in {place_t}"), e)
+                    })?;
+                    Ok((ns, conn))
+                })();
+                let _ = tx.send(res);
+            })
+            .map_err(|e| StepError::other(format!("starting a thread to enter {place}"), e))?;
+        let (ns, (conn, handle, _)) = rx.await.map_err(|_| {
+            StepError::other(
+                format!("entering {place}"),
+                "the thread ended without an answer",
+            )
+        })??;
+        tokio::spawn(conn);
+        Ok(Self {
+            handle,
+            place,
+            ns: Some(ns),
+        })
+    }
+
+    /// Index of interface `name`; None when there is none.
+    async fn index(&self, name: &str) -> Result<Option<u32>, StepError> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await;
+        match res {
+            Ok(link) => Ok(link.map(|l| l.header.index)),
+            Err(e) => {
+                let e = StepError::netlink(format!("looking up {name} in {}", self.place), e);
+                if e.is_missing() { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Index of interface `name`, which must exist.
+    async fn index_of(&self, name: &str) -> Result<u32, StepError> {
+        self.index(name).await?.ok_or_else(|| {
+            StepError::other(
+                format!("looking up {name} in {}", self.place),
+                "no such device",
+            )
+        })
+    }
+
+    /// Deletes interface `name` (a veth takes its peer along).
+    async fn del_link(&self, name: &str) -> Result<(), StepError> {
+        self.handle
+            .link()
+            .del_with_message(LinkUnspec::new_with_name(name).build())
+            .execute()
+            .await
+            .map_err(|e| StepError::netlink(format!("deleting {name} in {}", self.place), e))
+    }
+
+    /// Creates veth `name` here with its peer `peer` in the namespace `peer_ns` (`peer_place`
+    /// for messages), both with `mtu`.
+    async fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: u32,
+        peer_ns: &File,
+        peer_place: &str,
+    ) -> Result<(), StepError> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(peer_ns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            StepError::netlink(
+                format!(
+                    "adding veth {name} in {} with peer {peer} in {peer_place}",
+                    self.place
+                ),
+                e,
+            )
+        })
+    }
+
+    async fn set_up(&self, index: u32, name: &str) -> Result<(), StepError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| StepError::netlink(format!("setting {name} up in {}", self.place), e))
+    }
+
+    /// Adds `ip/32` to interface `index` (`name`); already there is fine.
+    async fn add_address(&self, index: u32, name: &str, ip: Ipv4Addr) -> Result<(), StepError> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(ip), 32)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = StepError::netlink(
+                    format!("adding address {ip}/32 to {name} in {}", self.place),
+                    e,
+                );
+                if e.already_exists() { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Adds route `msg` (`desc` for messages).
+    async fn add_route(&self, msg: RouteMessage, desc: String) -> Result<(), StepError> {
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| StepError::netlink(format!("adding route {desc} in {}", self.place), e))
+    }
+
+    /// Whether interface `name` exists and has `ip/32`.
+    async fn has_address(&self, name: &str, ip: Ipv4Addr) -> Result<bool, StepError> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(false);
+        };
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| {
+                StepError::netlink(
+                    format!("listing the addresses of {name} in {}", self.place),
+                    e,
+                )
+            })?;
+        Ok(addrs.iter().any(|a| {
+            a.header.prefix_len == 32
+                && a.attributes
+                    .iter()
+                    .any(|at| matches!(at, AddressAttribute::Local(IpAddr::V4(l)) if *l == ip))
+        }))
+    }
+
+    /// Names of the veth interfaces here.
+    async fn veths(&self) -> Result<Vec<String>, StepError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| StepError::netlink(format!("listing links in {}", self.place), e))?;
+        Ok(links
+            .into_iter()
+            .filter(|l| {
+                l.attributes.iter().any(|a| {
+                    matches!(a, LinkAttribute::LinkInfo(info)
+                        if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+                })
+            })
+            .filter_map(|l| {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            })
+            .collect())
     }
 }
 
@@ -250,5 +511,37 @@ mod tests {
             node_ifname("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         );
         assert_ne!(a, node_ifname("other"));
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// Lookups in the plugin's own namespace (unprivileged); connections close when dropped.
+    #[tokio::test]
+    async fn missing_interfaces_are_none_and_connections_close() {
+        let before = open_fds();
+        for _ in 0..20 {
+            let nl = Netlink::open(None).await.unwrap();
+            assert!(nl.index("lo").await.unwrap().is_some());
+            assert_eq!(nl.index("fb-no-such-if").await.unwrap(), None);
+            let e = nl.index_of("fb-no-such-if").await.unwrap_err();
+            let e = e.during("configuring");
+            assert!(e.to_string().contains("fb-no-such-if"), "{e}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while open_fds() > before + 5 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(open_fds() <= before + 5, "netlink sockets left open");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_no_namespace_is_named_in_the_error() {
+        let Err(e) = Netlink::open(Some(Path::new("/proc/self/status"))).await else {
+            panic!("entered a file that is no namespace");
+        };
+        let e = e.during("setting up").to_string();
+        assert!(e.contains("/proc/self/status"), "{e}");
     }
 }
