@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::dataplane_support::{sha256, write_random};
 use fleetboard_control::crd::all_crds;
 use fleetboard_control::crd::peer::Peer;
 use fleetboard_dataplane::AdminClient;
@@ -697,7 +698,7 @@ async fn traffic_through_the_hub(transport: Transport) {
 
     // A TCP transfer from gw-a to gw-b through the hub arrives intact.
     let payload = env.dir.join("payload.bin");
-    let want = random_file(&payload, 4 << 20);
+    let want = write_random(&payload, 4 << 20);
     let got = tcp_transfer(&env.dir, a, b, &b_addr, &payload).await;
     assert_eq!(got, want, "bytes changed on the way\n{}", env.logs());
 
@@ -731,28 +732,6 @@ fn ping(ns: &Netns, dst: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-fn random_file(path: &Path, len: usize) -> String {
-    let st = std::process::Command::new("head")
-        .args(["-c", &len.to_string(), "/dev/urandom"])
-        .stdout(std::fs::File::create(path).unwrap())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    sha256(path)
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Sends `file` over TCP (socat) from `from` to `to_ip` on `to`; the sha256 of what arrived.

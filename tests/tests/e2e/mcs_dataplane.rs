@@ -21,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dataplane_support::write_random;
 use crate::mcs_support::{
     await_import, await_no_import, create_namespace, create_pod, create_service, export,
     ready_addresses, unexport,
@@ -64,19 +65,7 @@ fn receiver(ns: &Netns, ip: &str, dir: &Path) -> (ChildGuard, PathBuf) {
 /// Random bytes in a file, and their sha256.
 fn random_file(dir: &Path) -> (PathBuf, String) {
     let path = dir.join(format!("tx-{}.bin", unique_token()));
-    let mut data = vec![0u8; BYTES];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
-        .unwrap();
-    std::fs::write(&path, &data).unwrap();
-    let out = std::process::Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let sum = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let sum = write_random(&path, BYTES);
     (path, sum)
 }
 

@@ -3,45 +3,18 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use fleetboard_dataplane_core::{
-    Action, AdminConfig, Dataplane, DataplaneConfig, InterfaceConfig, MAX_PACKET, PeerConfig,
-    SecretKey, Transport,
-};
+use fleetboard_dataplane_core::{Action, Dataplane, MAX_PACKET, PeerConfig, SecretKey};
 use proptest::prelude::*;
 
+use crate::mesh::{config, peer};
+
+/// Node 1 (100.64.0.1/10) with one peer, node 2 at 198.18.0.2:31820 (the mesh's helpers).
 fn dp() -> Dataplane {
-    let cfg = DataplaneConfig {
-        interface: InterfaceConfig {
-            name: "fb0".into(),
-            mtu: 1420,
-            addresses: vec!["100.64.0.1/10".parse().unwrap()],
-        },
-        private_key: SecretKey::from_random_bytes([1; 32]),
-        listen_port: 31820,
-        listen_address: None,
-        transport: Transport::Wg,
-        peers: vec![PeerConfig {
-            public_key: SecretKey::from_random_bytes([2; 32]).public_key(),
-            name: None,
-            endpoint: Some("198.18.0.2:31820".parse().unwrap()),
-            allowed_ips: vec![
-                "100.64.1.0/24".parse().unwrap(),
-                "fd00::/8".parse().unwrap(),
-            ],
-            persistent_keepalive: None,
-            transport: None,
-            fingerprint: None,
-            via: None,
-        }],
-        routes: vec![],
-        admin: AdminConfig::default(),
-        metrics_address: None,
-        quic: Default::default(),
-        services: vec![],
-        local: vec![],
-        relay: false,
+    let peer = PeerConfig {
+        persistent_keepalive: None,
+        ..peer(2, Some("198.18.0.2:31820"), &["100.64.1.0/24", "fd00::/8"])
     };
-    Dataplane::new(cfg, Instant::now()).unwrap()
+    Dataplane::new(config(1, "100.64.0.1/10", vec![peer]), Instant::now()).unwrap()
 }
 
 /// `dp()` as a relay with a second peer (key 3, 198.18.0.3:31820).

@@ -24,11 +24,11 @@ struct Mesh {
     buf: Vec<u8>,
 }
 
-fn key(n: u8) -> SecretKey {
+pub(crate) fn key(n: u8) -> SecretKey {
     SecretKey::from_random_bytes([n; 32])
 }
 
-fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
+pub(crate) fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
     DataplaneConfig {
         interface: InterfaceConfig {
             name: "fb0".into(),
@@ -50,7 +50,7 @@ fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
     }
 }
 
-fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
+pub(crate) fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
     PeerConfig {
         public_key: key(k).public_key(),
         name: Some(format!("n{k}")),

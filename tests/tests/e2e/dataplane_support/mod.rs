@@ -419,20 +419,31 @@ pub fn tcp_transfer(dir: &Path, from: &Node, to: &Node, to_ip: &str, file: &Path
 /// Writes `mib` MiB of random bytes to a file in `dir` and returns it and its sha256.
 pub fn random_file(dir: &Path, mib: usize) -> (PathBuf, String) {
     let p = dir.join("payload.bin");
+    let sum = write_random(&p, mib << 20);
+    (p, sum)
+}
+
+/// Writes `len` random bytes to `path`; their sha256 (hex).
+pub fn write_random(path: &Path, len: usize) -> String {
     let st = std::process::Command::new("head")
-        .args(["-c", &format!("{}", mib << 20), "/dev/urandom"])
-        .stdout(std::fs::File::create(&p).unwrap())
+        .args(["-c", &len.to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(path).unwrap())
         .status()
         .unwrap();
     assert!(st.success());
+    sha256(path)
+}
+
+/// The sha256 (hex) of a file, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
-        .arg(&p)
+        .arg(path)
         .output()
         .unwrap();
-    let sum = String::from_utf8_lossy(&out.stdout)
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
-        .unwrap()
-        .to_string();
-    (p, sum)
+        .unwrap_or_default()
+        .to_string()
 }
