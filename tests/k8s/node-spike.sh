@@ -210,6 +210,11 @@ cleanup() {
         [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null
         [ -d "$h" ] && echo "cgroup $h is left (busy)" >&2
     done
+    # Host-global paths kubelet and containerd write whatever their root dirs: libcni's result
+    # cache (/var/lib/cni/results, go-cni's default, not configurable through containerd's CRI)
+    # and kubelet's /var/log/containers symlinks. Remove only what points into this run.
+    grep -l -F "$S/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
+    find /var/log/containers -maxdepth 1 -type l -lname "$S/*" -delete 2>/dev/null
     ip netns del "$NS" 2>/dev/null
     ip link del "vh-$ID" 2>/dev/null
     # Pod network namespaces (netns_mounts_under_state_dir keeps them under $S; unmounted above).
