@@ -89,7 +89,9 @@ GO
         "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
         "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
         "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" &&
-        GOFLAGS="-trimpath -buildvcs=false" go get github.com/containerd/nri/pkg/stub &&
+        # The NRI plugin's stub at the NRI version containerd itself uses (a bare `go get` of the
+        # package would upgrade containerd's NRI too).
+        GOFLAGS="-trimpath -buildvcs=false" go get "github.com/containerd/nri@$(go list -m -f '{{.Version}}' github.com/containerd/nri)" &&
         time CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false -mod=readonly" go build \
             -tags "no_btrfs no_devmapper no_zfs" -gcflags=all=-dwarf=false \
             -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION -X github.com/containerd/containerd/v2/version.Revision=$CONTAINERD_VERSION" \
