@@ -11,6 +11,9 @@
 #                                      and the pause + busybox images into /tmp/nodes-spike
 #   tests/k8s/node-spike.sh            one run: apiserver, node, pods, checks, cleanup (~15 s)
 #   KEEP=1 tests/k8s/node-spike.sh     leaves it all running; then `node-spike.sh cleanup ID`
+#   FLEETBOARD_BIN=target/debug/fleetboard tests/k8s/node-spike.sh
+#                                      also runs FleetBoard's own `fleetboard nri` on containerd's
+#                                      NRI socket and checks a pod gets `eth-fleet`
 #   CP=1 tests/k8s/node-spike.sh       also runs kube-controller-manager + kube-scheduler: pods are
 #                                      scheduled, get SA tokens, the CNI range follows node.spec.podCIDR
 #
@@ -453,6 +456,15 @@ if [ -x "$SPIKE_BIN/nri-spikelog" ]; then
     "$SPIKE_BIN/nri-spikelog" "$S/nri/nri.sock" > "$S/nri-plugin.log" 2>&1 &
     spawned $!
 fi
+# FleetBoard's own NRI plugin: a parallel `eth-fleet` per pod from 100.64.2.0/24 (apart from the
+# CNI range), node ends in the node namespace, the address published as a Pod annotation.
+if [ -n "${FLEETBOARD_BIN:-}" ]; then
+    "$FLEETBOARD_BIN" nri --socket "$S/nri/nri.sock" --plugin-index 20 --pod-cidr 100.64.2.0/24 \
+        --tunnel-cidr 100.64.0.0/10 --service-cidr 100.127.0.0/16 --node-netns "/run/netns/$NS" \
+        --state-file "$S/fleetboard-nri-ipam.json" --kubeconfig "$S/admin.kubeconfig" \
+        > "$S/fleetboard-nri.log" 2>&1 &
+    spawned $!
+fi
 
 # ---- kubelet ---------------------------------------------------------------------------------
 mkdir -p "$S/kubelet" "$S/pod-logs"
@@ -531,6 +543,12 @@ k exec spike -- wget -qO- "http://$POD_IP:8080/" >&2
 # node -> pod over cni0 (busybox-static 1.35 `wget -T` segfaults: use timeout instead)
 timeout 5 nsenter --net="/run/netns/$NS" busybox wget -qO- "http://$POD_IP:8080/" >&2
 k logs spike >&2 || true
+if [ -n "${FLEETBOARD_BIN:-}" ]; then
+    k exec spike -- ip -o -4 addr show eth-fleet >&2
+    k exec spike -- ip route >&2
+    log "fleetboard nri: annotation $(k get pod spike -o jsonpath='{.metadata.annotations.router\.fleetboard\.io/parallel_ip}')"
+    k exec spike -- ping -c1 -W2 100.64.2.1 >&2   # the node-side gateway, over eth-fleet
+fi
 if [ -n "${CP:-}" ]; then
     k exec spike -- ls /var/run/secrets/kubernetes.io/serviceaccount >&2
     log "node podCIDR $(k get node "$NODE" -o jsonpath='{.spec.podCIDR}'), pod IP $POD_IP (scheduled by kube-scheduler)"
