@@ -151,6 +151,8 @@ buildah umount "$ctr" >/dev/null
 echo "user $user; $caps" | sed "s|$mnt||"
 rm -f "$out"
 buildah push --quiet "$tag" "oci-archive:$out:${tag#localhost/}"
+# Earlier builds' images, now untagged, would pile up in the persistent storage.
+buildah rmi --prune >/dev/null
 buildah images "$tag"
 ls -l "$out"
 phase "done"
