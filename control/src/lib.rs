@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod crd;
 pub mod embedded;
+pub mod health;
 pub mod hub;
 pub mod ipam;
 pub mod keys;

@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fleetboard_control::crd::mcs::{LABEL_SERVICE_NAME, ServiceImport};
+use fleetboard_control::health::Health;
 use futures::StreamExt;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
@@ -48,6 +49,9 @@ pub enum DnsError {
     /// No usable Kubernetes client configuration.
     #[error("kubernetes client: {0}")]
     Kube(String),
+    /// The health endpoint could not be bound (names `--health-address`).
+    #[error("{0}")]
+    Health(String),
 }
 
 /// Answers queries from the current [`Records`].
@@ -209,6 +213,18 @@ pub async fn serve(
     tcp: tokio::net::TcpListener,
     zone: &str,
 ) -> Result<(), DnsError> {
+    serve_reporting(client, udp, tcp, zone, None).await
+}
+
+/// [`serve`], reporting readiness to `health`: ready once the ServiceImports and
+/// EndpointSlices have been listed (before that every name would be NXDOMAIN).
+pub async fn serve_reporting(
+    client: Client,
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
+    zone: &str,
+    health: Option<Health>,
+) -> Result<(), DnsError> {
     let cfg = DnsConfig {
         listen: udp
             .local_addr()
@@ -228,6 +244,15 @@ pub async fn serve(
         Some(LABEL_SERVICE_NAME),
         wake.clone(),
     );
+    if let Some(h) = health {
+        let (imports, slices) = (imports.clone(), slices.clone());
+        let zone = cfg.zone.clone();
+        tokio::spawn(async move {
+            if imports.wait_until_ready().await.is_ok() && slices.wait_until_ready().await.is_ok() {
+                h.set(true, &format!("serving {zone}"));
+            }
+        });
+    }
     let zone = cfg.zone.clone();
     let feeder = tokio::spawn(async move {
         loop {
@@ -257,10 +282,20 @@ pub struct DnsArgs {
     /// Kubeconfig of the member cluster (default: in-cluster / KUBECONFIG).
     #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Address of `/live` (200 from the start) and `/ready` (200 once the zone's
+    /// ServiceImports and EndpointSlices are listed); none if unset.
+    #[arg(long, env = "FLEETBOARD_HEALTH_ADDRESS")]
+    pub health_address: Option<SocketAddr>,
 }
 
 /// Runs `fleetboard dns` with `args`.
 pub async fn main(args: DnsArgs) -> Result<(), DnsError> {
+    let health = Health::new("listing ServiceImports and EndpointSlices");
+    if let Some(addr) = args.health_address {
+        fleetboard_control::health::start("--health-address", addr, health.clone(), None)
+            .await
+            .map_err(|e| DnsError::Health(e.to_string()))?;
+    }
     let client = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -274,12 +309,11 @@ pub async fn main(args: DnsArgs) -> Result<(), DnsError> {
             .await
             .map_err(|e| DnsError::Kube(e.to_string()))?,
     };
-    run(
-        client,
-        DnsConfig {
-            listen: args.listen,
-            zone: args.zone,
-        },
-    )
-    .await
+    let udp = tokio::net::UdpSocket::bind(args.listen)
+        .await
+        .map_err(|e| DnsError::Bind(args.listen, e))?;
+    let tcp = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| DnsError::Bind(args.listen, e))?;
+    serve_reporting(client, udp, tcp, &args.zone, Some(health)).await
 }

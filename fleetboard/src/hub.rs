@@ -25,7 +25,7 @@ enum TransportArg {
 #[derive(Args, Debug)]
 #[command(
     mut_arg("state_dir", |a| a.help("State folder: admin socket (`dataplane.sock`), QUIC key files")),
-    mut_arg("metrics_address", |a| a.help("Address of `/metrics`, `/live`, `/ready` (served by the leader's dataplane)")),
+    mut_arg("metrics_address", |a| a.help("Address of `/metrics`, `/live`, `/ready` (every replica from its start: live always, ready while leading)")),
     mut_arg("kubeconfig", |a| a.help("Kubeconfig of the hub cluster (default: in-cluster, else $KUBECONFIG / ~/.kube/config)")),
 )]
 pub struct HubArgs {
@@ -71,6 +71,11 @@ pub struct HubArgs {
     /// WireGuard UDP port (QUIC listens on the next port).
     #[arg(long, env = "FLEETBOARD_LISTEN_PORT", default_value_t = 31820)]
     listen_port: u16,
+    /// Port published in the hub's Peer, the one members dial (QUIC: the next one); default
+    /// --listen-port. Set it when a NAT or a NodePort Service maps another port to the
+    /// listener.
+    #[arg(long, env = "FLEETBOARD_ADVERTISE_PORT")]
+    advertise_port: Option<u16>,
     /// The hub's default transport (each member uses its own Peer's transport).
     #[arg(long, env = "FLEETBOARD_TRANSPORT", value_enum, default_value = "wg")]
     transport: TransportArg,
@@ -133,6 +138,7 @@ pub fn main(args: HubArgs) -> anyhow::Result<()> {
         block_prefix_v6: args.block_prefix_v6,
         endpoint: args.endpoint,
         listen_port: args.listen_port,
+        advertise_port: args.advertise_port,
         transport: match args.transport {
             TransportArg::Wg => Transport::Wg,
             TransportArg::Quic => Transport::Quic,

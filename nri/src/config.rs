@@ -40,9 +40,11 @@ pub struct NriArgs {
     /// is never given to a pod.
     #[arg(long, env = "FLEETBOARD_POD_GATEWAY")]
     pub gateway: Option<Ipv4Addr>,
-    /// The tunnel CIDR (every cluster's pods), routed through `eth-fleet`.
+    /// The tunnel CIDR (every cluster's pods), routed through `eth-fleet`. Without it,
+    /// `--node-name` says which Node's `fleetboard.io/tunnel-cidr` annotation (the hub's
+    /// tunnel CIDR, written by the member agent) to wait for; given, it must equal that.
     #[arg(long, env = "FLEETBOARD_TUNNEL_CIDR")]
-    pub tunnel_cidr: Ipv4Net,
+    pub tunnel_cidr: Option<Ipv4Net>,
     /// The ClusterSet service block (virtual IPs), routed through `eth-fleet`.
     #[arg(long, env = "FLEETBOARD_SERVICE_CIDR")]
     pub service_cidr: Option<Ipv4Net>,
@@ -181,13 +183,16 @@ impl NriArgs {
                 format!("{gateway} is not a host address of --pod-cidr {pod_cidr}"),
             );
         }
-        if !self.tunnel_cidr.contains(&pod_cidr) {
+        let Some(tunnel_cidr) = self.tunnel_cidr else {
             return bad(
                 "--tunnel-cidr",
-                format!(
-                    "{} does not contain --pod-cidr {pod_cidr}",
-                    self.tunnel_cidr
-                ),
+                "required with --pod-cidr (beside the agent, leave both out: they come from the Node's annotations)".into(),
+            );
+        };
+        if !tunnel_cidr.contains(&pod_cidr) {
+            return bad(
+                "--tunnel-cidr",
+                format!("{tunnel_cidr} does not contain --pod-cidr {pod_cidr}"),
             );
         }
         let ifname = &self.pod_interface;
@@ -217,7 +222,7 @@ impl NriArgs {
         if self.reconnect_ms == 0 {
             return bad("--reconnect-ms", "must be at least 1".into());
         }
-        let mut routes = vec![self.tunnel_cidr.trunc()];
+        let mut routes = vec![tunnel_cidr.trunc()];
         if let Some(svc) = self.service_cidr {
             routes.push(svc.trunc());
         }

@@ -62,6 +62,27 @@ pub async fn run(mut args: NriArgs) -> Result<(), NriError> {
         };
         tracing::info!(node, pod_cidr = %cidr, "the node's sub-block");
         args.pod_cidr = Some(cidr);
+        // The tunnel CIDR is the hub's (`fleetboard hub --tunnel-cidr`), copied by the agent
+        // from the hub's Peer: a member never guesses it.
+        let hub = tokio::select! {
+            r = node_cidr::wait_tunnel_cidr(&client, &node, every) => r?,
+            () = stop_signal() => return Ok(()),
+        };
+        match args.tunnel_cidr {
+            Some(flag) if flag.trunc() != hub.trunc() => {
+                return Err(ConfigError {
+                    field: "--tunnel-cidr",
+                    reason: format!(
+                        "{flag} conflicts with the hub's tunnel CIDR {hub} (Node annotation {}): leave it out, members learn it from the hub",
+                        node_cidr::TUNNEL_CIDR_ANNOTATION
+                    ),
+                }
+                .into());
+            }
+            _ => {}
+        }
+        tracing::info!(node, tunnel_cidr = %hub, "the hub's tunnel CIDR");
+        args.tunnel_cidr = Some(hub);
     }
     let cfg = args.validate()?;
     let listener = match cfg.metrics_address {

@@ -10,6 +10,9 @@ use kube::Api;
 
 /// The agent's Node annotation with the node's sub-block.
 pub const NODE_CIDR_ANNOTATION: &str = "fleetboard.io/node-cidr";
+/// The agent's Node annotation with the hub's IPv4 tunnel CIDR (from the hub's Peer): what
+/// the plugin routes through `eth-fleet` when it runs without `--tunnel-cidr`.
+pub const TUNNEL_CIDR_ANNOTATION: &str = "fleetboard.io/tunnel-cidr";
 
 /// Why the node's sub-block could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +23,12 @@ pub enum NodeCidrError {
     )]
     NoApi(String),
     /// The annotation holds something that is not an IPv4 CIDR.
-    #[error("node {node}: annotation {NODE_CIDR_ANNOTATION}={value:?} is not an IPv4 CIDR")]
+    #[error("node {node}: annotation {annotation}={value:?} is not an IPv4 CIDR")]
     Malformed {
         /// The node.
         node: String,
+        /// The annotation.
+        annotation: &'static str,
         /// What the annotation holds.
         value: String,
     },
@@ -45,6 +50,24 @@ pub async fn wait(
     node: &str,
     every: Duration,
 ) -> Result<Ipv4Net, NodeCidrError> {
+    wait_annotation(client, node, NODE_CIDR_ANNOTATION, every).await
+}
+
+/// Like [`wait`], for the hub's tunnel CIDR the agent copies onto its Node.
+pub async fn wait_tunnel_cidr(
+    client: &kube::Client,
+    node: &str,
+    every: Duration,
+) -> Result<Ipv4Net, NodeCidrError> {
+    wait_annotation(client, node, TUNNEL_CIDR_ANNOTATION, every).await
+}
+
+async fn wait_annotation(
+    client: &kube::Client,
+    node: &str,
+    annotation: &'static str,
+    every: Duration,
+) -> Result<Ipv4Net, NodeCidrError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut told = false;
     loop {
@@ -54,10 +77,11 @@ pub async fn wait(
                     .metadata
                     .annotations
                     .as_ref()
-                    .and_then(|a| a.get(NODE_CIDR_ANNOTATION))
+                    .and_then(|a| a.get(annotation))
                 {
                     return parse(v).ok_or_else(|| NodeCidrError::Malformed {
                         node: node.to_owned(),
+                        annotation,
                         value: v.clone(),
                     });
                 }
@@ -68,8 +92,8 @@ pub async fn wait(
         if !told {
             tracing::info!(
                 node,
-                annotation = NODE_CIDR_ANNOTATION,
-                "waiting for the agent to give this node its sub-block"
+                annotation,
+                "waiting for the agent to annotate this node"
             );
             told = true;
         }

@@ -25,6 +25,8 @@ use crate::netns::{Netns, Underlay, require_net_admin, unique_token};
 use crate::process::ChildGuard;
 
 /// The shared namespace in the hub and the agents' namespace in members.
+/// Port of each agent's `/live`, `/ready`, `/metrics` (in its node's namespace).
+pub const AGENT_METRICS_PORT: u16 = 9465;
 pub const NAMESPACE: &str = "fleetboard-system";
 /// The tunnel CIDR the hub hands blocks out of.
 pub const TUNNEL_CIDR: &str = "100.64.0.0/10";
@@ -140,6 +142,8 @@ pub struct Fleet {
     /// Nodes of every member.
     pub nodes: Vec<FleetNode>,
     /// Extra agent flags (e.g. `--public`).
+    /// The hub's tunnel CIDR.
+    pub tunnel_cidr: &'static str,
     pub agent_flags: Vec<String>,
     /// The bridge (dropped last).
     pub underlay: Underlay,
@@ -330,6 +334,8 @@ pub struct FleetOptions {
     pub hub_replicas: usize,
     /// Extra agent flags.
     pub agent_flags: Vec<String>,
+    /// The hub's `--tunnel-cidr` (members learn it from the hub).
+    pub tunnel_cidr: &'static str,
     /// Install with the charts of this checkout (`helm install`, the token the hub chart
     /// generates) instead of creating the install-time objects directly.
     pub helm: bool,
@@ -343,6 +349,7 @@ impl Default for FleetOptions {
             nodes_per_member: 2,
             hub_replicas: 1,
             agent_flags: Vec::new(),
+            tunnel_cidr: TUNNEL_CIDR,
             helm: false,
         }
     }
@@ -470,6 +477,7 @@ impl Fleet {
             members,
             nodes,
             agent_flags: opts.agent_flags,
+            tunnel_cidr: opts.tunnel_cidr,
             underlay,
         };
         for r in 0..fleet.hub.replicas.len() {
@@ -491,7 +499,7 @@ impl Fleet {
         cmd.arg("hub")
             .args(["--namespace", NAMESPACE, "--cluster-id", "hub"])
             .args(["--identity", &rep.identity])
-            .args(["--tunnel-cidr", TUNNEL_CIDR, "--block-prefix", "16"])
+            .args(["--tunnel-cidr", self.tunnel_cidr, "--block-prefix", "16"])
             .args(["--endpoint", &rep.ip, "--transport", self.transport])
             .arg("--state-dir")
             .arg(&rep.state_dir)
@@ -526,11 +534,20 @@ impl Fleet {
             .arg(&member.kubeconfig)
             .args(["--lease-duration", &LEASE_SECS.to_string()])
             .args(["--renew-interval", &RENEW_SECS.to_string()])
+            .args([
+                "--metrics-address",
+                &format!("127.0.0.1:{AGENT_METRICS_PORT}"),
+            ])
             .args(&self.agent_flags)
             .env("FLEETBOARD_HUB_TOKEN", &self.hub.token)
             .env("RUST_LOG", "info");
         node.agent = Some(ChildGuard::spawn(&node.name, cmd, &node.log)?);
         Ok(())
+    }
+
+    /// What a kubelet probe of node `n`'s agent gets: the HTTP status of `path`.
+    pub fn agent_probe(&self, n: usize, path: &str) -> Option<u16> {
+        self.nodes[n].ns.http_status(AGENT_METRICS_PORT, path)
     }
 
     /// Kills the agent of node `n` (SIGKILL: no Lease release, like a crashed node).
@@ -582,6 +599,15 @@ impl Fleet {
 
     /// The `fleetboard.io/node-cidr` annotation of every node of member `m`.
     pub async fn node_cidrs(&self, m: usize) -> anyhow::Result<BTreeMap<String, String>> {
+        self.node_annotations(m, "fleetboard.io/node-cidr").await
+    }
+
+    /// Annotation `key` of every node of member `m` that has it.
+    pub async fn node_annotations(
+        &self,
+        m: usize,
+        key: &str,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
         let nodes = Api::<Node>::all(self.members[m].cluster.client())
             .list(&Default::default())
             .await?;
@@ -589,12 +615,7 @@ impl Fleet {
             .items
             .into_iter()
             .filter_map(|n| {
-                let cidr = n
-                    .metadata
-                    .annotations
-                    .as_ref()?
-                    .get("fleetboard.io/node-cidr")?
-                    .clone();
+                let cidr = n.metadata.annotations.as_ref()?.get(key)?.clone();
                 Some((n.metadata.name?, cidr))
             })
             .collect())

@@ -111,6 +111,16 @@ impl Netns {
         run(self.command(program).args(args))
     }
 
+    /// `GET path` on `127.0.0.1:port` inside the namespace: the HTTP status code, or `None`
+    /// when nothing answers (bash `/dev/tcp`, as a kubelet probe would connect).
+    pub fn http_status(&self, port: u16, path: &str) -> Option<u16> {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = self.exec("bash", &["-c", &script]).ok()?;
+        crate::process::http_status_line(&out)
+    }
+
     /// `ip <args>` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))

@@ -107,3 +107,26 @@ pub fn wait_for<T>(
         std::thread::sleep(every);
     }
 }
+
+/// The status code of an HTTP response's first line (`HTTP/1.1 200 OK` -> 200).
+pub fn http_status_line(response: &str) -> Option<u16> {
+    response
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.0): the status code, or `None` when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    http_status_line(&out)
+}

@@ -31,6 +31,10 @@ use crate::crd::peer::Transport;
 
 /// Node annotation: the node's sub-block of the cluster block (written by the gateway).
 pub const NODE_CIDR_ANNOTATION: &str = "fleetboard.io/node-cidr";
+/// Node annotation: the hub's IPv4 tunnel CIDR, from the hub's Peer (written by each node's
+/// agent on its own Node): the NRI plugin routes it through the pods' `eth-fleet`, so members
+/// always agree with the hub, whatever `--tunnel-cidr` the hub was given.
+pub const TUNNEL_CIDR_ANNOTATION: &str = "fleetboard.io/tunnel-cidr";
 /// Node annotation: the node's inner-tunnel public key (written by its agent).
 pub const PUBLIC_KEY_ANNOTATION: &str = "fleetboard.io/public-key";
 /// Node annotation: the node's underlay address (written by its agent).
@@ -78,7 +82,8 @@ pub struct AgentConfig {
     pub tun_name: String,
     /// Folder for the admin socket and QUIC identity files.
     pub state_dir: PathBuf,
-    /// `/metrics`, `/live`, `/ready` of the dataplane.
+    /// `/metrics`, `/live`, `/ready`, served from the agent's start ([`crate::health`]): live
+    /// always, ready once joined with the node's dataplane up.
     pub metrics_address: Option<SocketAddr>,
     /// Member kubeconfig (none: in-cluster or `$KUBECONFIG`).
     pub kubeconfig: Option<PathBuf>,
@@ -120,6 +125,9 @@ pub enum AgentError {
     /// The gateway election failed.
     #[error(transparent)]
     Leader(#[from] crate::leader::LeaderError),
+    /// The health endpoint could not be bound.
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
     /// The state dir is not usable.
     #[error("--state-dir {path}: {source}")]
     StateDir {

@@ -23,12 +23,14 @@ use super::plan::{
     self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
 };
 use super::{
-    AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE,
-    NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_IP_ANNOTATION, node_keys_secret,
+    AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE, HubError,
+    NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_CIDR_ANNOTATION, TUNNEL_IP_ANNOTATION,
+    node_keys_secret,
 };
 use crate::crd::mcs::ServiceImport;
 use crate::crd::peer::{Peer, PeerSpec};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
+use crate::health::Health;
 use crate::keys::{GatewayKeys, load_or_create};
 use crate::leader::LeaderElection;
 
@@ -49,9 +51,37 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         path: cfg.state_dir.clone(),
         source,
     })?;
+    // Live from the start, whatever the hub does; ready once the node's dataplane runs.
+    let health = Health::new("joining the hub");
+    if let Some(addr) = cfg.metrics_address {
+        crate::health::start(
+            "--metrics-address",
+            addr,
+            health.clone(),
+            Some(admin_socket(&cfg.state_dir)),
+        )
+        .await?;
+    }
     let member = member_client(&cfg).await?;
     let (hub, hub_url) = cfg.hub.client().await?;
-    cfg.hub.check(&hub, &hub_url, &cfg.hub_namespace).await?;
+    tokio::pin!(shutdown);
+    // An unreachable hub (its apiserver or load balancer not up yet) is waited for, live and
+    // not ready; a hub that refuses the token or lacks the CRD is a configuration error.
+    loop {
+        match cfg.hub.check(&hub, &hub_url, &cfg.hub_namespace).await {
+            Ok(()) => break,
+            Err(e @ HubError::Unreachable { .. }) => {
+                tracing::warn!(error = %e, "hub not reachable yet; retrying");
+                health.set(false, &format!("joining the hub: {e}"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+    health.set(false, "joined the hub; starting the dataplane");
     tracing::info!(hub = %hub_url, cluster = %cfg.cluster_id, node = %cfg.node_name, "joined the hub");
 
     let node_keys = load_or_create(
@@ -118,7 +148,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             is_public: cfg.public,
             tun_name: cfg.tun_name.clone(),
             admin_socket: admin_socket(&cfg.state_dir),
-            metrics_address: cfg.metrics_address,
+            // The agent serves /metrics itself (health::start), from its start.
+            metrics_address: None,
         },
         cfg,
         member,
@@ -134,9 +165,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         assigned: HashMap::new(),
         dataplane: None,
         was_leading: false,
+        health,
     };
 
-    tokio::pin!(shutdown);
     // Act only on complete views: an empty store before the first list would re-allocate.
     tokio::select! {
         _ = &mut shutdown => return agent.stop(stop_tx, election).await,
@@ -340,6 +371,7 @@ struct Agent {
     assigned: HashMap<String, IpNet>,
     dataplane: Option<Running>,
     was_leading: bool,
+    health: Health,
 }
 
 impl Agent {
@@ -397,6 +429,7 @@ impl Agent {
         }
         let peers: Vec<PeerInfo> = self.peers.state().iter().map(|p| peer_info(p)).collect();
         self.check_own_annotations(&nodes).await?;
+        self.publish_tunnel_cidr(&peers).await?;
         let desired = if leading {
             self.gateway_pass(&nodes, &peers).await?
         } else {
@@ -421,6 +454,47 @@ impl Agent {
         {
             publish_node(&self.member, &self.cfg, &self.node_keys).await?;
         }
+        Ok(())
+    }
+
+    /// Keeps this node's `fleetboard.io/tunnel-cidr` equal to the hub's IPv4 tunnel CIDR (its
+    /// Peer's `spec.cidrs`), what the NRI plugin beside the agent routes through the pods.
+    async fn publish_tunnel_cidr(&self, peers: &[PeerInfo]) -> Result<(), AgentError> {
+        let Some(cidr) = peers
+            .iter()
+            .filter(|p| p.spec.is_hub)
+            .flat_map(|p| p.spec.cidrs.iter())
+            .filter_map(|c| c.parse::<IpNet>().ok())
+            .find(|c| c.addr().is_ipv4())
+        else {
+            return Ok(());
+        };
+        let cidr = cidr.trunc().to_string();
+        let current = self
+            .nodes
+            .get(&reflector::ObjectRef::new(&self.cfg.node_name))
+            .and_then(|n| annotation(&n, TUNNEL_CIDR_ANNOTATION).map(str::to_owned));
+        if current.as_deref() == Some(cidr.as_str()) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({ "metadata": { "annotations": {
+            TUNNEL_CIDR_ANNOTATION: cidr,
+        }}});
+        Api::<Node>::all(self.member.clone())
+            .patch(
+                &self.cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|source| AgentError::Member {
+                what: format!(
+                    "annotating node {} with the tunnel CIDR",
+                    self.cfg.node_name
+                ),
+                source,
+            })?;
+        tracing::info!(node = %self.cfg.node_name, %cidr, "published the hub's tunnel CIDR");
         Ok(())
     }
 
@@ -570,6 +644,8 @@ impl Agent {
         if let Some(r) = self.dataplane.as_mut() {
             if r.dp.has_exited() {
                 tracing::warn!("dataplane exited; restarting it");
+                self.health
+                    .set(false, "joined; dataplane exited, restarting it");
                 self.dataplane = None;
             } else if r.config == c {
                 return;
@@ -598,6 +674,7 @@ impl Agent {
                     "dataplane started"
                 );
                 self.dataplane = Some(Running { dp, config: c });
+                self.health.set(true, "joined: dataplane up");
             }
             Err(e) => tracing::warn!(error = %e, "dataplane did not start"),
         }

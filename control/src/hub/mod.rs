@@ -28,6 +28,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::crd::peer::{Peer, PeerSpec, PeerStatus, Transport};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
+use crate::health::Health;
 use crate::ipam::BlockAllocator;
 use crate::keys::{self, GatewayKeys};
 use crate::leader::LeaderElection;
@@ -43,6 +44,8 @@ pub const KEYS_SECRET: &str = "fleetboard-hub-keys";
 pub const PASS_EVERY: Duration = Duration::from_secs(2);
 /// Retry delay after a failure to load keys or start the dataplane.
 const RETRY: Duration = Duration::from_secs(2);
+/// `/ready` of a replica that is not (yet) leading: live, not in the Service.
+const STANDBY: &str = "standby: not leading (only the leader serves the tunnel)";
 /// Resolved endpoint names are kept this long.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
@@ -68,13 +71,17 @@ pub struct HubConfig {
     pub endpoint: Option<String>,
     /// WireGuard UDP port (QUIC on the next port).
     pub listen_port: u16,
+    /// Port published in the hub's Peer (members dial it, QUIC on the next one): a NodePort
+    /// or NAT in front of the listener; `None` publishes `listen_port`.
+    pub advertise_port: Option<u16>,
     /// The hub's default transport.
     pub transport: Transport,
     /// TUN device name.
     pub tun_name: String,
     /// State folder (admin socket, QUIC key files).
     pub state_dir: PathBuf,
-    /// `/metrics` `/live` `/ready` address of the dataplane (leader only).
+    /// `/metrics` `/live` `/ready` address, served by every replica from its start
+    /// ([`crate::health`]): live always, ready while leading with the dataplane up.
     pub metrics_address: Option<SocketAddr>,
     /// Lease name.
     pub lease_name: String,
@@ -95,6 +102,9 @@ pub enum HubError {
     /// Leader election failed.
     #[error(transparent)]
     Leader(#[from] crate::leader::LeaderError),
+    /// The health endpoint could not be bound.
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
 }
 
 impl HubConfig {
@@ -145,6 +155,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
     let pools = config.pools()?;
+    let health = Health::new(STANDBY);
+    if let Some(addr) = config.metrics_address {
+        crate::health::start(
+            "--metrics-address",
+            addr,
+            health.clone(),
+            Some(admin_socket(&config.state_dir)),
+        )
+        .await?;
+    }
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let election = LeaderElection {
@@ -191,6 +211,7 @@ pub async fn run(
             api.clone(),
             reader.clone(),
             changed.clone(),
+            health.clone(),
         );
         let lost = async {
             let _ = lead_rx.wait_for(|l| !*l).await;
@@ -202,6 +223,7 @@ pub async fn run(
             _ = leader.lead() => {}
         }
         leader.stop_dataplane().await;
+        health.set(false, STANDBY);
         if stopping {
             break;
         }
@@ -231,6 +253,7 @@ struct Leader<'a> {
     /// When bytes/RTT were last written, by uid.
     volatile_at: HashMap<String, tokio::time::Instant>,
     dns: HashMap<String, (Option<IpAddr>, tokio::time::Instant)>,
+    health: Health,
 }
 
 impl<'a> Leader<'a> {
@@ -240,6 +263,7 @@ impl<'a> Leader<'a> {
         api: Api<Peer>,
         reader: Store<Peer>,
         changed: Arc<Notify>,
+        health: Health,
     ) -> Self {
         Self {
             config,
@@ -254,6 +278,7 @@ impl<'a> Leader<'a> {
             written: HashMap::new(),
             volatile_at: HashMap::new(),
             dns: HashMap::new(),
+            health,
         }
     }
 
@@ -291,7 +316,8 @@ impl<'a> Leader<'a> {
             transport: c.transport,
             tun_name: c.tun_name.clone(),
             admin_socket: admin_socket(&c.state_dir),
-            metrics_address: c.metrics_address,
+            // The process serves /metrics itself (health::start), from its start.
+            metrics_address: None,
             quic_files,
         });
         self.keys = Some(keys);
@@ -523,7 +549,7 @@ impl<'a> Leader<'a> {
                 .map(|n| n.trunc().to_string())
                 .collect(),
             endpoint: c.endpoint.clone(),
-            port: c.listen_port,
+            port: c.advertise_port.unwrap_or(c.listen_port),
             public_key: Some(keys.public_key_base64()),
             cert_fingerprint: Some(keys.fingerprint.clone()),
             transport: c.transport,
@@ -575,6 +601,7 @@ impl<'a> Leader<'a> {
                     tracing::info!(udp = %dp.local_addr(), peers = config.peers.len(), "hub dataplane started");
                     self.dataplane = Some(dp);
                     self.applied = Some(config);
+                    self.health.set(true, "leader: serving the tunnel");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "starting the hub dataplane");
@@ -631,6 +658,7 @@ mod tests {
             block_prefix_v6: 64,
             endpoint: None,
             listen_port: 31820,
+            advertise_port: None,
             transport: Transport::Wg,
             tun_name: "fb0".into(),
             state_dir: "/run/fleetboard".into(),

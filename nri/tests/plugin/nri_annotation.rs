@@ -157,3 +157,63 @@ async fn nri_reads_the_node_sub_block_the_agent_annotates() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// The tunnel CIDR is the hub's: the agent copies it from the hub's Peer onto its Node
+/// (`fleetboard.io/tunnel-cidr`) and the plugin takes it from there. A member-side
+/// `--tunnel-cidr` that disagrees with the hub's stops the plugin, naming the flag and both
+/// CIDRs. The hub here uses a non-default CIDR inside 100.64.0.0/10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nri_takes_the_tunnel_cidr_from_the_hub_and_refuses_a_conflicting_flag()
+-> anyhow::Result<()> {
+    use clap::Parser;
+    use fleetboard_nri::node_cidr::{self, NODE_CIDR_ANNOTATION, TUNNEL_CIDR_ANNOTATION};
+    use k8s_openapi::api::core::v1::Node;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        nri: fleetboard_nri::NriArgs,
+    }
+
+    let cluster = Cluster::start().await?;
+    let nodes: Api<Node> = Api::all(cluster.client());
+    let node = serde_json::json!({ "metadata": { "name": "n1", "annotations": {
+        NODE_CIDR_ANNOTATION: "100.97.3.0/24",
+        TUNNEL_CIDR_ANNOTATION: "100.96.0.0/12",
+    }}});
+    nodes
+        .create(&PostParams::default(), &serde_json::from_value(node)?)
+        .await?;
+    let got =
+        node_cidr::wait_tunnel_cidr(&cluster.client(), "n1", Duration::from_millis(200)).await?;
+    assert_eq!(got, "100.96.0.0/12".parse()?);
+
+    let dir = std::env::temp_dir().join(format!(
+        "fb-nri-cidr-{}",
+        fleetboard_tests::netns::unique_token()
+    ));
+    let kubeconfig = cluster.kubeconfig().to_str().unwrap().to_string();
+    let state = dir.join("ipam.json");
+    let cli = Cli::try_parse_from([
+        "nri",
+        "--node-name",
+        "n1",
+        "--kubeconfig",
+        &kubeconfig,
+        "--socket",
+        dir.join("none.sock").to_str().unwrap(),
+        "--state-file",
+        state.to_str().unwrap(),
+        "--tunnel-cidr",
+        "100.64.0.0/10",
+    ])?;
+    let err = tokio::time::timeout(Duration::from_secs(60), fleetboard_nri::run(cli.nri))
+        .await?
+        .expect_err("a --tunnel-cidr other than the hub's is refused")
+        .to_string();
+    for want in ["--tunnel-cidr", "100.64.0.0/10", "100.96.0.0/12"] {
+        assert!(err.contains(want), "{err} lacks {want}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -6,6 +6,8 @@
 //! agent exactly what they need (`kubectl auth can-i`). No controller-manager or kubelet runs
 //! in the fixture, so pods never start: the tests check objects, not pods.
 
+mod probes;
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -174,11 +176,39 @@ fn check_hub_render(docs: &[serde_json::Value], values: &serde_json::Value) {
     let svc = find(docs, "Service", "fleetboard-hub");
     let svc_type = values["service"]["type"].as_str().unwrap_or("LoadBalancer");
     assert_eq!(svc["spec"]["type"], svc_type);
-    assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
-    assert_eq!(svc["spec"]["ports"][0]["port"], json!(port));
-    if let Some(np) = values["service"]["nodePort"].as_i64() {
-        assert_eq!(svc["spec"]["ports"][0]["nodePort"], json!(np));
+    // WireGuard on the tunnel port, QUIC on the next one, both UDP, in every Service type.
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    let node_port = values["service"]["nodePort"].as_i64();
+    for (name, offset) in [("tunnel", 0), ("quic", 1)] {
+        let p = ports
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("Service port {name} missing: {ports:?}"));
+        assert_eq!(p["protocol"], "UDP", "{name}");
+        assert_eq!(p["port"], json!(port + offset), "{name}");
+        assert_eq!(p["targetPort"], name);
+        let container_port = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|cp| cp["name"] == name)
+            .unwrap_or_else(|| panic!("container port {name} missing"));
+        assert_eq!(container_port["containerPort"], json!(port + offset));
+        assert_eq!(container_port["protocol"], "UDP");
+        if let Some(np) = node_port {
+            assert_eq!(p["nodePort"], json!(np + offset), "{name}");
+        }
     }
+    // Members dial the published port: the node port behind a NodePort Service.
+    let advertised = if svc_type == "NodePort" {
+        node_port.expect("NodePort needs service.nodePort")
+    } else {
+        port
+    };
+    assert!(
+        args.contains(&format!("--advertise-port={advertised}")),
+        "{args:?}"
+    );
     let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
     if values["metrics"]["annotations"] == json!(true) {
         assert_eq!(annotations["prometheus.io/scrape"], "true");
@@ -244,6 +274,14 @@ fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
         assert!(
             !nri_args.iter().any(|a| a.starts_with("--pod-cidr")),
             "the sub-block comes from the Node: {nri_args:?}"
+        );
+        // Nor the tunnel CIDR: it is the hub's, from the Node annotation the agent writes.
+        assert_eq!(
+            nri_args.iter().any(|a| a.starts_with("--tunnel-cidr")),
+            values["nri"]["tunnelCIDR"]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
+            "--tunnel-cidr only when the deprecated nri.tunnelCIDR is set: {nri_args:?}"
         );
         assert!(
             nri_args.contains(&format!("--own-namespace={NS}")),
@@ -688,6 +726,7 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
         "--set hub.caData=",
         secret_name.as_str(),
         "kubectl peers",
+        "WireGuard 31820/UDP and QUIC 31821/UDP",
     ] {
         assert!(notes.contains(want), "NOTES lack {want:?}:\n{notes}");
     }

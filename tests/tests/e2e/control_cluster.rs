@@ -127,6 +127,18 @@ async fn joined(f: &Fleet) -> Vec<(String, String)> {
     for (from, to) in [("a1", "b1"), ("a2", "b2"), ("b1", "a2"), ("b2", "a1")] {
         wait_ping(f, from, ip_of(&ips, to), DEADLINE);
     }
+    // The chart's probes: every joined agent, gateway or not, is live and ready.
+    for (n, node) in f.nodes.iter().enumerate() {
+        eventually(
+            &format!("{} /ready 200", node.name),
+            DEADLINE,
+            POLL,
+            || async { Ok((f.agent_probe(n, "/ready") == Some(200)).then_some(())) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+        assert_eq!(f.agent_probe(n, "/live"), Some(200), "{} /live", node.name);
+    }
     ips
 }
 
@@ -259,8 +271,38 @@ async fn hub_leader_killed_standby_takes_over_and_traffic_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agents_keep_cidr_and_keys() {
-    let mut f = fleet("wg", &[]).await;
+    // A hub with a non-default tunnel CIDR: members learn it from the hub, nobody sets it
+    // on the member side.
+    const HUB_CIDR: &str = "100.96.0.0/12";
+    let opts = FleetOptions {
+        transport: "wg",
+        tunnel_cidr: HUB_CIDR,
+        ..Default::default()
+    };
+    let mut f = Fleet::start(opts, all_crds()).await.unwrap();
     let ips = joined(&f).await;
+    let hub_cidr: ipnet::Ipv4Net = HUB_CIDR.parse().unwrap();
+    for m in 0..f.members.len() {
+        // Each agent hands the hub's CIDR to the NRI plugin beside it (Node annotation).
+        eventually(
+            &format!("member {m}'s nodes carry the hub's tunnel CIDR"),
+            DEADLINE,
+            POLL,
+            || async {
+                let got = f.node_annotations(m, "fleetboard.io/tunnel-cidr").await?;
+                Ok((got.len() == 2 && got.values().all(|v| v == HUB_CIDR)).then_some(()))
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    }
+    for (node, ip) in &ips {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        assert!(
+            hub_cidr.contains(&ip),
+            "{node}'s address {ip} is outside {HUB_CIDR}"
+        );
+    }
     let before = peer(&f, "a").await.unwrap();
     let cidrs_before = f.node_cidrs(0).await.unwrap();
     for n in [f.node("a1"), f.node("a2")] {

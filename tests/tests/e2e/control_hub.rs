@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_millis(250);
 const NS: &str = "fleetboard-system";
 const CP_IP: &str = "198.18.0.1";
 const LEASE_SECONDS: &str = "4";
+/// Port of every hub replica's `/live`, `/ready`, `/metrics` (each in its own namespace).
+const METRICS_PORT: u16 = 9464;
 
 fn random_key() -> SecretKey {
     let mut b = [0u8; 32];
@@ -175,7 +177,7 @@ impl Env {
             "--renew-interval",
             "1",
             "--metrics-address",
-            "127.0.0.1:9464",
+            &format!("127.0.0.1:{METRICS_PORT}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -204,6 +206,11 @@ impl Env {
         if let Some(mut p) = self.hubs[i].proc.take() {
             p.kill();
         }
+    }
+
+    /// What a kubelet probe of replica `i` gets: the HTTP status of `path`.
+    fn probe(&self, i: usize, path: &str) -> Option<u16> {
+        self.hubs[i].ns.http_status(METRICS_PORT, path)
     }
 
     fn hub_admin(&self, i: usize) -> AdminClient {
@@ -335,12 +342,16 @@ async fn hub_allocates_unique_blocks_keeps_them_across_restarts_and_reclaims_the
             "100.64.0.0/10",
             "--tunnel-cidr",
             "fd00:64::/48",
+            // A NodePort in front of the listener: members must dial the node port.
+            "--advertise-port",
+            "30555",
         ],
     );
     env.start_hub(h);
     let hub = env.hub_peer().await;
     assert!(hub.spec.is_hub && hub.spec.is_public);
     assert_eq!(hub.spec.endpoint.as_deref(), Some("198.18.0.2"));
+    assert_eq!(hub.spec.port, 30555, "the hub publishes --advertise-port");
     assert_eq!(hub.spec.cidrs, ["100.64.0.0/10", "fd00:64::/48"]);
     assert_eq!(
         hub.spec.cert_fingerprint.as_ref().map(|f| f.len()),
@@ -543,6 +554,19 @@ async fn standby_takes_over_when_the_leader_is_killed() {
         dp_status(&env.hub_admin(standby)).await.is_err(),
         "the standby runs no dataplane"
     );
+    // The chart's probes: every replica is live (a standby must never be restarted); only the
+    // leader is ready, so the Service sends members to it.
+    eventually(
+        "the leader's /ready answers 200",
+        DEADLINE,
+        POLL,
+        || async { Ok((env.probe(leader, "/ready") == Some(200)).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert_eq!(env.probe(leader, "/live"), Some(200), "leader /live");
+    assert_eq!(env.probe(standby, "/live"), Some(200), "standby /live");
+    assert_eq!(env.probe(standby, "/ready"), Some(503), "standby /ready");
 
     let killed = Instant::now();
     env.kill_hub(leader);
@@ -563,6 +587,14 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
     let takeover = killed.elapsed();
+    eventually(
+        "the new leader's /ready answers 200",
+        DEADLINE,
+        POLL,
+        || async { Ok((env.probe(standby, "/ready") == Some(200)).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
     eprintln!(
         "hub takeover: the standby published itself and served the member {:.2?} after SIGKILL of the leader (lease {LEASE_SECONDS}s, renew 1s)",
         takeover
