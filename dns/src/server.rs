@@ -50,8 +50,8 @@ pub enum DnsError {
     #[error("kubernetes client: {0}")]
     Kube(String),
     /// The health endpoint could not be bound (names `--health-address`).
-    #[error("{0}")]
-    Health(String),
+    #[error(transparent)]
+    Health(#[from] fleetboard_control::health::HealthError),
 }
 
 /// Answers queries from the current [`Records`].
@@ -196,14 +196,15 @@ where
 
 /// Serves the zone on `cfg.listen` (UDP and TCP) from the member cluster's ServiceImports and
 /// MCS EndpointSlices until the server fails.
-pub async fn run(client: Client, cfg: DnsConfig) -> Result<(), DnsError> {
+/// `health`, when given, is told when the server is ready (see [`serve_reporting`]).
+pub async fn run(client: Client, cfg: DnsConfig, health: Option<Health>) -> Result<(), DnsError> {
     let udp = tokio::net::UdpSocket::bind(cfg.listen)
         .await
         .map_err(|e| DnsError::Bind(cfg.listen, e))?;
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| DnsError::Bind(cfg.listen, e))?;
-    serve(client, udp, tcp, &cfg.zone).await
+    serve_reporting(client, udp, tcp, &cfg.zone, health).await
 }
 
 /// Like [`run`] on sockets the caller bound (e.g. port 0 in tests).
@@ -292,9 +293,7 @@ pub struct DnsArgs {
 pub async fn main(args: DnsArgs) -> Result<(), DnsError> {
     let health = Health::new("listing ServiceImports and EndpointSlices");
     if let Some(addr) = args.health_address {
-        fleetboard_control::health::start("--health-address", addr, health.clone(), None)
-            .await
-            .map_err(|e| DnsError::Health(e.to_string()))?;
+        fleetboard_control::health::start("--health-address", addr, health.clone(), None).await?;
     }
     let client = match &args.kubeconfig {
         Some(path) => {
@@ -309,11 +308,13 @@ pub async fn main(args: DnsArgs) -> Result<(), DnsError> {
             .await
             .map_err(|e| DnsError::Kube(e.to_string()))?,
     };
-    let udp = tokio::net::UdpSocket::bind(args.listen)
-        .await
-        .map_err(|e| DnsError::Bind(args.listen, e))?;
-    let tcp = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| DnsError::Bind(args.listen, e))?;
-    serve_reporting(client, udp, tcp, &args.zone, Some(health)).await
+    run(
+        client,
+        DnsConfig {
+            listen: args.listen,
+            zone: args.zone,
+        },
+        Some(health),
+    )
+    .await
 }

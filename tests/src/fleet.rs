@@ -24,9 +24,9 @@ use crate::kube::{Cluster, ClusterOptions};
 use crate::netns::{Netns, Underlay, require_net_admin, unique_token};
 use crate::process::ChildGuard;
 
-/// The shared namespace in the hub and the agents' namespace in members.
 /// Port of each agent's `/live`, `/ready`, `/metrics` (in its node's namespace).
 pub const AGENT_METRICS_PORT: u16 = 9465;
+/// The shared namespace in the hub and the agents' namespace in members.
 pub const NAMESPACE: &str = "fleetboard-system";
 /// The tunnel CIDR the hub hands blocks out of.
 pub const TUNNEL_CIDR: &str = "100.64.0.0/10";
@@ -141,9 +141,9 @@ pub struct Fleet {
     pub members: Vec<Member>,
     /// Nodes of every member.
     pub nodes: Vec<FleetNode>,
-    /// Extra agent flags (e.g. `--public`).
     /// The hub's tunnel CIDR.
     pub tunnel_cidr: &'static str,
+    /// Extra agent flags (e.g. `--public`).
     pub agent_flags: Vec<String>,
     /// The bridge (dropped last).
     pub underlay: Underlay,

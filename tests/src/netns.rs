@@ -111,14 +111,19 @@ impl Netns {
         run(self.command(program).args(args))
     }
 
-    /// `GET path` on `127.0.0.1:port` inside the namespace: the HTTP status code, or `None`
-    /// when nothing answers (bash `/dev/tcp`, as a kubelet probe would connect).
-    pub fn http_status(&self, port: u16, path: &str) -> Option<u16> {
+    /// `GET path` on `127.0.0.1:port` inside the namespace (HTTP/1.0 over bash `/dev/tcp`, as a
+    /// kubelet probe would connect; no tools needed): the whole response, status line first,
+    /// or an empty string when nothing answers.
+    pub fn http_get(&self, port: u16, path: &str) -> String {
         let script = format!(
             "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
         );
-        let out = self.exec("bash", &["-c", &script]).ok()?;
-        crate::process::http_status_line(&out)
+        self.exec("bash", &["-c", &script]).unwrap_or_default()
+    }
+
+    /// [`Netns::http_get`]'s status code, or `None` when nothing answers.
+    pub fn http_status(&self, port: u16, path: &str) -> Option<u16> {
+        crate::process::http_status_line(&self.http_get(port, path))
     }
 
     /// `ip <args>` inside the namespace.

@@ -286,10 +286,22 @@ async fn publish_node(
     cfg: &AgentConfig,
     keys: &GatewayKeys,
 ) -> Result<(), AgentError> {
-    let patch = serde_json::json!({ "metadata": { "annotations": {
+    let annotations = serde_json::json!({
         PUBLIC_KEY_ANNOTATION: keys.public_key_base64(),
         TUNNEL_IP_ANNOTATION: cfg.node_ip.to_string(),
-    }}});
+    });
+    annotate_own_node(member, cfg, annotations, "").await
+}
+
+/// Merge-patches `annotations` onto this agent's own Node; `what` completes the error's
+/// "annotating node NAME".
+async fn annotate_own_node(
+    member: &kube::Client,
+    cfg: &AgentConfig,
+    annotations: serde_json::Value,
+    what: &str,
+) -> Result<(), AgentError> {
+    let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
     Api::<Node>::all(member.clone())
         .patch(
             &cfg.node_name,
@@ -298,7 +310,7 @@ async fn publish_node(
         )
         .await
         .map_err(|source| AgentError::Member {
-            what: format!("annotating node {}", cfg.node_name),
+            what: format!("annotating node {}{what}", cfg.node_name),
             source,
         })?;
     Ok(())
@@ -477,23 +489,14 @@ impl Agent {
         if current.as_deref() == Some(cidr.as_str()) {
             return Ok(());
         }
-        let patch = serde_json::json!({ "metadata": { "annotations": {
-            TUNNEL_CIDR_ANNOTATION: cidr,
-        }}});
-        Api::<Node>::all(self.member.clone())
-            .patch(
-                &self.cfg.node_name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|source| AgentError::Member {
-                what: format!(
-                    "annotating node {} with the tunnel CIDR",
-                    self.cfg.node_name
-                ),
-                source,
-            })?;
+        let annotations = serde_json::json!({ TUNNEL_CIDR_ANNOTATION: cidr });
+        annotate_own_node(
+            &self.member,
+            &self.cfg,
+            annotations,
+            " with the tunnel CIDR",
+        )
+        .await?;
         tracing::info!(node = %self.cfg.node_name, %cidr, "published the hub's tunnel CIDR");
         Ok(())
     }

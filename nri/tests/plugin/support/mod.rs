@@ -143,12 +143,9 @@ impl Node {
         Ok(conn)
     }
 
-    /// `GET path` on the plugin's metrics server in the node namespace (bash `/dev/tcp`).
+    /// `GET path` on the plugin's metrics server in the node namespace.
     pub fn http_get(&self, port: u16, path: &str) -> String {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        self.ns.exec("bash", &["-c", &script]).unwrap_or_default()
+        self.ns.http_get(port, path)
     }
 
     /// Names of node-side pod interfaces (`fbn*`).

@@ -138,12 +138,9 @@ impl Node {
         .unwrap_or_else(|e| panic!("{e}\n{logs}"));
     }
 
-    /// `GET path` on the metrics server inside the namespace (bash `/dev/tcp`, no tools).
+    /// `GET path` on the metrics server inside the namespace.
     pub fn http_get(&self, path: &str) -> String {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        self.ns.exec("bash", &["-c", &script]).unwrap_or_default()
+        self.ns.http_get(METRICS_PORT, path)
     }
 }
 
