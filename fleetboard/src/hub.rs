@@ -93,6 +93,11 @@ pub struct HubArgs {
     /// Seconds between Lease renewals (below two thirds of the lease duration).
     #[arg(long, env = "FLEETBOARD_RENEW_INTERVAL", default_value_t = 2)]
     renew_interval: u64,
+    /// This replica's own Pod (in --namespace): labelled fleetboard.io/hub-role=leader or
+    /// standby, so that a Service selecting the label reaches the leader only; standby
+    /// replicas are then ready too (the chart sets it to the Pod's name).
+    #[arg(long, env = "FLEETBOARD_LABEL_POD")]
+    label_pod: Option<String>,
 }
 
 fn identity(flag: Option<String>) -> anyhow::Result<String> {
@@ -150,6 +155,7 @@ pub fn main(args: HubArgs) -> anyhow::Result<()> {
         keys_secret: args.keys_secret,
         lease_duration: Duration::from_secs(args.lease_duration),
         renew_interval: Duration::from_secs(args.renew_interval),
+        label_pod: args.label_pod.filter(|p| !p.is_empty()),
     };
     // Bad flags exit before anything is bound or written.
     config.pools()?;

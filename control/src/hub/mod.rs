@@ -8,6 +8,7 @@
 //! A pass runs on every Peer event and every [`PASS_EVERY`] (the status refresh).
 
 pub mod plan;
+pub mod role;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,7 @@ use crate::ipam::BlockAllocator;
 use crate::keys::{self, GatewayKeys};
 use crate::leader::LeaderElection;
 use plan::{HubSettings, PeerInput};
+use role::{PodRole, Role};
 
 /// Field manager of everything the hub writes.
 pub const FIELD_MANAGER: &str = "fleetboard.io/hub";
@@ -44,8 +46,13 @@ pub const KEYS_SECRET: &str = "fleetboard-hub-keys";
 pub const PASS_EVERY: Duration = Duration::from_secs(2);
 /// Retry delay after a failure to load keys or start the dataplane.
 const RETRY: Duration = Duration::from_secs(2);
-/// `/ready` of a replica that is not (yet) leading: live, not in the Service.
+/// `/ready` of a replica that is not (yet) leading, without `--label-pod`: live, not ready,
+/// so that a Service selecting every replica only sends members to the leader.
 const STANDBY: &str = "standby: not leading (only the leader serves the tunnel)";
+/// `/ready` of a standby replica with `--label-pod`: ready (the Service selects the leader by
+/// its Pod label, see [`role`]), so rolling updates of the replicas proceed.
+const STANDBY_LABELLED: &str =
+    "standby: ready to take over (the Service selects the leader's pod by label)";
 /// Resolved endpoint names are kept this long.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
@@ -91,6 +98,10 @@ pub struct HubConfig {
     pub lease_duration: Duration,
     /// Lease renewal interval.
     pub renew_interval: Duration,
+    /// This replica's own Pod (in `namespace`), labelled with its role
+    /// ([`role::ROLE_LABEL`]) so that the Service selects the leader; a standby is then
+    /// ready. `None`: no label, and only the leader is ready.
+    pub label_pod: Option<String>,
 }
 
 /// Why the hub cannot run.
@@ -155,6 +166,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
     let pools = config.pools()?;
+    let mut role = config
+        .label_pod
+        .as_deref()
+        .map(|pod| PodRole::new(client.clone(), &config.namespace, pod));
+    let standby = match role {
+        Some(_) => (true, STANDBY_LABELLED),
+        None => (false, STANDBY),
+    };
     let health = Health::new(STANDBY);
     if let Some(addr) = config.metrics_address {
         crate::health::start(
@@ -199,6 +218,10 @@ pub async fn run(
     };
 
     tracing::info!(identity = %config.identity, namespace = %config.namespace, "hub replica up; standing by for the lease");
+    if let Some(r) = role.as_mut() {
+        r.set(Role::Standby).await;
+    }
+    health.set(standby.0, standby.1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -212,6 +235,7 @@ pub async fn run(
             reader.clone(),
             changed.clone(),
             health.clone(),
+            role.take(),
         );
         let lost = async {
             let _ = lead_rx.wait_for(|l| !*l).await;
@@ -223,7 +247,11 @@ pub async fn run(
             _ = leader.lead() => {}
         }
         leader.stop_dataplane().await;
-        health.set(false, STANDBY);
+        role = leader.role.take();
+        if let Some(r) = role.as_mut() {
+            r.set(Role::Standby).await;
+        }
+        health.set(standby.0, standby.1);
         if stopping {
             break;
         }
@@ -254,6 +282,8 @@ struct Leader<'a> {
     volatile_at: HashMap<String, tokio::time::Instant>,
     dns: HashMap<String, (Option<IpAddr>, tokio::time::Instant)>,
     health: Health,
+    /// This replica's Pod label, set to leader once the dataplane serves.
+    role: Option<PodRole>,
 }
 
 impl<'a> Leader<'a> {
@@ -264,6 +294,7 @@ impl<'a> Leader<'a> {
         reader: Store<Peer>,
         changed: Arc<Notify>,
         health: Health,
+        role: Option<PodRole>,
     ) -> Self {
         Self {
             config,
@@ -279,6 +310,7 @@ impl<'a> Leader<'a> {
             volatile_at: HashMap::new(),
             dns: HashMap::new(),
             health,
+            role,
         }
     }
 
@@ -486,6 +518,11 @@ impl<'a> Leader<'a> {
             .peers
             .retain(|peer| peer.name.as_ref().is_some_and(|n| persisted.contains(n)));
         self.apply_dataplane(plan.dataplane).await;
+        if self.dataplane.is_some()
+            && let Some(r) = self.role.as_mut()
+        {
+            r.set(Role::Leader).await;
+        }
     }
 
     /// The status as we last wrote it this term, else as the cache has it.
@@ -667,6 +704,7 @@ mod tests {
             keys_secret: KEYS_SECRET.into(),
             lease_duration: Duration::from_secs(15),
             renew_interval: Duration::from_secs(2),
+            label_pod: None,
         }
     }
 

@@ -166,6 +166,8 @@ fn check_hub_render(docs: &[serde_json::Value], values: &serde_json::Value) {
             "--cluster-id={}",
             values["cluster"]["clusterID"].as_str().unwrap_or("hub")
         ),
+        // The replica labels its own Pod (the kubelet expands $(POD_NAME)).
+        "--label-pod=$(POD_NAME)".to_string(),
     ] {
         assert!(args.contains(&want), "hub args lack {want}: {args:?}");
     }
@@ -176,6 +178,14 @@ fn check_hub_render(docs: &[serde_json::Value], values: &serde_json::Value) {
     let svc = find(docs, "Service", "fleetboard-hub");
     let svc_type = values["service"]["type"].as_str().unwrap_or("LoadBalancer");
     assert_eq!(svc["spec"]["type"], svc_type);
+    // Members reach the leader only: the replicas are all ready, the leader is labelled.
+    assert_eq!(svc["spec"]["selector"]["fleetboard.io/hub-role"], "leader");
+    for (k, v) in deploy["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&svc["spec"]["selector"][k], v, "Service selector {k}");
+    }
     // WireGuard on the tunnel port, QUIC on the next one, both UDP, in every Service type.
     let ports = svc["spec"]["ports"].as_array().unwrap();
     let node_port = values["service"]["nodePort"].as_i64();
@@ -1047,6 +1057,8 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ("get", "secrets/fleetboard-hub-keys", ns, NONE),
         ("update", "secrets/fleetboard-hub-keys", ns, NONE),
         ("create", "events", ns, NONE),
+        // Its own Pod's role label (the Service selects the leader by it).
+        ("patch", "pods", ns, NONE),
     ]);
     let denied: Vec<(&str, &str, Option<&str>, &[&str])> = vec![
         ("deletecollection", "peers.fleetboard.io", ns, NONE),
@@ -1070,6 +1082,9 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ("list", "nodes", None, NONE),
         ("get", "pods", ns, NONE),
         ("create", "pods", ns, NONE),
+        ("delete", "pods", ns, NONE),
+        ("patch", "pods", Some("kube-system"), NONE),
+        ("create", "pods/exec", ns, NONE),
         ("create", "clusterrolebindings", None, NONE),
         ("create", "rolebindings", ns, NONE),
         ("impersonate", "users", None, NONE),

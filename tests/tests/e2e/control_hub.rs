@@ -23,6 +23,7 @@ use fleetboard_tests::netns::{Netns, Underlay, require_net_admin, unique_token};
 use fleetboard_tests::process::ChildGuard;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -128,6 +129,7 @@ impl Env {
                       "verbs": ["get", "create", "update"] },
                     { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
                     { "apiGroups": [""], "resources": ["events"], "verbs": ["create"] },
+                    { "apiGroups": [""], "resources": ["pods"], "verbs": ["patch"] },
                 ]),
             )
             .await
@@ -607,6 +609,90 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     assert_eq!(before, after, "a new leader never moves a block");
     let hub = env.peers.get("hub").await.unwrap();
     assert_eq!(hub.spec.public_key, env.hub_peer().await.spec.public_key);
+}
+
+/// With `--label-pod` (the chart's setting) every replica is ready and the leader's Pod alone
+/// carries `fleetboard.io/hub-role=leader`, the label the chart's Service selects: the label
+/// follows the Lease when the leader dies, and a restarted replica labels itself standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_labels_its_pod_and_every_replica_is_ready() {
+    let mut env = Env::new().await;
+    let pods: Api<Pod> = Api::namespaced(env.cluster.client(), NS);
+    // No controller-manager here to create the namespace's default ServiceAccount.
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "default" } })).unwrap();
+    let sas: Api<ServiceAccount> = Api::namespaced(env.cluster.client(), NS);
+    let _ = sas.create(&PostParams::default(), &sa).await;
+    for name in ["hub-a", "hub-b"] {
+        // Pod objects only (no kubelet here): the hub patches its own Pod's labels.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": NS },
+            "spec": { "nodeName": "nowhere", "containers": [{ "name": "hub", "image": "fleetboard" }] },
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let a = env.add_hub("hub-a", 2, &["--label-pod", "hub-a"]);
+    let b = env.add_hub("hub-b", 3, &["--label-pod", "hub-b"]);
+    env.start_hub(a);
+    env.start_hub(b);
+    let role = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get(name).await.ok()?;
+            p.metadata.labels?.get("fleetboard.io/hub-role").cloned()
+        }
+    };
+    let holder = eventually("a leader holds the lease", DEADLINE, POLL, || async {
+        Ok(env.lease_holder().await)
+    })
+    .await
+    .unwrap();
+    let (leader, standby, leader_pod, standby_pod) = if holder == "hub-a" {
+        (a, b, "hub-a", "hub-b")
+    } else {
+        (b, a, "hub-b", "hub-a")
+    };
+    eventually(
+        "leader pod labelled leader, standby pod standby, both ready",
+        DEADLINE,
+        POLL,
+        || async {
+            Ok((role(leader_pod).await.as_deref() == Some("leader")
+                && role(standby_pod).await.as_deref() == Some("standby")
+                && env.probe(leader, "/ready") == Some(200)
+                && env.probe(standby, "/ready") == Some(200))
+            .then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+
+    env.kill_hub(leader);
+    eventually(
+        "the standby's pod is labelled leader",
+        DEADLINE,
+        POLL,
+        || async { Ok((role(standby_pod).await.as_deref() == Some("leader")).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    // The killed replica's container restarts (as the kubelet would): it labels its Pod
+    // standby before anything else, so the Service never selects two leaders for long.
+    env.start_hub(leader);
+    eventually(
+        "the restarted replica's pod is labelled standby",
+        DEADLINE,
+        POLL,
+        || async {
+            Ok((role(leader_pod).await.as_deref() == Some("standby")
+                && env.probe(leader, "/ready") == Some(200))
+            .then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert_eq!(role(standby_pod).await.as_deref(), Some("leader"));
 }
 
 /// A plain `fleetboard dataplane` member in its own namespace, configured from what the hub
