@@ -6,11 +6,15 @@
 //! - [`charts`]: the Helm charts of the checkout and the values files of the chart tests.
 //! - [`binaries`]: where the workspace's built binaries are.
 //! - [`kube`]: real Kubernetes control planes (etcd + kube-apiserver) started per test.
+//! - [`chart_repo`], [`user_shell`]: the charts as a user installs them: a chart repository
+//!   served on loopback, `helm repo add`, the NOTES' commands run as printed.
 
 pub mod binaries;
+pub mod chart_repo;
 pub mod charts;
 pub mod fleet;
 pub mod helm_install;
 pub mod kube;
 pub mod netns;
 pub mod process;
+pub mod user_shell;

@@ -7,6 +7,7 @@
 //! in the fixture, so pods never start: the tests check objects, not pods.
 
 mod probes;
+mod repo;
 
 use std::process::{Command, Output};
 use std::time::Duration;
