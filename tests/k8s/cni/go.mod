@@ -1,3 +1,7 @@
+// The CNI plugins bridge, host-local, loopback and portmap for the tests' real nodes (see
+// ../README.md), a module of its own (../tools puts the four binaries in one directory, for
+// containerd's CNI bin_dirs). Bump with `go get -tool <package>@<version>` for the four,
+// then `go mod tidy`.
 module fleetboard.invalid/tests/k8s/cni
 
 go 1.26.8

@@ -1,3 +1,7 @@
+// containerd, ctr and containerd-shim-runc-v2 for the tests' real nodes (see ../README.md), a
+// module of its own: containerd v2.4.2 requires grpc, otel and k8s.io (v0.37) versions newer
+// than kube-apiserver's in ../kubernetes. Built by ../tools with -tags "no_btrfs no_devmapper
+// no_zfs". Bump with `go get -tool <package>@<version>` for the three, then `go mod tidy`.
 module fleetboard.invalid/tests/k8s/containerd
 
 go 1.26.6

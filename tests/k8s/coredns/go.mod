@@ -1,3 +1,7 @@
+// CoreDNS for the tests' clusters (see ../README.md), a module of its own: its graph (every
+// in-tree plugin, cloud SDKs, k8s.io v0.37) would move what kube-apiserver is built with in
+// ../kubernetes. The tool is the module's root package, CoreDNS's main. Bump with
+// `go get -tool github.com/coredns/coredns@<version>`, then `go mod tidy`.
 module fleetboard.invalid/tests/k8s/coredns
 
 go 1.26.0

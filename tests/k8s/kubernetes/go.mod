@@ -1,7 +1,7 @@
 // The Kubernetes test tools (see ../README.md), one module for all of them so the packages
-// they share compile once: kube-apiserver and kubectl from k8s.io/kubernetes, etcd (the
-// v3.6.4 server Kubernetes 1.34 is built against) and helm v3.19.5 (on k8s.io v0.34), one
-// `tool` line each. The replace lines pin every k8s.io staging module to the release matching
+// they share compile once: kube-apiserver, kubectl, kubelet, kube-controller-manager,
+// kube-scheduler and kube-proxy from k8s.io/kubernetes, etcd (the v3.6.4 server Kubernetes
+// 1.34 is built against) and helm v3.19.5 (on k8s.io v0.34), one `tool` line each. The replace lines pin every k8s.io staging module to the release matching
 // k8s.io/kubernetes: the main module's own replace lines (to ./staging) do not apply to a
 // module that depends on it. Bump all of them together.
 module fleetboard.invalid/tests/k8s/kubernetes
