@@ -38,9 +38,9 @@ export CARGO_TERM_COLOR=never
 # A cold build gains nothing from incremental state (it is only written, never read).
 export CARGO_INCREMENTAL=0
 
-# The Go test tools (kube-apiserver, etcd, kubectl, helm; cached per version) build in the
-# background while Rust builds: the two share the 2 cores and fill each other's idle gaps
-# (Go's and rustc's serial link steps).
+# The Go test tools (tests/k8s/tools: Kubernetes, containerd, CoreDNS, CNI plugins, pause;
+# cached per version) build in the background while Rust builds: the two share the 2 cores and
+# fill each other's idle gaps (Go's and rustc's serial link steps).
 TOOLS_LOG="$(mktemp -t fleetboard-tools.XXXXXX.log)"
 TOOLS_START=$SECONDS
 (
