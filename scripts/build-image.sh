@@ -100,6 +100,7 @@ if ((rebuild_bases)) || ! have "$debian_ref"; then
   rm -rf "$ctx" && mkdir -p "$ctx"
   # Slim like the official image: no man pages, docs (but copyrights), locales, info; apt
   # deletes downloaded .debs after installing (the official image's docker-clean).
+  # shellcheck disable=SC2016 # the hooks' "$1" is mmdebstrap's, expanded by its shell
   mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \

@@ -57,6 +57,7 @@ TOOLS_PID=$!
 # tests ahead of it; warm (sources unchanged) it is a cache hit. In a session of its own, so
 # that an interrupted run can stop buildah and its cargo (killing the subshell would not).
 IMAGES_LOG="$(mktemp -t fleetboard-images.XXXXXX.log)"
+# shellcheck disable=SC2016,SC2094 # the inner script expands its own $1 (the log's name)
 setsid bash -c '
     start=$SECONDS
     rc=0
