@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# PROTOTYPE (spike, not yet wired into CI or tests): build FleetBoard's image from the unchanged
-# Dockerfile with buildah on a host that reaches no container registry. See docs/IMAGE-BUILD.md.
+# Builds FleetBoard's image from the unchanged Dockerfile with buildah on a host that reaches no
+# container registry. See docs/IMAGE-BUILD.md. CI calls it through tests/k8s/images (which caches
+# the archive by a hash of the build context); run it directly to build an image by hand.
 #
 # What it does, all as root, all state under $IMAGE_WORK (keep it across CI runs):
 #   1. debian:13.2-slim       = mmdebstrap --variant=minbase trixie (from the Debian mirror),
@@ -9,20 +10,23 @@
 #                               1.95.0 toolchain at /usr/local/rustup, /usr/local/cargo, with the
 #                               official image's env; tagged docker.io/library/rust:1.95-slim-trixie
 #   3. buildah bud of the Dockerfile (cache mounts persisted in $IMAGE_WORK/tmp/buildah-cache)
-#   4. checks: fleetboard --help runs, file capability, user 65532; then an OCI archive.
+#   4. checks: fleetboard --help runs, file capability, user 65532; then an OCI archive whose
+#      index names the image (io.containerd.image.name), so `ctr images import` needs no flags.
 # Steps 1 and 2 are skipped when the base images are already in $IMAGE_WORK's storage.
 #
 # Needs (Debian bookworm): apt-get install --no-install-recommends buildah mmdebstrap libcap2-bin
-#   (buildah 1.28.2 brings crun; libcap2-bin for getcap), and rustup's 1.95.0 toolchain on the host.
+#   (buildah 1.28.2 brings crun; libcap2-bin for getcap), jq, and rustup's 1.95.0 toolchain on the
+#   host (`rustup run 1.95.0-...`, or the active toolchain if it is 1.95.0; RUSTUP_HOME is honoured).
 #
 # Usage: scripts/build-image.sh [--rebuild-bases]
-#   IMAGE_WORK   state dir (default /var/tmp/fleetboard-image)
+#   IMAGE_WORK   state dir (default ~/.cache/fleetboard/image-build): buildah storage, base images,
+#                cargo cache mounts (registry, target); one build at a time (flock)
 #   IMAGE_TAG    default localhost/fleetboard:dev
 #   IMAGE_OUT    OCI archive (default $IMAGE_WORK/fleetboard.oci.tar)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-work=${IMAGE_WORK:-/var/tmp/fleetboard-image}
+work=${IMAGE_WORK:-$HOME/.cache/fleetboard/image-build}
 tag=${IMAGE_TAG:-localhost/fleetboard:dev}
 out=${IMAGE_OUT:-$work/fleetboard.oci.tar}
 debian_ref=docker.io/library/debian:13.2-slim
@@ -42,6 +46,26 @@ grep -q "^FROM ${rust_ref#docker.io/library/} " "$repo/Dockerfile" \
   || { echo "Dockerfile's builder base is not ${rust_ref#docker.io/library/}" >&2; exit 1; }
 grep -q "^FROM ${debian_ref#docker.io/library/} " "$repo/Dockerfile" \
   || { echo "Dockerfile's runtime base is not ${debian_ref#docker.io/library/}" >&2; exit 1; }
+
+# The host's rustup toolchain of the builder image's version: by name if rustup has it, else the
+# active one if it is that version (a toolchain installed as `stable` only).
+toolchain_sysroot() {
+  local v=${rust_toolchain%%-*}
+  if rustup run "$rust_toolchain" rustc --version 2>/dev/null | grep -q "^rustc $v "; then
+    rustup run "$rust_toolchain" rustc --print sysroot
+  elif rustc --version 2>/dev/null | grep -q "^rustc $v "; then
+    rustc --print sysroot
+  else
+    echo "no rustc $v on this host: rustup toolchain install $rust_toolchain" >&2
+    return 1
+  fi
+}
+
+mkdir -p "$work"
+# One build per state dir: a second one (another clone, another CI job) waits. `buildah rmi
+# --prune` or `rm` of a container during another build breaks that build.
+exec 8>"$work/.lock"
+flock 8
 
 # Private storage and registries configuration: nothing in /etc/containers is changed, and
 # docker.io is blocked, so a base image missing from local storage fails instead of pulling.
@@ -76,6 +100,7 @@ if ((rebuild_bases)) || ! have "$debian_ref"; then
   rm -rf "$ctx" && mkdir -p "$ctx"
   # Slim like the official image: no man pages, docs (but copyrights), locales, info; apt
   # deletes downloaded .debs after installing (the official image's docker-clean).
+  # shellcheck disable=SC2016 # the hooks' "$1" is mmdebstrap's, expanded by its shell
   mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -96,7 +121,7 @@ fi
 # ---- 2. rust:1.95-slim-trixie: the host's official rustup toolchain ----
 if ((rebuild_bases)) || ! have "$rust_ref"; then
   phase "base: $rust_ref (host rustup toolchain $rust_toolchain)"
-  sysroot=$(rustup run "$rust_toolchain" rustc --print sysroot)
+  sysroot=$(toolchain_sysroot)
   rustup_bin=$(command -v rustup)
   ctx=$work/ctx-rust
   rm -rf "$ctx"
@@ -149,8 +174,17 @@ caps=$(getcap "$mnt/usr/local/bin/fleetboard")
 buildah umount "$ctr" >/dev/null
 [[ $caps == *cap_net_admin=ep* ]] || { echo "fleetboard file capability: '$caps'" >&2; exit 1; }
 echo "user $user; $caps" | sed "s|$mnt||"
-rm -f "$out"
-buildah push --quiet "$tag" "oci-archive:$out:${tag#localhost/}"
+# OCI layout: the manifest's ref.name is the tag; io.containerd.image.name the full reference, the
+# name `ctr images import` gives the image (without it ctr drops a full reference as ref.name).
+lay=$work/tmp/oci-layout
+rm -rf "$lay" "$out"
+buildah push --quiet "$tag" "oci:$lay:${tag##*:}"
+jq -c --arg n "$tag" '.manifests[0].annotations["io.containerd.image.name"] = $n' "$lay/index.json" >"$lay/index.json.new"
+mv "$lay/index.json.new" "$lay/index.json"
+mkdir -p "$(dirname "$out")"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$lay" -cf "$out.tmp" oci-layout index.json blobs
+mv "$out.tmp" "$out"
+rm -rf "$lay"
 # Earlier builds' images, now untagged, would pile up in the persistent storage.
 buildah rmi --prune >/dev/null
 buildah images "$tag"

@@ -12,8 +12,8 @@ PKGS+=(runc iptables nftables conntrack util-linux)
 # Images without a registry: busybox-static for a test image's userland; buildah (needs uidmap
 # for newuidmap/newgidmap, crun or runc to run RUN steps, fuse-overlayfs for its overlay storage
 # outside a real overlay mount), mmdebstrap for the Debian base image, libcap2-bin for getcap
-# (scripts/build-image.sh).
-PKGS+=(busybox-static buildah uidmap crun fuse-overlayfs mmdebstrap libcap2-bin)
+# (scripts/build-image.sh), jq to name the OCI archives (tests/k8s/images).
+PKGS+=(busybox-static buildah uidmap crun fuse-overlayfs mmdebstrap libcap2-bin jq)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

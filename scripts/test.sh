@@ -4,9 +4,9 @@
 # real-apiserver). Needs root (network namespaces, TUN devices).
 #
 # Where the time goes (a cold run on a 2-core machine, see README.md#where-ci-time-goes):
-# the Go test tools build in the background while Rust builds, clippy lints the workspace
-# crates while they are compiled (no second, check-only compilation), and each crate has one
-# integration-test binary. Every phase's time is printed at the end.
+# the Go test tools and the test images build in the background while Rust builds, clippy lints
+# the workspace crates while they are compiled (no second, check-only compilation), and each
+# crate has one integration-test binary. Every phase's time is printed at the end.
 #
 # Environment: FLEETBOARD_TEST_THREADS (default 6) test threads of the e2e binary;
 # CARGO_TARGET_DIR (default ~/.cache/fleetboard/target) shared by every clone.
@@ -50,7 +50,23 @@ TOOLS_START=$SECONDS
     exit "$rc"
 ) >"$TOOLS_LOG" 2>&1 &
 TOOLS_PID=$!
-trap 'kill $TOOLS_PID 2>/dev/null || true; report' EXIT
+
+# The container images of the real-node tests (FleetBoard's from the Dockerfile, pause, busybox,
+# coredns; cached by a hash of their inputs) build in the background too, at a lower priority:
+# cold, FleetBoard's release build is ~14 min of CPU and must not slow the workspace build and
+# tests ahead of it; warm (sources unchanged) it is a cache hit. In a session of its own, so
+# that an interrupted run can stop buildah and its cargo (killing the subshell would not).
+IMAGES_LOG="$(mktemp -t fleetboard-images.XXXXXX.log)"
+# shellcheck disable=SC2016,SC2094 # the inner script expands its own $1 (the log's name)
+setsid bash -c '
+    start=$SECONDS
+    rc=0
+    nice -n 10 tests/k8s/images ensure || rc=$?
+    echo "$((SECONDS - start))" >"$1.took"
+    exit "$rc"
+' images "$IMAGES_LOG" >"$IMAGES_LOG" 2>&1 &
+IMAGES_PID=$!
+trap 'kill $TOOLS_PID 2>/dev/null || true; kill -- -$IMAGES_PID 2>/dev/null || true; report' EXIT
 
 phase "cargo fmt --check" cargo fmt --all -- --check
 
@@ -84,5 +100,19 @@ phase "wait for Go test tools" tools_wait
 TIMES+=("$(printf '%-34s %5d s' "  (Go test tools, in background)" "$(cat "$TOOLS_LOG.took")")")
 rm -f "$TOOLS_LOG" "$TOOLS_LOG.took"
 eval "$(tests/k8s/tools env)"
+
+images_wait() {
+    if ! wait "$IMAGES_PID"; then
+        cat "$IMAGES_LOG" >&2
+        echo "test.sh: tests/k8s/images ensure failed (log above)" >&2
+        return 1
+    fi
+    # The fleetboard build's cargo output is long: its summary lines only.
+    grep -E '^(images:|== )' "$IMAGES_LOG" >&2 || true
+}
+phase "wait for test images" images_wait
+TIMES+=("$(printf '%-34s %5d s' "  (test images, in background)" "$(cat "$IMAGES_LOG.took")")")
+rm -f "$IMAGES_LOG" "$IMAGES_LOG.took"
+eval "$(tests/k8s/images env)"
 
 phase "cargo test" cargo test --workspace --locked -- --test-threads="${FLEETBOARD_TEST_THREADS:-6}"
