@@ -13,4 +13,5 @@ pub mod fleet;
 pub mod helm_install;
 pub mod kube;
 pub mod netns;
+pub mod node;
 pub mod process;

@@ -14,6 +14,26 @@ pub enum Tool {
     Kubectl,
     /// `helm` from helm.sh/helm/v3.
     Helm,
+    /// `kubelet` from k8s.io/kubernetes.
+    Kubelet,
+    /// `kube-controller-manager` from k8s.io/kubernetes.
+    KubeControllerManager,
+    /// `kube-scheduler` from k8s.io/kubernetes.
+    KubeScheduler,
+    /// `kube-proxy` from k8s.io/kubernetes.
+    KubeProxy,
+    /// `containerd` from github.com/containerd/containerd/v2.
+    Containerd,
+    /// `ctr` from github.com/containerd/containerd/v2.
+    Ctr,
+    /// `containerd-shim-runc-v2` from github.com/containerd/containerd/v2.
+    ContainerdShim,
+    /// `coredns` from github.com/coredns/coredns.
+    CoreDns,
+    /// A directory with the CNI plugins bridge, host-local, loopback and portmap.
+    CniPlugins,
+    /// The pause program of pod sandboxes.
+    Pause,
 }
 
 impl Tool {
@@ -24,6 +44,16 @@ impl Tool {
             Tool::Etcd => "ETCD",
             Tool::Kubectl => "KUBECTL",
             Tool::Helm => "HELM",
+            Tool::Kubelet => "KUBELET",
+            Tool::KubeControllerManager => "KUBE_CONTROLLER_MANAGER",
+            Tool::KubeScheduler => "KUBE_SCHEDULER",
+            Tool::KubeProxy => "KUBE_PROXY",
+            Tool::Containerd => "CONTAINERD",
+            Tool::Ctr => "CTR",
+            Tool::ContainerdShim => "CONTAINERD_SHIM_RUNC_V2",
+            Tool::CoreDns => "COREDNS",
+            Tool::CniPlugins => "CNI_PLUGINS",
+            Tool::Pause => "PAUSE",
         }
     }
 
@@ -34,6 +64,16 @@ impl Tool {
             Tool::Etcd => "etcd",
             Tool::Kubectl => "kubectl",
             Tool::Helm => "helm",
+            Tool::Kubelet => "kubelet",
+            Tool::KubeControllerManager => "kube-controller-manager",
+            Tool::KubeScheduler => "kube-scheduler",
+            Tool::KubeProxy => "kube-proxy",
+            Tool::Containerd => "containerd",
+            Tool::Ctr => "ctr",
+            Tool::ContainerdShim => "containerd-shim-runc-v2",
+            Tool::CoreDns => "coredns",
+            Tool::CniPlugins => "cni-plugins",
+            Tool::Pause => "pause",
         }
     }
 
