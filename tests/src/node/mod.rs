@@ -26,7 +26,7 @@
 //!   route to the control-plane namespace (so kubelet has a node IP; nothing is forwarded
 //!   there), `ip_forward=1`, and routes to the other nodes' podCIDRs;
 //! - kubelet (client certificate `O=system:nodes, CN=system:node:<name>`, webhook
-//!   authn/authz, `clusterDNS` = [`CLUSTER_DNS_IP`], an empty `resolvConf` so pods never use
+//!   authn/authz, `clusterDNS` = [`crate::kube::CLUSTER_DNS_IP`], an empty `resolvConf` so pods never use
 //!   the machine's resolver), kube-proxy (iptables, `--masquerade-all`, no conntrack sysctls).
 //!
 //! Drop (also while a test panics) kills every process (by pid, by the node's socket path on
@@ -59,7 +59,7 @@ pub use cleanup::NodeTraces;
 pub use dns::install_cluster_dns;
 pub use images::{Image, ImageSet};
 
-use crate::kube::{CLUSTER_DNS_IP, Cluster, NodeRoute, eventually};
+use crate::kube::{Cluster, NodeRoute, eventually};
 use crate::netns::{Netns, unique_token};
 use crate::process::ChildGuard;
 
@@ -408,9 +408,4 @@ impl Drop for Node {
         }
         cleanup::teardown(self);
     }
-}
-
-/// The node's kubelet `clusterDNS` (CoreDNS' Service, see [`install_cluster_dns`]).
-pub fn cluster_dns_ip() -> &'static str {
-    CLUSTER_DNS_IP
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleetboard_tests::kube::{Cluster, ClusterOptions, eventually};
+use fleetboard_tests::kube::{CLUSTER_DNS_IP, Cluster, ClusterOptions, eventually};
 use fleetboard_tests::netns::{require_net_admin, run};
 use fleetboard_tests::node::{ImageSet, Node, NodeOptions, install_cluster_dns};
 use k8s_openapi::api::apps::v1::Deployment;
