@@ -78,6 +78,26 @@ async fn two_nodes_serve_pods_a_service_and_cluster_dns() {
         body.starts_with("hello from web-"),
         "{url} answered {body:?}"
     );
+    // Pods ask CoreDNS only, and CoreDNS answers nothing outside the cluster (no forward).
+    let resolv = exec_eventually(&cluster, &pod_a.name, "cat /etc/resolv.conf")
+        .await
+        .unwrap();
+    assert!(
+        resolv.contains(&format!("nameserver {CLUSTER_DNS_IP}"))
+            && resolv.matches("nameserver").count() == 1,
+        "{resolv}"
+    );
+    let outside = exec_eventually(
+        &cluster,
+        &pod_a.name,
+        "timeout 5 nslookup example.com 2>&1; true",
+    )
+    .await
+    .unwrap();
+    assert!(
+        outside.contains(CLUSTER_DNS_IP) && !outside.contains("Name:"),
+        "example.com resolved: {outside}"
+    );
     // Pod to pod across nodes, pod to node, node to pod.
     let body = exec_eventually(
         &cluster,
