@@ -75,9 +75,10 @@ fn kill_all(cgroup: &str, dir: &Path) {
     }
 }
 
-/// Pids whose command line contains `dir`.
+/// Pids whose command line contains a path under `dir` (`<dir>/`: another node's directory
+/// may start with the same characters).
 fn pids_naming(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
+    let needle = format!("{}/", dir.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -32,6 +32,7 @@ pub(super) fn start(
         // on another node come back through the node that DNATed them (no br_netfilter
         // needed, no routes back to the client's pod range).
         .arg("--masquerade-all")
+        .arg("--nodeport-addresses=primary")
         .arg("--metrics-bind-address=127.0.0.1:10249")
         .arg("--healthz-bind-address=127.0.0.1:10256")
         .arg("--oom-score-adj=0")
