@@ -1,6 +1,6 @@
 //! The images nodes import: OCI archives listed in `images.tsv` (name, reference, archive;
 //! tab-separated) in the directory `$FLEETBOARD_IMAGES` (`eval "$(tests/k8s/images env)"`),
-//! else `~/.cache/fleetboard/images`.
+//! else the directory `tests/k8s/images env` names.
 
 use std::path::{Path, PathBuf};
 
@@ -27,12 +27,11 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    /// The set in `$FLEETBOARD_IMAGES` (or `~/.cache/fleetboard/images`).
+    /// The set in `$FLEETBOARD_IMAGES`, else in the directory `tests/k8s/images env` prints.
     pub fn from_env() -> anyhow::Result<Self> {
         let dir = match std::env::var_os("FLEETBOARD_IMAGES") {
             Some(d) => PathBuf::from(d),
-            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/fleetboard/images"),
+            None => images_script_dir()?,
         };
         Self::from_dir(&dir).with_context(|| {
             format!(
@@ -65,6 +64,16 @@ impl ImageSet {
         Ok(Self { images })
     }
 
+    /// Only the images named `names` (e.g. leave the large `fleetboard` image out of a test
+    /// that does not run it).
+    pub fn only(&self, names: &[&str]) -> anyhow::Result<Self> {
+        let images = names
+            .iter()
+            .map(|n| self.get(n).cloned())
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { images })
+    }
+
     /// The image named `name`.
     pub fn get(&self, name: &str) -> anyhow::Result<&Image> {
         self.images
@@ -81,4 +90,24 @@ impl ImageSet {
     fn names(&self) -> Vec<&str> {
         self.images.iter().map(|i| i.name.as_str()).collect()
     }
+}
+
+/// The set directory `tests/k8s/images env` prints (`export FLEETBOARD_IMAGES=<dir>`).
+fn images_script_dir() -> anyhow::Result<PathBuf> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("k8s/images");
+    let out = std::process::Command::new(&script)
+        .arg("env")
+        .output()
+        .with_context(|| format!("FLEETBOARD_IMAGES is unset and {} failed", script.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("export FLEETBOARD_IMAGES="))
+        .map(|v| PathBuf::from(v.trim().trim_matches(|c| c == '\'' || c == '"')))
+        .with_context(|| {
+            format!(
+                "FLEETBOARD_IMAGES is unset and `{} env` names no set: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
 }

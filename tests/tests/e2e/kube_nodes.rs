@@ -31,7 +31,9 @@ const NS: &str = "web";
 async fn two_nodes_serve_pods_a_service_and_cluster_dns() {
     require_net_admin();
     let began = Instant::now();
-    let images = ImageSet::from_env().unwrap();
+    let images = ImageSet::from_env()
+        .and_then(|s| s.only(&["pause", "busybox", "coredns"]))
+        .unwrap();
     let busybox = images.get("busybox").unwrap().reference.clone();
     let coredns = images.get("coredns").unwrap().reference.clone();
     let cluster = Cluster::start_with(ClusterOptions::with_nodes())
