@@ -16,5 +16,6 @@ pub mod fleet;
 pub mod helm_install;
 pub mod kube;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod user_shell;

@@ -20,9 +20,12 @@
 //! port race is retried with new ones; each cluster also has its own etcd key prefix, so
 //! parallel tests never share state. Everything is killed and deleted on drop.
 
+mod accounts;
+mod controllers;
 mod forward;
 pub mod pki;
 pub mod tools;
+mod util;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -30,14 +33,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub use controllers::{
+    CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, NodeNetwork, NodeRoute, NodeSupport, remove_node_route,
+};
 pub use forward::{Forwarder, NetnsDialer};
 pub use tools::Tool;
+pub use util::{client_from_kubeconfig, eventually};
+use util::{create_if_missing, tail, write_kubeconfig};
 
 use crate::netns::{Netns, unique_token};
 use crate::process::ChildGuard;
@@ -52,9 +55,9 @@ const READY_POLL: Duration = Duration::from_millis(250);
 const START_ATTEMPTS: usize = 4;
 /// Lifetime asked for minted service-account tokens (the apiserver's minimum is 10 minutes).
 const TOKEN_SECONDS: i64 = 3600;
-/// The service range the apiserver allocates ClusterIPs from. No traffic ever goes there (no
-/// kube-proxy), it is inside the test-reserved 198.18.0.0/15 anyway.
-const SERVICE_CIDR: &str = "198.19.255.0/24";
+/// The service range the apiserver allocates ClusterIPs from, inside the test-reserved
+/// 198.18.0.0/15 (only clusters with nodes run kube-proxy; elsewhere no traffic goes there).
+pub const SERVICE_CIDR: &str = "198.19.255.0/24";
 
 /// Where and how a [`Cluster`] runs.
 #[derive(Debug, Clone)]
@@ -63,6 +66,10 @@ pub struct ClusterOptions {
     pub bind: IpAddr,
     /// Run etcd and kube-apiserver inside this network namespace (`ip netns` name).
     pub netns: Option<String>,
+    /// Host real nodes ([`crate::node::Node`]): the cluster makes its own underlay and
+    /// control-plane namespace (`bind` and `netns` are then ignored), and runs
+    /// kube-controller-manager and kube-scheduler too. See [`ClusterOptions::with_nodes`].
+    pub nodes: Option<NodeSupport>,
 }
 
 impl Default for ClusterOptions {
@@ -77,6 +84,7 @@ impl ClusterOptions {
         Self {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             netns: None,
+            nodes: None,
         }
     }
 
@@ -85,6 +93,7 @@ impl ClusterOptions {
         Self {
             bind: addr,
             netns: None,
+            nodes: None,
         }
     }
 
@@ -94,6 +103,18 @@ impl ClusterOptions {
         Self {
             bind: addr,
             netns: Some(ns.name().to_string()),
+            nodes: None,
+        }
+    }
+
+    /// A cluster for real nodes: etcd, kube-apiserver (NodeRestriction, kubelet client
+    /// certificate, InternalIP preference, privileged pods allowed), kube-controller-manager
+    /// (podCIDRs from a cluster CIDR of its own) and kube-scheduler in a control-plane
+    /// namespace on an underlay of the cluster's own, which [`crate::node::Node`]s join.
+    pub fn with_nodes() -> Self {
+        Self {
+            nodes: Some(NodeSupport::default()),
+            ..Self::loopback()
         }
     }
 }
@@ -111,6 +132,9 @@ pub struct Cluster {
     internal_url: String,
     kubeconfig: PathBuf,
     started_in: Duration,
+    control_plane: Option<controllers::ControlPlane>,
+    // After the processes: deleting its namespaces kills whatever is left in them.
+    node_network: Option<NodeNetwork>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -156,17 +180,28 @@ impl Cluster {
     /// Starts a cluster as `opts` says and waits until `/readyz` answers `ok`.
     pub async fn start_with(opts: ClusterOptions) -> anyhow::Result<Self> {
         let began = Instant::now();
+        let (opts, mut node_network) = controllers::prepare(opts)?;
         let apiserver_bin = Tool::KubeApiserver.path()?;
         let etcd_bin = Tool::Etcd.path()?;
         let dir = std::env::temp_dir().join(format!("fb-kube-{}", unique_token()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dialer = opts.netns.as_deref().map(NetnsDialer::new).transpose()?;
-        let mut ips = vec![opts.bind];
+        let mut ips = vec![opts.bind, IpAddr::V4(KUBERNETES_SERVICE_IP)];
         if opts.bind != IpAddr::V4(Ipv4Addr::LOCALHOST) {
             // The test process reaches in-namespace clusters through a loopback forwarder.
             ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
         let pki = pki::generate(&dir.join("pki"), &ips)?;
+        let kubelet_client = match opts.nodes {
+            Some(_) => Some(pki::issue_client(
+                &pki,
+                &dir.join("pki"),
+                "apiserver-kubelet-client",
+                controllers::KUBELET_CLIENT_CN,
+                &[],
+            )?),
+            None => None,
+        };
         let mut last_log = String::new();
         for attempt in 1..=START_ATTEMPTS {
             let start = Start {
@@ -177,9 +212,15 @@ impl Cluster {
                 apiserver_bin: &apiserver_bin,
                 etcd_bin: &etcd_bin,
                 dialer: dialer.clone(),
+                kubelet_client: kubelet_client.as_ref(),
             };
             match start.run().await {
                 Ok(mut cluster) => {
+                    cluster.node_network = node_network.take();
+                    if let Some(net) = &cluster.node_network {
+                        cluster.control_plane =
+                            Some(controllers::ControlPlane::start(&cluster, net).await?);
+                    }
                     cluster.started_in = began.elapsed();
                     eprintln!(
                         "kube: cluster {} ready in {:.1?} (dir {})",
@@ -265,108 +306,6 @@ impl Cluster {
             .env("KUBECONFIG", &self.kubeconfig);
         Ok(c)
     }
-
-    /// Creates (if missing) namespace `namespace` and service account `name` in it, and mints
-    /// a token for it with the TokenRequest API. Grant it rights with Roles/RoleBindings
-    /// through [`Cluster::client`].
-    pub async fn service_account_token(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> anyhow::Result<String> {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.to_string()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        create_if_missing(&namespaces, &ns).await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let sa = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        create_if_missing(&accounts, &sa).await?;
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![],
-                expiration_seconds: Some(TOKEN_SECONDS),
-                bound_object_ref: None,
-            },
-            ..Default::default()
-        };
-        let answer = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("TokenRequest for {namespace}/{name}"))?;
-        answer
-            .status
-            .map(|s| s.token)
-            .filter(|t| !t.is_empty())
-            .context("TokenRequest answered without a token")
-    }
-
-    /// Grants service account `namespace/service_account` the RBAC `rules` (a JSON array of
-    /// PolicyRules, e.g. `[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]`)
-    /// in `namespace`, with a Role and a RoleBinding both named after the account.
-    pub async fn grant(
-        &self,
-        namespace: &str,
-        service_account: &str,
-        rules: serde_json::Value,
-    ) -> anyhow::Result<()> {
-        let role: Role = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": service_account, "namespace": namespace },
-            "rules": rules,
-        }))
-        .context("rules are not a list of PolicyRules")?;
-        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": service_account, "namespace": namespace },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account },
-            "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": namespace }],
-        }))?;
-        Api::<Role>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &role)
-            .await
-            .with_context(|| format!("creating Role {namespace}/{service_account}"))?;
-        Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &binding)
-            .await
-            .with_context(|| format!("creating RoleBinding {namespace}/{service_account}"))?;
-        Ok(())
-    }
-
-    /// Writes `<dir>/<file_stem>.kubeconfig` that authenticates with `token` against
-    /// [`Cluster::internal_url`] (what a component in the test's namespaces uses).
-    pub fn token_kubeconfig(&self, file_stem: &str, token: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join(format!("{file_stem}.kubeconfig"));
-        write_kubeconfig(
-            &path,
-            &self.internal_url,
-            &self.pki.ca_cert,
-            serde_json::json!({ "token": token }),
-        )?;
-        Ok(path)
-    }
-
-    /// A kube-rs client that authenticates with `token` (reaching [`Cluster::url`]).
-    pub async fn client_with_token(&self, token: &str) -> anyhow::Result<kube::Client> {
-        let path = self
-            .dir
-            .join(format!("token-{}.kubeconfig", unique_token()));
-        write_kubeconfig(
-            &path,
-            &self.url,
-            &self.pki.ca_cert,
-            serde_json::json!({ "token": token }),
-        )?;
-        client_from_kubeconfig(&path).await
-    }
 }
 
 impl Drop for Cluster {
@@ -380,6 +319,9 @@ impl Drop for Cluster {
             );
         }
         self.forwarder.take();
+        if let Some(cp) = &mut self.control_plane {
+            cp.kill();
+        }
         self.apiserver.kill();
         self.etcd.kill();
         if std::env::var_os("FLEETBOARD_KEEP_KUBE").is_none() {
@@ -397,6 +339,7 @@ struct Start<'a> {
     apiserver_bin: &'a Path,
     etcd_bin: &'a Path,
     dialer: Option<NetnsDialer>,
+    kubelet_client: Option<&'a (PathBuf, PathBuf)>,
 }
 
 impl Start<'_> {
@@ -456,10 +399,19 @@ impl Start<'_> {
             // Secret in kube-system, generated at install time by the hub chart).
             .arg("--enable-bootstrap-token-auth")
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-            // No kubelets, no kube-proxy: the `kubernetes` Endpoints would point at a loopback
-            // address, which validation refuses; nothing reads them here.
-            .arg("--endpoint-reconciler-type=none")
             .arg("--profiling=false");
+        match self.kubelet_client {
+            Some(client) => {
+                // Nodes: the `kubernetes` Service's endpoint is the underlay address (pods
+                // reach it through kube-proxy).
+                api_cmd.args(controllers::apiserver_node_args(client));
+            }
+            None => {
+                // No kubelets, no kube-proxy: the `kubernetes` Endpoints would point at a
+                // loopback address, which validation refuses; nothing reads them here.
+                api_cmd.arg("--endpoint-reconciler-type=none");
+            }
+        }
         let api_log = self.dir.join(format!("apiserver-{}.log", self.attempt));
         let mut apiserver = ChildGuard::spawn("kube-apiserver", api_cmd, &api_log)?;
 
@@ -525,6 +477,8 @@ impl Start<'_> {
             internal_url,
             kubeconfig,
             started_in: Duration::ZERO,
+            control_plane: None,
+            node_network: None,
         })
     }
 
@@ -555,83 +509,4 @@ fn free_ports() -> std::io::Result<[u16; 3]> {
         listeners[1].local_addr()?.port(),
         listeners[2].local_addr()?.port(),
     ])
-}
-
-/// Creates `obj` unless it already exists.
-async fn create_if_missing<K>(api: &Api<K>, obj: &K) -> anyhow::Result<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Writes a one-context kubeconfig for `server` trusting `ca`, with the given `user` entry.
-fn write_kubeconfig(
-    path: &Path,
-    server: &str,
-    ca: &Path,
-    user: serde_json::Value,
-) -> anyhow::Result<()> {
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "fleetboard-test", "cluster": {
-            "server": server,
-            "certificate-authority": ca,
-        }}],
-        "users": [{ "name": "user", "user": user }],
-        "contexts": [{ "name": "fleetboard-test", "context": {
-            "cluster": "fleetboard-test",
-            "user": "user",
-        }}],
-        "current-context": "fleetboard-test",
-    });
-    let text = serde_yaml::to_string(&config)?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// A kube-rs client configured from a kubeconfig file.
-pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls the async `f` every `every` until it returns `Ok(Some(v))` or `deadline` passes; the
-/// error names `what` and the last failure (the async twin of [`crate::process::wait_for`]).
-pub async fn eventually<T, F, Fut>(
-    what: &str,
-    deadline: Duration,
-    every: Duration,
-    mut f: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let end = Instant::now() + deadline;
-    let mut last = String::from("condition not met");
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() >= end {
-            anyhow::bail!("timed out after {deadline:?} waiting for {what}: {last}");
-        }
-        tokio::time::sleep(every).await;
-    }
 }

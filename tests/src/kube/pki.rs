@@ -17,6 +17,9 @@ use rcgen::{
 pub struct PkiFiles {
     /// The cluster CA certificate (trust anchor for clients, `--client-ca-file`).
     pub ca_cert: PathBuf,
+    /// The cluster CA key (signs the client certificates of nodes and controllers, see
+    /// [`issue_client`]).
+    pub ca_key: PathBuf,
     /// The apiserver's serving certificate.
     pub server_cert: PathBuf,
     /// The apiserver's serving key.
@@ -46,17 +49,9 @@ pub fn generate(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<PkiFiles> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "fleetboard-test-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let ca_params = ca_params()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
 
     let mut sans: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
@@ -89,6 +84,7 @@ pub fn generate(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<PkiFiles> {
 
     let files = PkiFiles {
         ca_cert: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
         server_cert: dir.join("apiserver.crt"),
         server_key: dir.join("apiserver.key"),
         admin_cert: dir.join("admin.crt"),
@@ -97,6 +93,7 @@ pub fn generate(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<PkiFiles> {
         sa_pub: dir.join("sa.pub"),
     };
     write(&files.ca_cert, &ca_cert.pem())?;
+    write(&files.ca_key, &ca_key_pem)?;
     write(&files.server_cert, &server_cert.pem())?;
     write(&files.server_key, &server_key.serialize_pem())?;
     write(&files.admin_cert, &admin_cert.pem())?;
@@ -104,6 +101,55 @@ pub fn generate(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<PkiFiles> {
     write(&files.sa_key, &sa_key.serialize_pem())?;
     write(&files.sa_pub, &sa_key.public_key_pem())?;
     Ok(files)
+}
+
+/// The CA's parameters (the same every time: an issuer rebuilt from them and the saved key
+/// signs certificates that chain to the saved CA certificate).
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fleetboard-test-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(ca_params)
+}
+
+/// Issues a client certificate `CN=<common_name>, O=<orgs>` signed by the cluster CA of
+/// `pki` into `<dir>/<stem>.crt` and `<dir>/<stem>.key`; returns both paths.
+pub fn issue_client(
+    pki: &PkiFiles,
+    dir: &Path,
+    stem: &str,
+    common_name: &str,
+    orgs: &[&str],
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_pem = std::fs::read_to_string(&pki.ca_key)
+        .with_context(|| format!("reading {}", pki.ca_key.display()))?;
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&ca_pem)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    for o in orgs {
+        params.distinguished_name.push(DnType::OrganizationName, *o);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    let (crt, k) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    write(&crt, &cert.pem())?;
+    write(&k, &key.serialize_pem())?;
+    Ok((crt, k))
 }
 
 fn write(path: &Path, pem: &str) -> anyhow::Result<()> {

@@ -1,0 +1,411 @@
+//! Real Kubernetes nodes for a test [`Cluster`]: containerd v2 + runc + the CNI bridge +
+//! kubelet + kube-proxy, each node inside a network namespace of its own on the cluster's
+//! underlay (docs/REAL-NODES.md has every config, error and fix behind this).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use fleetboard_tests::kube::{Cluster, ClusterOptions};
+//! use fleetboard_tests::node::{ImageSet, Node, NodeOptions, install_cluster_dns};
+//! let images = ImageSet::from_env()?;              // FLEETBOARD_IMAGES (tests/k8s/images env)
+//! let cluster = Cluster::start_with(ClusterOptions::with_nodes()).await?;
+//! let a = Node::start(&cluster, NodeOptions::new("a", &images)?).await?;   // waits for Ready
+//! let b = Node::start(&cluster, NodeOptions::new("b", &images)?).await?;
+//! install_cluster_dns(&cluster, &images.get("coredns")?.reference).await?;
+//! println!("containerd NRI socket of a: {}", a.nri_socket().display());
+//! # Ok(()) }
+//! ```
+//!
+//! A node, concretely (`<t>` is a [`unique_token`]):
+//! - its directory `$TMPDIR/fbnode-<t>/` holds everything: PKI, configs, containerd's root,
+//!   state and sockets, runc's root, shim sockets, the NRI socket (`nri/nri.sock`, plugins
+//!   dir `nri/plugins` empty), CNI config and IPAM data, kubelet's root dir, pod logs, pod
+//!   network namespace mounts;
+//! - the cgroup `/fbnode-<t>` in every hierarchy (`runtime/` containerd, `kubelet/` kubelet
+//!   and kube-proxy, `kubepods/` made by kubelet);
+//! - the network namespace `fb-node-<t'>` with `eth0` on the cluster's underlay, a default
+//!   route to the control-plane namespace (so kubelet has a node IP; nothing is forwarded
+//!   there), `ip_forward=1`, and routes to the other nodes' podCIDRs;
+//! - kubelet (client certificate `O=system:nodes, CN=system:node:<name>`, webhook
+//!   authn/authz, `clusterDNS` = [`crate::kube::CLUSTER_DNS_IP`], an empty `resolvConf` so pods never use
+//!   the machine's resolver), kube-proxy (iptables, `--masquerade-all`, no conntrack sysctls).
+//!
+//! Drop (also while a test panics) kills every process (by pid, by the node's socket path on
+//! a command line, by its cgroups, in rounds), unmounts everything under the directory
+//! deepest first, removes the cgroups deepest first, the node's `/var/lib/cni/results` entries
+//! and `/var/log/containers` links, the namespace and finally the directory.
+//! [`NodeTraces::leftovers`] checks that nothing is left.
+
+mod cgroups;
+mod cleanup;
+mod cni;
+mod containerd;
+mod dns;
+mod images;
+mod kubelet;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Node as KubeNode, Taint};
+use kube::api::Api;
+
+pub use cleanup::NodeTraces;
+pub use dns::install_cluster_dns;
+pub use images::{Image, ImageSet};
+
+use crate::kube::{Cluster, NodeRoute, eventually};
+use crate::netns::{Netns, unique_token};
+use crate::process::ChildGuard;
+
+/// How long a node may take to turn Ready (1–4 s on an idle machine; generous for a busy
+/// 2-core one starting several nodes at once).
+const READY_DEADLINE: Duration = Duration::from_secs(240);
+
+/// What [`Node::start`] makes.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The Kubernetes node name (unique within its cluster).
+    pub name: String,
+    /// Its underlay address; `None`: the next free one of the cluster's underlay.
+    pub address: Option<Ipv4Addr>,
+    /// Node labels (kubelet `--node-labels`; NodeRestriction refuses most
+    /// `kubernetes.io`-prefixed ones).
+    pub labels: BTreeMap<String, String>,
+    /// Taints the node registers with.
+    pub taints: Vec<Taint>,
+    /// OCI archives imported into containerd's `k8s.io` namespace before kubelet starts.
+    pub images: Vec<PathBuf>,
+    /// The pod sandbox image (must be among `images`).
+    pub pause_image: String,
+    /// Run kube-proxy (iptables mode) on the node.
+    pub kube_proxy: bool,
+}
+
+impl NodeOptions {
+    /// Node `name` with every archive of `images`, its `pause` image as sandbox image, and
+    /// kube-proxy.
+    pub fn new(name: &str, images: &ImageSet) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.to_string(),
+            address: None,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            images: images.archives(),
+            pause_image: images.get("pause")?.reference.clone(),
+            kube_proxy: true,
+        })
+    }
+}
+
+/// The processes of a node, killed in this order.
+#[derive(Default)]
+struct Procs {
+    kube_proxy: Option<ChildGuard>,
+    kubelet: Option<ChildGuard>,
+    containerd: Option<ChildGuard>,
+}
+
+/// One running node. Dropping it removes every trace of it (see the module docs).
+pub struct Node {
+    name: String,
+    token: String,
+    dir: PathBuf,
+    address: Ipv4Addr,
+    pod_cidr: String,
+    ready_in: Duration,
+    procs: Procs,
+    routes: Option<Arc<Mutex<Vec<NodeRoute>>>>,
+    netns: Option<Netns>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("pod_cidr", &self.pod_cidr)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node of `cluster` (which must have been started with
+    /// [`crate::kube::ClusterOptions::with_nodes`]) and waits until it is Ready, its podCIDR
+    /// is routed from the other nodes and (with kube-proxy) kube-proxy has synced.
+    pub async fn start(cluster: &Cluster, opts: NodeOptions) -> anyhow::Result<Self> {
+        let began = Instant::now();
+        let net = cluster.node_network().context(
+            "the cluster has no node network: start it with ClusterOptions::with_nodes()",
+        )?;
+        let token = unique_token();
+        let dir = std::env::temp_dir().join(format!("fbnode-{token}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let address = match opts.address {
+            Some(a) => a,
+            None => net.allocate_address()?,
+        };
+        // From here on, Drop cleans up whatever exists.
+        let mut node = Node {
+            name: opts.name.clone(),
+            token,
+            dir,
+            address,
+            pod_cidr: String::new(),
+            ready_in: Duration::ZERO,
+            procs: Procs::default(),
+            routes: None,
+            netns: None,
+        };
+        let ns = Netns::new("node")?;
+        net.underlay()
+            .attach(&ns, "eth0", &[&format!("{address}/{}", net.prefix_len())])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.apiserver_ip().to_string(),
+        ])?;
+        ns.sysctl("net.ipv4.ip_forward=1")?;
+        node.netns = Some(ns);
+        cgroups::create(&node.cgroup())?;
+
+        let cni_template = cni::write_template(&node.dir, &node.cni_network())?;
+        let containerd = containerd::start(&node, &opts, &cni_template)?;
+        node.procs.containerd = Some(containerd);
+        let socket = node.containerd_socket();
+        containerd::wait_ready(&socket, node.procs.containerd.as_mut().expect("containerd"))
+            .await?;
+        containerd::import_images(&node, &opts.images).await?;
+
+        let kubelet = kubelet::start(cluster, &node, &opts)?;
+        node.procs.kubelet = Some(kubelet);
+        if opts.kube_proxy {
+            node.procs.kube_proxy = Some(proxy::start(cluster, &node, net.cluster_cidr())?);
+        }
+        let pod_cidr = node.wait_ready(cluster).await?;
+        net.add_node_route(NodeRoute {
+            netns: node.netns().name().to_string(),
+            addr: address,
+            pod_cidr: pod_cidr.clone(),
+        })?;
+        node.routes = Some(net.routes());
+        node.pod_cidr = pod_cidr;
+        if opts.kube_proxy {
+            node.wait_kube_proxy().await?;
+        }
+        node.ready_in = began.elapsed();
+        eprintln!(
+            "node {} ready in {:.1?} (address {address}, podCIDR {}, dir {})",
+            node.name,
+            node.ready_in,
+            node.pod_cidr,
+            node.dir.display()
+        );
+        Ok(node)
+    }
+
+    /// The Kubernetes node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's underlay address (its InternalIP).
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    /// The podCIDR kube-controller-manager allocated.
+    pub fn pod_cidr(&self) -> &str {
+        &self.pod_cidr
+    }
+
+    /// The node's network namespace.
+    pub fn netns(&self) -> &Netns {
+        self.netns
+            .as_ref()
+            .expect("a started node has its namespace")
+    }
+
+    /// The node's directory (configs, logs, runtime state).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// containerd's NRI socket: run an NRI plugin against it (plugin index of your choice).
+    pub fn nri_socket(&self) -> PathBuf {
+        self.dir.join("nri/nri.sock")
+    }
+
+    /// containerd's API socket (for `ctr --address`).
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// How long [`Node::start`] took until the node was Ready (and kube-proxy synced).
+    pub fn ready_in(&self) -> Duration {
+        self.ready_in
+    }
+
+    /// The logs of kubelet, containerd and kube-proxy so far, last `lines` of each.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (name, p) in [
+            ("containerd", &self.procs.containerd),
+            ("kubelet", &self.procs.kubelet),
+            ("kube-proxy", &self.procs.kube_proxy),
+        ] {
+            if let Some(p) = p {
+                let log = p.log();
+                let all: Vec<&str> = log.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                out.push_str(&format!(
+                    "--- {name} ({}):\n{tail}\n",
+                    p.log_path().display()
+                ));
+            }
+        }
+        out
+    }
+
+    /// What identifies this node's processes, mounts, cgroups, namespace and files: keep it
+    /// to check [`NodeTraces::leftovers`] after the node is dropped.
+    pub fn traces(&self) -> NodeTraces {
+        NodeTraces {
+            dir: self.dir.clone(),
+            cgroup: self.cgroup(),
+            netns: self.netns.as_ref().map(|n| n.name().to_string()),
+            cni_network: self.cni_network(),
+        }
+    }
+
+    /// The cgroup (in every hierarchy) the node's processes live in.
+    fn cgroup(&self) -> String {
+        format!("fbnode-{}", self.token)
+    }
+
+    /// The CNI network name (libcni names its result cache files after it).
+    fn cni_network(&self) -> String {
+        format!("fbnode-{}", self.token)
+    }
+
+    /// A command running `program` in the node's network namespace (`nsenter --net`, not `ip
+    /// netns exec`, which would remount /sys and hide the cgroup hierarchies), moved first
+    /// into the node's cgroup `sub` in every hierarchy.
+    fn command(&self, program: &Path, sub: &str) -> anyhow::Result<Command> {
+        let procs = cgroups::procs_files(&self.cgroup(), sub)?;
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"for f in $FB_CGROUP_PROCS; do echo $$ > "$f" || exit 1; done; exec "$@""#)
+            .arg("sh")
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns().name()))
+            .arg(program)
+            .env("FB_CGROUP_PROCS", procs.join(" "));
+        Ok(c)
+    }
+
+    /// Waits until the Node object says Ready and has a podCIDR (which it returns).
+    async fn wait_ready(&mut self, cluster: &Cluster) -> anyhow::Result<String> {
+        let api: Api<KubeNode> = Api::all(cluster.client());
+        let name = self.name.clone();
+        let procs = &mut self.procs;
+        let result = eventually(
+            &format!("node {name} Ready with a podCIDR"),
+            READY_DEADLINE,
+            Duration::from_millis(500),
+            || {
+                let exited = dead_process(procs);
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    if let Some(e) = exited {
+                        return Err(anyhow::anyhow!("{e}"));
+                    }
+                    let Some(n) = api.get_opt(&name).await? else {
+                        anyhow::bail!("not registered yet");
+                    };
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                        .map(|c| (c.status == "True", c.message.clone().unwrap_or_default()));
+                    let cidr = n.spec.and_then(|s| s.pod_cidr);
+                    match (ready, cidr) {
+                        (Some((true, _)), Some(cidr)) => Ok(Some(cidr)),
+                        (r, cidr) => anyhow::bail!("ready {r:?}, podCIDR {cidr:?}"),
+                    }
+                }
+            },
+        )
+        .await;
+        result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.log_tails(25)))
+    }
+
+    /// Waits until kube-proxy's healthz (inside the node namespace) says it has synced.
+    async fn wait_kube_proxy(&mut self) -> anyhow::Result<()> {
+        let ns = self.netns().name().to_string();
+        let res = eventually(
+            "kube-proxy healthz 200",
+            READY_DEADLINE,
+            Duration::from_millis(500),
+            || {
+                let ns = ns.clone();
+                async move {
+                    let status = tokio::task::spawn_blocking(move || {
+                        crate::netns::run(Command::new("ip").args([
+                            "netns", "exec", &ns, "bash", "-c",
+                            "exec 3<>/dev/tcp/127.0.0.1/10256 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+                        ]))
+                        .unwrap_or_default()
+                    })
+                    .await?;
+                    Ok(crate::process::http_status_line(&status)
+                        .filter(|s| *s == 200)
+                        .map(|_| ()))
+                }
+            },
+        )
+        .await;
+        if let Some(e) = dead_process(&mut self.procs) {
+            anyhow::bail!("{e}\n{}", self.log_tails(25));
+        }
+        res.map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.log_tails(25)))
+    }
+}
+
+/// The first of the node's processes that has exited, as an error message.
+fn dead_process(procs: &mut Procs) -> Option<String> {
+    for (name, p) in [
+        ("containerd", &mut procs.containerd),
+        ("kubelet", &mut procs.kubelet),
+        ("kube-proxy", &mut procs.kube_proxy),
+    ] {
+        if let Some(p) = p
+            && let Some(status) = p.try_wait()
+        {
+            return Some(format!(
+                "{name} exited ({status}), log {}",
+                p.log_path().display()
+            ));
+        }
+    }
+    None
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("node {} logs:\n{}", self.name, self.log_tails(30));
+        }
+        cleanup::teardown(self);
+    }
+}
