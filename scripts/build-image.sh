@@ -9,7 +9,9 @@
 #   2. rust:1.95-slim-trixie  = that image + gcc/libc6-dev/ca-certificates + the host's rustup
 #                               1.95.0 toolchain at /usr/local/rustup, /usr/local/cargo, with the
 #                               official image's env; tagged docker.io/library/rust:1.95-slim-trixie
-#   3. buildah bud of the Dockerfile (cache mounts persisted in $IMAGE_WORK/tmp/buildah-cache)
+#   3. buildah bud of the Dockerfile on a staged copy of the context (changed files get a new
+#      mtime, so cargo never keeps a stale build; cache mounts persisted in
+#      $IMAGE_WORK/tmp/buildah-cache)
 #   4. checks: fleetboard --help runs, file capability, user 65532; then an OCI archive whose
 #      index names the image (io.containerd.image.name), so `ctr images import` needs no flags.
 # Steps 1 and 2 are skipped when the base images are already in $IMAGE_WORK's storage.
@@ -157,8 +159,26 @@ EOF
 fi
 
 # ---- 3. the image, from the unchanged Dockerfile ----
+# cargo judges freshness by mtime, and the Dockerfile's cache-mounted target/ outlives any one
+# checkout: sources older than the cached build (another worktree, a branch switched back) would
+# keep a stale binary in the image. So the context is a staged copy where a file keeps its
+# previous mtime only if its content is unchanged since the last staging; changed files are
+# new (mtime now), and cargo rebuilds exactly what changed. buildah applies .dockerignore there.
+stage_context() {
+  local old=$work/ctx-image new=$work/ctx-image.new f
+  rm -rf "$new" && mkdir -p "$new"
+  tar -C "$repo" --exclude=./.git --exclude=./target --exclude='./*/target' -cf - . \
+    | tar -C "$new" -xmf -
+  if [[ -d $old ]]; then
+    while IFS= read -r -d '' f; do
+      if cmp -s "$new/$f" "$old/$f"; then touch -r "$old/$f" "$new/$f"; fi
+    done < <(cd "$new" && find . -type f -print0)
+  fi
+  rm -rf "$old" && mv "$new" "$old"
+}
 phase "image: $tag"
-"${bud[@]}" -f "$repo/Dockerfile" -t "$tag" "$repo"
+stage_context
+"${bud[@]}" -f "$work/ctx-image/Dockerfile" -t "$tag" "$work/ctx-image"
 
 # ---- 4. checks and the OCI archive ----
 phase "checks"

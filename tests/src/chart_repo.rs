@@ -6,7 +6,8 @@
 //! static file server; Helm asks nothing more of it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -22,17 +23,47 @@ use crate::netns::run;
 pub struct ChartRepo {
     dir: PathBuf,
     url: String,
-    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicUsize>,
+    /// The listening socket, shut down to wake the accept loop (it may live in another
+    /// network namespace, where no connect from here would reach it).
+    waker: TcpListener,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ChartRepo {
-    /// Packages this checkout's charts into `dir` with `scripts/chart-repo.sh` and serves them.
+    /// Packages this checkout's charts into `dir` with `scripts/chart-repo.sh` and serves them
+    /// on the host's loopback address.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the chart repository")?;
+        Self::spawn(dir, listener)
+    }
+
+    /// As [`ChartRepo::start`], on the loopback address of network namespace `netns` (a
+    /// user's laptop on the test internet: helm runs there).
+    pub fn start_in(dir: &Path, netns: &str) -> anyhow::Result<Self> {
+        let path = format!("/run/netns/{netns}");
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // A socket stays in the namespace it was made in; setns changes only this thread.
+        let listener = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns with a valid namespace fd affects only this scoped thread,
+                // which only binds a socket and ends.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                TcpListener::bind("127.0.0.1:0")
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the binding thread panicked"))
+        })?
+        .with_context(|| format!("binding the chart repository in {netns}"))?;
+        Self::spawn(dir, listener)
+    }
+
+    fn spawn(dir: &Path, listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
+        let waker = listener.try_clone()?;
         let url = format!("http://{addr}");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/chart-repo.sh");
         run(Command::new(&script)
@@ -62,9 +93,9 @@ impl ChartRepo {
         Ok(Self {
             dir: dir.to_path_buf(),
             url,
-            addr,
             stop,
             served,
+            waker,
             thread: Some(thread),
         })
     }
@@ -88,8 +119,8 @@ impl ChartRepo {
 impl Drop for ChartRepo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = TcpStream::connect(self.addr);
+        // SAFETY: shutdown of a socket this struct owns; a blocked accept() returns an error.
+        unsafe { libc::shutdown(self.waker.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

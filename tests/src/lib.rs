@@ -8,13 +8,19 @@
 //! - [`kube`]: real Kubernetes control planes (etcd + kube-apiserver) started per test.
 //! - [`chart_repo`], [`user_shell`]: the charts as a user installs them: a chart repository
 //!   served on loopback, `helm repo add`, the NOTES' commands run as printed.
+//! - [`node`]: real Kubernetes nodes (containerd, kubelet, kube-proxy) for test clusters.
+//! - [`internet`], [`load_balancer`]: what a cloud gives clusters on real nodes: a shared
+//!   network with public API servers, NAT for everything leaving a cluster, and addresses for
+//!   `type: LoadBalancer` Services.
 
 pub mod binaries;
 pub mod chart_repo;
 pub mod charts;
 pub mod fleet;
 pub mod helm_install;
+pub mod internet;
 pub mod kube;
+pub mod load_balancer;
 pub mod netns;
 pub mod node;
 pub mod process;

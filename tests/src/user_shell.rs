@@ -1,19 +1,23 @@
 //! The shell of a user who installs FleetBoard: one Helm configuration (the chart repository
 //! is added once, as on a laptop), `kubectl` and `helm` on `PATH`, and a kubeconfig per
-//! cluster. Commands printed by the charts' NOTES run here as printed.
+//! cluster. Commands printed by the charts' NOTES run here as printed. The shell runs in the
+//! host namespace, or on a laptop of the test internet ([`UserShell::in_netns`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
 
-use crate::kube::{Cluster, Tool};
+#[cfg(doc)]
+use crate::kube::Cluster;
+use crate::kube::Tool;
 use crate::netns::run;
 
 /// A user's shell environment (files under `home`).
 pub struct UserShell {
     home: PathBuf,
     path: String,
+    netns: Option<String>,
 }
 
 impl UserShell {
@@ -42,13 +46,21 @@ impl UserShell {
         Ok(Self {
             home: home.to_path_buf(),
             path,
+            netns: None,
         })
     }
 
-    /// `bash -c script` with `cluster`'s admin kubeconfig as `KUBECONFIG`; stdout on success,
-    /// an error with the script's stderr otherwise.
-    pub fn run(&self, cluster: &Cluster, script: &str) -> anyhow::Result<String> {
-        run(self.command(cluster.kubeconfig()).arg("-c").arg(script))
+    /// The same shell, run inside network namespace `netns` (`ip netns` name).
+    pub fn in_netns(mut self, netns: &str) -> Self {
+        self.netns = Some(netns.to_string());
+        self
+    }
+
+    /// `bash -c script` with `kubeconfig` as `KUBECONFIG` (e.g. [`Cluster::kubeconfig`]);
+    /// stdout on success, an error with the script's stderr otherwise.
+    pub fn run(&self, kubeconfig: &Path, script: &str) -> anyhow::Result<String> {
+        run(self.command(kubeconfig).arg("-c").arg(script))
+            .with_context(|| format!("in the user's shell: {script}"))
     }
 
     /// Runs the member install the hub's `notes` print, as printed: the collecting lines with
@@ -57,23 +69,30 @@ impl UserShell {
     pub fn install_member_from_notes(
         &self,
         notes: &str,
-        hub: &Cluster,
-        member: &Cluster,
+        hub_kubeconfig: &Path,
+        member_kubeconfig: &Path,
         cluster_id: &str,
     ) -> anyhow::Result<String> {
         let (collect, install) = notes_member_install(notes, cluster_id)?;
         let script = format!(
             "set -euo pipefail\nexport KUBECONFIG='{}'\n{collect}\nexport KUBECONFIG='{}'\n{install}\n",
-            hub.kubeconfig().display(),
-            member.kubeconfig().display()
+            hub_kubeconfig.display(),
+            member_kubeconfig.display()
         );
-        run(self.command(member.kubeconfig()).arg("-c").arg(&script))
+        run(self.command(member_kubeconfig).arg("-c").arg(&script))
             .with_context(|| format!("the NOTES' member install for {cluster_id}:\n{script}"))
     }
 
     /// The bare command (`bash`), with the user's environment and `kubeconfig`.
     pub fn command(&self, kubeconfig: &Path) -> Command {
-        let mut c = Command::new("bash");
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("bash");
+                c
+            }
+            None => Command::new("bash"),
+        };
         c.env("PATH", &self.path)
             .env("HOME", &self.home)
             .env("HELM_CACHE_HOME", self.home.join(".cache/helm"))

@@ -18,7 +18,7 @@
 //! 100.64.0.0/10, one /24 per node allocated by kube-controller-manager).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -318,6 +318,37 @@ impl Cluster {
             serde_json::json!({ "client-certificate": crt, "client-key": key }),
         )?;
         Ok(path)
+    }
+
+    /// Writes to `path` a self-contained admin kubeconfig against [`Cluster::internal_url`],
+    /// the CA and the client certificate embedded (`*-data`), as a cloud hands one out: what a
+    /// user's shell on the test internet ([`crate::internet::Internet`]) uses, and what
+    /// `kubectl config view --minify --raw` reads the CA from.
+    pub fn user_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let b64 = |p: &Path| -> anyhow::Result<String> {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        };
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "fleetboard-test", "cluster": {
+                "server": self.internal_url,
+                "certificate-authority-data": b64(&self.pki.ca_cert)?,
+            }}],
+            "users": [{ "name": "admin", "user": {
+                "client-certificate-data": b64(&self.pki.admin_cert)?,
+                "client-key-data": b64(&self.pki.admin_key)?,
+            }}],
+            "contexts": [{ "name": "fleetboard-test", "context": {
+                "cluster": "fleetboard-test",
+                "user": "admin",
+            }}],
+            "current-context": "fleetboard-test",
+        });
+        std::fs::write(path, serde_yaml::to_string(&config)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// The node network of a cluster started with [`ClusterOptions::with_nodes`].

@@ -21,6 +21,7 @@ mod first_run;
 mod kube_api;
 mod kube_cli;
 mod kube_clusters;
+mod kube_fleet;
 mod kube_nodes;
 mod kubectl_peers;
 mod mcs_conformance;

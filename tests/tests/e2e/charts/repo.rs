@@ -23,10 +23,13 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
     let repo = ChartRepo::start(&dir.join("repo")).unwrap();
     let user = UserShell::new(&dir.join("home")).unwrap();
 
-    user.run(&hub, &format!("helm repo add fleetboard {}", repo.url()))
-        .unwrap();
+    user.run(
+        hub.kubeconfig(),
+        &format!("helm repo add fleetboard {}", repo.url()),
+    )
+    .unwrap();
     let found = user
-        .run(&hub, "helm search repo fleetboard -o json")
+        .run(hub.kubeconfig(), "helm search repo fleetboard -o json")
         .unwrap();
     let found: Vec<serde_json::Value> = serde_json::from_str(&found).unwrap();
     for chart in ["fleetboard/fleetboard", "fleetboard/fleetboard-agent"] {
@@ -40,7 +43,7 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
     // 20.112.0.0/12, a public range; the tests keep overlay addresses in 100.64.0.0/10.
     let notes = user
         .run(
-            &hub,
+            hub.kubeconfig(),
             "helm install fleetboard fleetboard/fleetboard --namespace fleetboard-system \
              --create-namespace --set tunnel.endpoint=198.18.0.10 --set tunnel.cidr=100.96.0.0/12",
         )
@@ -50,7 +53,7 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
         "{notes}"
     );
     assert!(notes.contains("tunnel CIDR 100.96.0.0/12"), "{notes}");
-    user.install_member_from_notes(&notes, &hub, &member, "member-a")
+    user.install_member_from_notes(&notes, hub.kubeconfig(), member.kubeconfig(), "member-a")
         .unwrap();
     assert!(
         repo.served() >= 3,

@@ -1,0 +1,326 @@
+//! The charts on real nodes, installed as a user installs them (issue 15), once per
+//! transport: a hub cluster with one node and two member clusters with two nodes each (a
+//! gateway and a non-gateway; [`fleetboard_tests::node`]), on a test internet where API
+//! servers and load balancer addresses are public and everything else is behind each
+//! cluster's NAT ([`fleetboard_tests::internet`]).
+//!
+//! The user's laptop (a namespace on that internet) serves the chart repository packaged from
+//! this checkout, runs `helm repo add fleetboard`, the hub install of the original FleetBoard
+//! (`--set tunnel.endpoint=<load balancer address> --set tunnel.cidr=…`), and the member
+//! install the hub's NOTES print, as printed, for each member. Every node runs the image
+//! built from the Dockerfile (`tests/k8s/images`).
+//!
+//! Asserts: every pod of both charts (two hub replicas, an agent on every member node, the
+//! DNS server) Ready, and still Ready with zero restarts 2 minutes later; one hub replica
+//! labelled leader, the other standby; both members' Peers in the hub; pods created before
+//! the agent chart (NRI Synchronize) and after it get `eth-fleet` with an address of their
+//! node's sub-block, equal to their annotation; a deleted pod's address is released
+//! (plugin metrics); nothing of the nodes is left afterwards.
+//!
+//! The hub's tunnel CIDR here is 100.96.0.0/12, not the original docs' 20.112.0.0/12: the
+//! tests keep overlay addresses in 100.64.0.0/10 (never public ones); any value works alike.
+
+mod pods;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use fleetboard_tests::chart_repo::ChartRepo;
+use fleetboard_tests::internet::Internet;
+use fleetboard_tests::kube::{Cluster, ClusterOptions};
+use fleetboard_tests::load_balancer::LoadBalancer;
+use fleetboard_tests::netns::{Netns, require_net_admin, unique_token};
+use fleetboard_tests::node::{ImageSet, Node, NodeOptions};
+use fleetboard_tests::user_shell::UserShell;
+
+use pods::{PodState, wait_all_ready};
+
+/// The hub's load balancer address (published on the test internet, served by kube-proxy on
+/// the hub's node).
+const HUB_LB: Ipv4Addr = Ipv4Addr::new(198, 18, 251, 1);
+const TUNNEL_CIDR: &str = "100.96.0.0/12";
+const NS: &str = "fleetboard-system";
+/// How long every pod must stay Ready without a restart.
+const HOLD: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charts_run_on_real_nodes_with_wg() {
+    fleet_on_real_nodes("wg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charts_run_on_real_nodes_with_quic() {
+    fleet_on_real_nodes("quic").await;
+}
+
+/// A member cluster: its id and nodes.
+struct Member {
+    id: &'static str,
+    cluster: Cluster,
+    nodes: Vec<Node>,
+}
+
+async fn fleet_on_real_nodes(transport: &str) {
+    require_net_admin();
+    let began = Instant::now();
+    let images = ImageSet::from_env()
+        .and_then(|s| s.only(&["pause", "busybox", "fleetboard"]))
+        .unwrap();
+    let busybox = images.get("busybox").unwrap().reference.clone();
+    let mut clusters = Cluster::start_all(vec![ClusterOptions::with_nodes(); 3])
+        .await
+        .unwrap();
+    let internet = Internet::new().unwrap();
+    for c in &clusters {
+        internet.connect(c).unwrap();
+    }
+    let (b, a, hub) = (
+        clusters.pop().unwrap(),
+        clusters.pop().unwrap(),
+        clusters.pop().unwrap(),
+    );
+    let start = |c, name: &str| Node::start(c, NodeOptions::new(name, &images).unwrap());
+    let (hub_node, a1, a2, b1, b2) = tokio::try_join!(
+        start(&hub, "hub-1"),
+        start(&a, "a-1"),
+        start(&a, "a-2"),
+        start(&b, "b-1"),
+        start(&b, "b-2"),
+    )
+    .unwrap();
+    let members = [
+        Member {
+            id: "member-a",
+            cluster: a,
+            nodes: vec![a1, a2],
+        },
+        Member {
+            id: "member-b",
+            cluster: b,
+            nodes: vec![b1, b2],
+        },
+    ];
+    eprintln!(
+        "fleet {transport}: 3 clusters and 5 nodes Ready in {:.1?}",
+        began.elapsed()
+    );
+    let mut traces = vec![hub_node.traces()];
+
+    // Workload pods that exist before the agent chart (the NRI plugin handles them when it
+    // registers: Synchronize).
+    for m in &members {
+        pods::create_apps_namespace(&m.cluster).await.unwrap();
+        for n in &m.nodes {
+            traces.push(n.traces());
+            pods::create_sleeper(
+                &m.cluster,
+                &format!("before-{}", n.name()),
+                n.name(),
+                &busybox,
+            )
+            .await
+            .unwrap();
+        }
+        wait_all_ready(&m.cluster, m.id, pods::APPS, m.nodes.len())
+            .await
+            .unwrap();
+    }
+
+    // The cloud: a load balancer address for the hub's Service, routed to the hub's node.
+    let _lb = LoadBalancer::start(hub.client(), vec![HUB_LB]);
+    internet
+        .publish(&hub, &format!("{HUB_LB}/32"), hub_node.address())
+        .unwrap();
+
+    // The user's laptop on the internet: chart repository, helm, kubectl.
+    let dir = std::env::temp_dir().join(format!("fb-fleet-{}", unique_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let laptop = Netns::new("user").unwrap();
+    internet.attach_host(&laptop).unwrap();
+    let repo = ChartRepo::start_in(&dir.join("repo"), laptop.name()).unwrap();
+    let user = UserShell::new(&dir.join("home"))
+        .unwrap()
+        .in_netns(laptop.name());
+    let hub_kc = dir.join("hub.kubeconfig");
+    hub.user_kubeconfig(&hub_kc).unwrap();
+    user.run(&hub_kc, &format!("helm repo add fleetboard {}", repo.url()))
+        .unwrap();
+    let mut install = format!(
+        "helm install fleetboard fleetboard/fleetboard --namespace {NS} --create-namespace \
+         --set tunnel.endpoint={HUB_LB} --set tunnel.cidr={TUNNEL_CIDR}"
+    );
+    if transport != "wg" {
+        install.push_str(&format!(" --set tunnel.transport={transport}"));
+    }
+    let notes = user.run(&hub_kc, &install).unwrap();
+    assert!(
+        notes.contains(&format!("tunnel CIDR {TUNNEL_CIDR}")),
+        "{notes}"
+    );
+    for m in &members {
+        let kc = dir.join(format!("{}.kubeconfig", m.id));
+        m.cluster.user_kubeconfig(&kc).unwrap();
+        user.install_member_from_notes(&notes, &hub_kc, &kc, m.id)
+            .unwrap();
+    }
+    assert!(repo.served() >= 3, "helm fetched from the repository");
+
+    // Every pod of both charts Ready.
+    let hub_pods = wait_all_ready(&hub, "hub", NS, 2).await.unwrap();
+    for m in &members {
+        // An agent on every node and the DNS server.
+        let got = wait_all_ready(&m.cluster, m.id, NS, m.nodes.len() + 1)
+            .await
+            .unwrap();
+        for n in &m.nodes {
+            assert!(
+                got.iter()
+                    .any(|p| p.node == n.name() && p.name.starts_with("fleetboard-agent-")),
+                "{}: no agent pod on {}: {got:#?}",
+                m.id,
+                n.name()
+            );
+        }
+    }
+    eprintln!(
+        "fleet {transport}: every chart pod Ready {:.1?} after the test began",
+        began.elapsed()
+    );
+    let roles: Vec<&str> = hub_pods
+        .iter()
+        .filter_map(|p| p.labels.get("fleetboard.io/hub-role").map(String::as_str))
+        .collect();
+    assert_eq!(
+        {
+            let mut r = roles.clone();
+            r.sort();
+            r
+        },
+        ["leader", "standby"],
+        "hub pods: {hub_pods:#?}"
+    );
+    let peers = user
+        .run(
+            &hub_kc,
+            &format!("kubectl get peers.fleetboard.io -n {NS} -o name"),
+        )
+        .unwrap();
+    for m in &members {
+        assert!(peers.contains(m.id), "{} joined the hub: {peers}", m.id);
+    }
+
+    // NRI: pods from before the plugin and after it get eth-fleet in their node's sub-block.
+    for m in &members {
+        for n in &m.nodes {
+            pods::create_sleeper(
+                &m.cluster,
+                &format!("after-{}", n.name()),
+                n.name(),
+                &busybox,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    for m in &members {
+        for n in &m.nodes {
+            let block = pods::node_cidr(&m.cluster, n.name()).await.unwrap();
+            for when in ["before", "after"] {
+                let pod = format!("{when}-{}", n.name());
+                let ip = pods::eth_fleet_address(&m.cluster, &pod).await.unwrap();
+                assert!(
+                    block.contains(&ip),
+                    "{}: pod {pod} has {ip} on eth-fleet, outside its node's block {block}",
+                    m.id
+                );
+                eprintln!(
+                    "fleet {transport}: {}/{pod}: eth-fleet {ip} in {block}",
+                    m.id
+                );
+            }
+        }
+    }
+
+    // Deleting a pod releases its address.
+    let m = &members[0];
+    let node = m.nodes[1].name().to_string();
+    let agents = pods::pods(&m.cluster, NS).await.unwrap();
+    let agent = agents
+        .iter()
+        .find(|p| p.node == node && p.name.starts_with("fleetboard-agent-"))
+        .unwrap()
+        .name
+        .clone();
+    let allocated = pods::nri_metric(&m.cluster, &agent, "fleetboard_nri_allocations")
+        .await
+        .unwrap();
+    let released = pods::nri_metric(&m.cluster, &agent, "fleetboard_nri_pods_released_total")
+        .await
+        .unwrap();
+    assert_eq!(
+        allocated, 2,
+        "{node}: the before and after pods hold addresses"
+    );
+    pods::delete_pod(&m.cluster, &format!("after-{node}"))
+        .await
+        .unwrap();
+    fleetboard_tests::kube::eventually(
+        &format!("{node}: the deleted pod's address released"),
+        pods::DEADLINE,
+        pods::POLL,
+        || {
+            let (cluster, agent) = (&m.cluster, agent.clone());
+            async move {
+                let now = pods::nri_metric(cluster, &agent, "fleetboard_nri_allocations").await?;
+                let rel =
+                    pods::nri_metric(cluster, &agent, "fleetboard_nri_pods_released_total").await?;
+                Ok((now == allocated - 1 && rel > released).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Still Ready, still no restart, the same pods, HOLD after they all were Ready.
+    let ready_at = Instant::now();
+    let mut expected: Vec<(&str, &Cluster, Vec<PodState>)> =
+        vec![("hub", &hub, pods::pods(&hub, NS).await.unwrap())];
+    for m in &members {
+        expected.push((m.id, &m.cluster, pods::pods(&m.cluster, NS).await.unwrap()));
+    }
+    while ready_at.elapsed() < HOLD {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for (what, cluster, before) in &expected {
+            let now = pods::pods(cluster, NS).await.unwrap();
+            for p in &now {
+                assert!(
+                    p.ready && p.restarts == 0,
+                    "{what}: pod {} not Ready or restarted after {:.0?}: {p:?}\n{}",
+                    p.name,
+                    ready_at.elapsed(),
+                    pods::describe(cluster, NS, &p.name)
+                );
+            }
+            let uids = |v: &[PodState]| {
+                let mut u: Vec<String> = v.iter().map(|p| p.uid.clone()).collect();
+                u.sort();
+                u
+            };
+            assert_eq!(uids(&now), uids(before), "{what}: the pods were replaced");
+        }
+    }
+    eprintln!(
+        "fleet {transport}: every chart pod Ready with 0 restarts for {HOLD:?}; test took {:.1?}",
+        began.elapsed()
+    );
+
+    drop(user);
+    drop(repo);
+    drop(members);
+    drop(hub_node);
+    for t in &traces {
+        let left = t.leftovers();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
