@@ -1,42 +1,42 @@
 //! Removing every trace of a node (docs/REAL-NODES.md, errors 8 and 9), and checking that
-//! nothing is left.
+//! nothing is left. The node's mounts all live in its own mount namespace ([`super::mounts`]):
+//! killing every process in it (and closing the harness' handle on it) removes them all.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Node, cgroups};
+use super::{Node, cgroups, mounts};
 
 /// Rounds of killing (shims and pod processes outlive containerd and kubelet, and a shim may
 /// start a process while we kill).
 const KILL_ROUNDS: usize = 40;
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
-/// libcni's result cache (go-cni's default; containerd's CRI has no setting for it).
+/// libcni's result cache (go-cni's default; containerd's CRI has no setting for it): the
+/// node's own `/var/lib` is a tmpfs of its mount namespace, so nothing of it may be here.
 const CNI_RESULTS: &str = "/var/lib/cni/results";
-/// kubelet's fixed directory of container log links.
+/// kubelet's fixed directory of container log links (the node's own `/var/log` likewise).
 const CONTAINER_LOGS: &str = "/var/log/containers";
 
 /// Kills, unmounts and removes everything of `node`.
 pub(super) fn teardown(node: &mut Node) {
-    let procs = &mut node.procs;
-    for p in [
-        &mut procs.kube_proxy,
-        &mut procs.kubelet,
-        &mut procs.containerd,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        p.kill();
+    for (_, p) in node.procs.each() {
+        if let Some(p) = p {
+            p.kill();
+        }
     }
     if let (Some(routes), Some(ns)) = (&node.routes, &node.netns) {
         crate::kube::remove_node_route(routes, ns.name());
     }
     let cgroup = node.cgroup();
     let dir = node.dir.clone();
-    kill_all(&cgroup, &dir);
+    let mount_ns = node.procs.mounts.as_ref().and_then(|m| m.pinned_id());
+    kill_all(&cgroup, Some(&dir), mount_ns);
+    if let Some(m) = node.procs.mounts.as_mut() {
+        // Nothing runs in the namespace any more: unpinned, it goes with all its mounts.
+        m.release();
+    }
     unmount_under(&dir);
     remove_cgroups(&cgroup);
-    remove_host_files(&node.cni_network(), &dir);
     node.netns.take();
     if std::env::var_os("FLEETBOARD_KEEP_KUBE").is_some() {
         return;
@@ -52,13 +52,20 @@ pub(super) fn teardown(node: &mut Node) {
     }
 }
 
-/// Kills, in rounds, every process in the node's cgroups and every process whose command line
-/// names the node's directory (containerd shims: `-address <dir>/containerd.sock`).
-fn kill_all(cgroup: &str, dir: &Path) {
+/// Kills, in rounds, every process in the node's cgroups, every process whose command line
+/// names the node's directory (containerd shims: `-address <dir>/containerd.sock`) and every
+/// process in the node's mount namespace `mount_ns` (only while it is pinned: an unpinned id
+/// may be reused by any new namespace).
+fn kill_all(cgroup: &str, dir: Option<&Path>, mount_ns: Option<&str>) {
     let me = std::process::id();
     for _ in 0..KILL_ROUNDS {
         let mut pids = cgroups::pids(cgroup);
-        pids.extend(pids_naming(dir));
+        if let Some(dir) = dir {
+            pids.extend(pids_naming(dir));
+        }
+        if let Some(id) = mount_ns {
+            pids.extend(mounts::pids_in(id));
+        }
         pids.sort_unstable();
         pids.dedup();
         pids.retain(|p| *p != me);
@@ -144,24 +151,14 @@ fn remove_cgroups(cgroup: &str) {
         if cgroups::dirs_deepest_first(cgroup).is_empty() {
             return;
         }
-        kill_all(cgroup, Path::new("/nonexistent-fleetboard-node"));
+        kill_all(cgroup, None, None);
         std::thread::sleep(ROUND_PAUSE);
     }
 }
 
-/// The node's files outside its directory: libcni result cache entries (named
-/// `<network>-<container>-<ifname>`) and kubelet's `/var/log/containers` links into `dir`.
-fn remove_host_files(cni_network: &str, dir: &Path) {
-    for f in cni_results(cni_network, dir) {
-        let _ = std::fs::remove_file(f);
-    }
-    for f in container_log_links(dir) {
-        let _ = std::fs::remove_file(f);
-    }
-}
-
-/// The node's entries in libcni's result cache: those of its own network, and those of
-/// containerd's built-in `cni-loopback` network whose pod netns is under the node's directory.
+/// The node's entries in the machine's libcni result cache (named
+/// `<network>-<container>-<ifname>`): those of its own network, and those of containerd's
+/// built-in `cni-loopback` network whose pod netns is under the node's directory.
 fn cni_results(cni_network: &str, dir: &Path) -> Vec<PathBuf> {
     let prefix = format!("{cni_network}-");
     let netns = format!("\"netns\":\"{}/", dir.display());
@@ -181,6 +178,7 @@ fn cni_results(cni_network: &str, dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// The machine's `/var/log/containers` links into the node's directory.
 fn container_log_links(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(CONTAINER_LOGS)
         .map(|entries| {
@@ -208,14 +206,23 @@ pub struct NodeTraces {
     pub netns: Option<String>,
     /// Its CNI network name.
     pub cni_network: String,
+    /// Its mount namespace: the holder's pid and start time (clock ticks after boot), and the
+    /// namespace id `mnt:[<inode>]`.
+    pub mount_ns: Option<(u32, u64, String)>,
 }
 
 impl NodeTraces {
     /// Everything of the node still on the machine (empty once it is gone): processes naming
-    /// its directory or in its cgroups, mounts under its directory, cgroups, the namespace,
-    /// CNI result cache entries, container log links, the directory.
+    /// its directory or in its cgroups, the holder of its mount namespace, mounts under its
+    /// directory, cgroups, the network namespace, CNI result cache entries and container log
+    /// links on the machine, the directory.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some((pid, started, id)) = &self.mount_ns
+            && mounts::start_time(*pid) == Some(*started)
+        {
+            out.push(format!("mount namespace holder {pid} ({id})"));
+        }
         for pid in pids_naming(&self.dir) {
             if pid != std::process::id() {
                 out.push(format!("process {pid} names {}", self.dir.display()));

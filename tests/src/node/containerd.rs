@@ -15,7 +15,8 @@ use crate::process::ChildGuard;
 const UP_DEADLINE: Duration = Duration::from_secs(90);
 
 /// The containerd config (`version = 4`, containerd v2.4; `containerd config default` shows
-/// every key).
+/// every key). Paths are the node's view: the node directory (the same in both views) and, for
+/// the NRI socket and pod netns files, the node's private `/var/run`.
 fn config(dir: &Path, pause_image: &str, cni_template: &Path) -> anyhow::Result<String> {
     let d = dir.display();
     let runc = std::env::var("RUNC").unwrap_or_else(|_| "/usr/sbin/runc".to_string());
@@ -64,8 +65,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.blockfile", "io.containerd.sna
     # clamp every container's to at least containerd's own.
     restrict_oom_score_adj = true
     cdi_spec_dirs = []
-    # Pod netns bind mounts under the state dir, not /run/netns.
-    netns_mounts_under_state_dir = true
+    # Pod netns bind mounts in /var/run/netns of the node's own mount namespace (what NRI
+    # reports and a hostPath /var/run/netns shows).
+    netns_mounts_under_state_dir = false
     [plugins."io.containerd.cri.v1.runtime".containerd]
       default_runtime_name = "runc"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -82,7 +84,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.blockfile", "io.containerd.sna
 
   [plugins."io.containerd.nri.v1.nri"]
     disable = false
-    socket_path = "{d}/nri/nri.sock"
+    socket_path = "{nri_socket}"
     plugin_path = "{d}/nri/plugins"
     plugin_config_path = "{d}/nri/conf.d"
     plugin_registration_timeout = "5s"
@@ -90,10 +92,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.blockfile", "io.containerd.sna
 "#,
         cni_bin = cni_bin.display(),
         template = cni_template.display(),
+        nri_socket = super::NODE_NRI_SOCKET,
     ))
 }
 
-/// Writes the config and starts containerd in the node's namespace and `runtime` cgroup.
+/// Writes the config and starts containerd in the node's namespaces and `runtime` cgroup.
 pub(super) fn start(
     node: &Node,
     opts: &NodeOptions,

@@ -6,7 +6,7 @@ use super::{Node, NodeOptions};
 use crate::kube::{CLUSTER_DNS_IP, Cluster, Tool};
 use crate::process::ChildGuard;
 
-/// Writes the node's kubelet config and kubeconfig and starts kubelet in the node's namespace
+/// Writes the node's kubelet config and kubeconfig and starts kubelet in the node's namespaces
 /// (it moves itself into the node's `kubelet` cgroup, `kubeletCgroups`).
 pub(super) fn start(
     cluster: &Cluster,

@@ -12,16 +12,29 @@
 //! let b = Node::start(&cluster, NodeOptions::new("b", &images)?).await?;
 //! install_cluster_dns(&cluster, &images.get("coredns")?.reference).await?;
 //! println!("containerd NRI socket of a: {}", a.nri_socket().display());
+//! // The node's own /var/lib/fleetboard (a hostPath of its pods), read from the test:
+//! let state = a.host_path(std::path::Path::new("/var/lib/fleetboard/nri-ipam.json"));
 //! # Ok(()) }
 //! ```
 //!
 //! A node, concretely (`<t>` is a [`unique_token`]):
 //! - its directory `$TMPDIR/fbnode-<t>/` holds everything: PKI, configs, containerd's root,
 //!   state and sockets, runc's root, shim sockets, the NRI socket (`nri/nri.sock`, plugins
-//!   dir `nri/plugins` empty), CNI config and IPAM data, kubelet's root dir, pod logs, pod
-//!   network namespace mounts;
-//! - the cgroup `/fbnode-<t>` in every hierarchy (`runtime/` containerd, `kubelet/` kubelet
-//!   and kube-proxy, `kubepods/` made by kubelet);
+//!   dir `nri/plugins` empty), CNI config and IPAM data, kubelet's root dir, pod logs;
+//! - a mount namespace of its own (held by a `sleep` started with `unshare --mount
+//!   --propagation slave`), where containerd, kubelet and kube-proxy, and so the shims, runc
+//!   and every container run: `/` is rshared inside (pod netns files and volume mounts reach
+//!   `HostToContainer` volumes) but a slave of the machine's (nothing propagates back);
+//!   `/run` (= `/var/run`), `/var/lib` and `/var/log` are tmpfs of its own; `<dir>/nri` is
+//!   bound onto `/run/nri`. So the fixed hostPaths of charts (`/var/run/nri` with
+//!   [`NODE_NRI_SOCKET`], `/var/lib/<app>`, `/var/run/netns` with the pods' `cni-*` netns
+//!   files, which containerd puts there) and what kubelet and libcni write at fixed paths
+//!   (`/var/log/containers`, `/var/lib/cni/results`, `/var/lib/kubelet/device-plugins`) are
+//!   per node, and two nodes on one machine never share them. [`Node::host_path`] reads the
+//!   node's view from the test (`/proc/<holder>/root/...`). Everything else (`/tmp`, `/etc`,
+//!   `/dev`, `/sys`, the tools' cache) is the machine's;
+//! - the cgroup `/fbnode-<t>` in every hierarchy (`runtime/` containerd and the mount
+//!   namespace's holder, `kubelet/` kubelet and kube-proxy, `kubepods/` made by kubelet);
 //! - the network namespace `fb-node-<t'>` with `eth0` on the cluster's underlay, a default
 //!   route to the control-plane namespace (so kubelet has a node IP; nothing is forwarded
 //!   there), `ip_forward=1`, and routes to the other nodes' podCIDRs;
@@ -30,10 +43,12 @@
 //!   the machine's resolver), kube-proxy (iptables, `--masquerade-all`, no conntrack sysctls).
 //!
 //! Drop (also while a test panics) kills every process (by pid, by the node's socket path on
-//! a command line, by its cgroups, in rounds), unmounts everything under the directory
-//! deepest first, removes the cgroups deepest first, the node's `/var/lib/cni/results` entries
-//! and `/var/log/containers` links, the namespace and finally the directory.
-//! [`NodeTraces::leftovers`] checks that nothing is left.
+//! a command line, by its cgroups, by its mount namespace, in rounds), so that the mount
+//! namespace vanishes with all the node's mounts; unmounts anything still under the directory
+//! in the machine's view (normally nothing), removes the cgroups deepest first, the network
+//! namespace and finally the directory. [`NodeTraces::leftovers`] checks that nothing is left
+//! (the holder too, and nothing of the node in the machine's `/var/lib/cni/results` or
+//! `/var/log/containers`).
 
 mod cgroups;
 mod cleanup;
@@ -42,6 +57,7 @@ mod containerd;
 mod dns;
 mod images;
 mod kubelet;
+mod mounts;
 mod proxy;
 
 use std::collections::BTreeMap;
@@ -62,6 +78,10 @@ pub use images::{Image, ImageSet};
 use crate::kube::{Cluster, NodeRoute, eventually};
 use crate::netns::{Netns, unique_token};
 use crate::process::ChildGuard;
+
+/// containerd's NRI socket in the node's own view (what a DaemonSet's hostPath `/var/run/nri`
+/// holds); the machine's view of it is [`Node::nri_socket`].
+pub const NODE_NRI_SOCKET: &str = "/var/run/nri/nri.sock";
 
 /// How long a node may take to turn Ready (1–4 s on an idle machine; generous for a busy
 /// 2-core one starting several nodes at once).
@@ -103,12 +123,28 @@ impl NodeOptions {
     }
 }
 
-/// The processes of a node, killed in this order.
+/// The processes of a node, killed in this order (the mount namespace's holder last).
 #[derive(Default)]
 struct Procs {
     kube_proxy: Option<ChildGuard>,
     kubelet: Option<ChildGuard>,
     containerd: Option<ChildGuard>,
+    mounts: Option<mounts::MountNs>,
+}
+
+impl Procs {
+    /// Each process by name, in kill order.
+    fn each(&mut self) -> [(&'static str, Option<&mut ChildGuard>); 4] {
+        [
+            ("kube-proxy", self.kube_proxy.as_mut()),
+            ("kubelet", self.kubelet.as_mut()),
+            ("containerd", self.containerd.as_mut()),
+            (
+                "mount namespace holder",
+                self.mounts.as_mut().map(mounts::MountNs::holder),
+            ),
+        ]
+    }
 }
 
 /// One running node. Dropping it removes every trace of it (see the module docs).
@@ -176,6 +212,15 @@ impl Node {
         ns.sysctl("net.ipv4.ip_forward=1")?;
         node.netns = Some(ns);
         cgroups::create(&node.cgroup())?;
+        node.procs.mounts = Some(
+            mounts::MountNs::start(
+                node.in_cgroup("runtime")?,
+                &node.cgroup(),
+                &node.dir.join("nri"),
+                &node.dir.join("mounts.log"),
+            )
+            .await?,
+        );
 
         let cni_template = cni::write_template(&node.dir, &node.cni_network())?;
         let containerd = containerd::start(&node, &opts, &cni_template)?;
@@ -239,9 +284,23 @@ impl Node {
         &self.dir
     }
 
-    /// containerd's NRI socket: run an NRI plugin against it (plugin index of your choice).
+    /// containerd's NRI socket as the machine sees it (`<dir>/nri/nri.sock`): run an NRI plugin
+    /// against it (plugin index of your choice). Inside the node (so in its pods) the same
+    /// socket is [`NODE_NRI_SOCKET`].
     pub fn nri_socket(&self) -> PathBuf {
         self.dir.join("nri/nri.sock")
+    }
+
+    /// Path `p` of the node's own view of the filesystem (its mount namespace, see the module
+    /// docs), reachable from the test: `/proc/<holder>/root/<p>`, with `p`'s symlinks
+    /// resolved inside the node (e.g. `host_path("/var/lib/fleetboard/nri-ipam.json")`, or
+    /// `host_path(NODE_NRI_SOCKET)`, the same socket as [`Node::nri_socket`]).
+    pub fn host_path(&self, p: &Path) -> PathBuf {
+        self.procs
+            .mounts
+            .as_ref()
+            .expect("a started node has its mount namespace")
+            .host_path(p)
     }
 
     /// containerd's API socket (for `ctr --address`).
@@ -258,9 +317,9 @@ impl Node {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for (name, p) in [
-            ("containerd", &self.procs.containerd),
-            ("kubelet", &self.procs.kubelet),
-            ("kube-proxy", &self.procs.kube_proxy),
+            ("containerd", self.procs.containerd.as_ref()),
+            ("kubelet", self.procs.kubelet.as_ref()),
+            ("kube-proxy", self.procs.kube_proxy.as_ref()),
         ] {
             if let Some(p) = p {
                 let log = p.log();
@@ -283,6 +342,7 @@ impl Node {
             cgroup: self.cgroup(),
             netns: self.netns.as_ref().map(|n| n.name().to_string()),
             cni_network: self.cni_network(),
+            mount_ns: self.procs.mounts.as_ref().map(mounts::MountNs::identity),
         }
     }
 
@@ -296,18 +356,34 @@ impl Node {
         format!("fbnode-{}", self.token)
     }
 
-    /// A command running `program` in the node's network namespace (`nsenter --net`, not `ip
-    /// netns exec`, which would remount /sys and hide the cgroup hierarchies), moved first
-    /// into the node's cgroup `sub` in every hierarchy.
+    /// A command running `program` in the node's network and mount namespaces (`nsenter
+    /// --net --mount`, which opens both namespace files before entering either; not `ip netns
+    /// exec`, which would remount /sys and hide the cgroup hierarchies), moved first into the
+    /// node's cgroup `sub` in every hierarchy. Every path it is given must be the same in the
+    /// node's view: under the node directory, or the tools' and images' caches.
     fn command(&self, program: &Path, sub: &str) -> anyhow::Result<Command> {
+        let holder = self
+            .procs
+            .mounts
+            .as_ref()
+            .context("the node's mount namespace is not set up")?
+            .pid();
+        let mut c = self.in_cgroup(sub)?;
+        c.arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns().name()))
+            .arg(format!("--mount=/proc/{holder}/ns/mnt"))
+            .arg(program);
+        Ok(c)
+    }
+
+    /// `sh` that writes its pid into the node's cgroup `sub` in every hierarchy and then execs
+    /// its arguments (add them).
+    fn in_cgroup(&self, sub: &str) -> anyhow::Result<Command> {
         let procs = cgroups::procs_files(&self.cgroup(), sub)?;
         let mut c = Command::new("sh");
         c.arg("-c")
             .arg(r#"for f in $FB_CGROUP_PROCS; do echo $$ > "$f" || exit 1; done; exec "$@""#)
             .arg("sh")
-            .arg("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns().name()))
-            .arg(program)
             .env("FB_CGROUP_PROCS", procs.join(" "));
         Ok(c)
     }
@@ -384,11 +460,7 @@ impl Node {
 
 /// The first of the node's processes that has exited, as an error message.
 fn dead_process(procs: &mut Procs) -> Option<String> {
-    for (name, p) in [
-        ("containerd", &mut procs.containerd),
-        ("kubelet", &mut procs.kubelet),
-        ("kube-proxy", &mut procs.kube_proxy),
-    ] {
+    for (name, p) in procs.each() {
         if let Some(p) = p
             && let Some(status) = p.try_wait()
         {

@@ -1,12 +1,12 @@
-//! kube-proxy of a node: iptables mode inside the node's namespace.
+//! kube-proxy of a node: iptables mode inside the node's network (and mount) namespace.
 
 use super::Node;
 use crate::kube::{Cluster, Tool};
 use crate::process::ChildGuard;
 
 /// Starts kube-proxy (client certificate `CN=system:kube-proxy`, which the default RBAC binds
-/// to `system:node-proxier`) in the node's namespace and `kubelet` cgroup. Its healthz is
-/// `127.0.0.1:10256` inside the namespace.
+/// to `system:node-proxier`) in the node's namespaces and `kubelet` cgroup. Its healthz is
+/// `127.0.0.1:10256` inside the network namespace.
 pub(super) fn start(
     cluster: &Cluster,
     node: &Node,

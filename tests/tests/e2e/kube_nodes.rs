@@ -8,17 +8,30 @@
 //! IP (podCIDR routes between the nodes) and pings node B; node A's namespace reaches the pod
 //! on node B; after drop, no process, mount, cgroup, namespace or file of either node is left.
 //!
+//! And that each node has a mount namespace of its own, as the charts' DaemonSet needs: a
+//! DaemonSet pod per node with the chart's hostPath volumes at fixed paths (`/var/lib/fleetboard`
+//! DirectoryOrCreate, `/var/run/nri`, `/var/run/netns` with HostToContainer, `/dev/net/tun`)
+//! writes its node's name into `/var/lib/fleetboard`: each node (read through
+//! `Node::host_path`) holds its own files only, and none of them is in the machine's
+//! `/var/lib/fleetboard` (during the test or after; whether that exists is not checked, as a
+//! process of another test may make it);
+//! the pod sees containerd's NRI socket, which is the node's `/var/run/nri/nri.sock` and the
+//! test's `Node::nri_socket()`; the pod's `/var/run/netns` lists exactly the node's pod netns
+//! files, including those of pods started after it (propagation), none on the machine.
+//!
 //! Needs root, the node binaries (`tests/k8s/tools`) and the images (`eval "$(tests/k8s/images
 //! env)"`: pause, busybox, coredns).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetboard_tests::kube::{CLUSTER_DNS_IP, Cluster, ClusterOptions, eventually};
 use fleetboard_tests::netns::{require_net_admin, run};
-use fleetboard_tests::node::{ImageSet, Node, NodeOptions, install_cluster_dns};
-use k8s_openapi::api::apps::v1::Deployment;
+use fleetboard_tests::node::{ImageSet, NODE_NRI_SOCKET, Node, NodeOptions, install_cluster_dns};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 
@@ -26,6 +39,8 @@ use kube::api::{Api, ListParams, PostParams};
 const DEADLINE: Duration = Duration::from_secs(240);
 const POLL: Duration = Duration::from_millis(500);
 const NS: &str = "web";
+/// The chart's per-node state directory (a hostPath of its DaemonSet).
+const STATE_DIR: &str = "/var/lib/fleetboard";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_serve_pods_a_service_and_cluster_dns() {
@@ -54,6 +69,12 @@ async fn two_nodes_serve_pods_a_service_and_cluster_dns() {
     let traces = [a.traces(), b.traces()];
 
     install_cluster_dns(&cluster, &coredns).await.unwrap();
+    create_namespace(&cluster).await.unwrap();
+    // The DaemonSet first: the web pods' netns files appear in its pods' view afterwards.
+    create_node_state(&cluster, &busybox).await.unwrap();
+    let state_pods = wait_pods_ready(&cluster, NS, "app=node-state", 2)
+        .await
+        .unwrap();
     create_web(&cluster, &busybox).await.unwrap();
     let pods = wait_pods_ready(&cluster, NS, "app=web", 2).await.unwrap();
     wait_pods_ready(&cluster, "kube-system", "k8s-app=kube-dns", 1)
@@ -126,8 +147,26 @@ async fn two_nodes_serve_pods_a_service_and_cluster_dns() {
     ]))
     .unwrap();
     assert_eq!(from_node.trim(), format!("hello from {}", pod_b.name));
+    // Each node's fixed paths are its own.
+    let mut netns_seen = BTreeSet::new();
+    for node in [&a, &b] {
+        let pod = state_pods
+            .iter()
+            .find(|p| p.node == node.name())
+            .unwrap_or_else(|| panic!("no node-state pod on {}: {state_pods:?}", node.name()));
+        check_node_paths(&cluster, node, &pod.name, &mut netns_seen).await;
+    }
+    let state_files: Vec<String> = state_pods
+        .iter()
+        .map(|p| format!("pod-{}", p.name))
+        .chain(["node".to_string()])
+        .collect();
+    assert_not_on_machine(&state_files);
     // Still no restarts after all that.
     wait_pods_ready(&cluster, NS, "app=web", 2).await.unwrap();
+    wait_pods_ready(&cluster, NS, "app=node-state", 2)
+        .await
+        .unwrap();
     eprintln!("checks done {:.1?} since the test began", began.elapsed());
 
     drop((a, b));
@@ -136,6 +175,7 @@ async fn two_nodes_serve_pods_a_service_and_cluster_dns() {
         let left = t.leftovers();
         assert!(left.is_empty(), "left behind: {left:#?}");
     }
+    assert_not_on_machine(&state_files);
     eprintln!("test wall time {:.1?}", began.elapsed());
 }
 
@@ -147,13 +187,154 @@ struct WebPod {
     ip: String,
 }
 
-/// Namespace `web`, a Deployment of two busybox httpd pods on different nodes, Service `web`.
-async fn create_web(cluster: &Cluster, image: &str) -> anyhow::Result<()> {
-    let client = cluster.client();
+/// Checks, for `node` and its node-state pod `pod`, that the pod's hostPaths are the node's
+/// own (see the module docs); adds the node's pod netns files to `netns_seen` (no file may
+/// be in two nodes).
+async fn check_node_paths(
+    cluster: &Cluster,
+    node: &Node,
+    pod: &str,
+    netns_seen: &mut BTreeSet<String>,
+) {
+    let name = node.name();
+    let state = node.host_path(Path::new(STATE_DIR));
+    let files = dir_listing(&state).unwrap_or_else(|| panic!("{} missing", state.display()));
+    assert_eq!(
+        files,
+        BTreeSet::from(["node".to_string(), format!("pod-{pod}")]),
+        "{name}'s {STATE_DIR} ({})",
+        state.display()
+    );
+    let written = std::fs::read_to_string(state.join("node")).unwrap();
+    assert_eq!(written.trim(), name, "{name}'s {STATE_DIR}/node");
+
+    let socket = node.host_path(Path::new(NODE_NRI_SOCKET));
+    let (inside, outside) = (
+        std::fs::metadata(&socket).unwrap(),
+        std::fs::metadata(node.nri_socket()).unwrap(),
+    );
+    assert!(inside.file_type().is_socket(), "{}", socket.display());
+    assert_eq!(
+        (inside.dev(), inside.ino()),
+        (outside.dev(), outside.ino()),
+        "{} and {} are not the same socket",
+        socket.display(),
+        node.nri_socket().display()
+    );
+    exec_eventually(
+        cluster,
+        pod,
+        "test -S /var/run/nri/nri.sock && test -c /dev/net/tun",
+    )
+    .await
+    .unwrap();
+
+    let netns_dir = node.host_path(Path::new("/var/run/netns"));
+    let on_node = dir_listing(&netns_dir).unwrap_or_default();
+    let in_pod: BTreeSet<String> = exec_eventually(cluster, pod, "ls /var/run/netns")
+        .await
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    // Its own and at least the web pod's, started later: only propagation brings that one.
+    assert!(
+        on_node.len() >= 2 && on_node.iter().all(|f| f.starts_with("cni-")),
+        "{name}'s /var/run/netns: {on_node:?}"
+    );
+    assert_eq!(in_pod, on_node, "{pod}'s /var/run/netns vs {name}'s");
+    for f in &on_node {
+        assert!(
+            !Path::new("/run/netns").join(f).exists(),
+            "{f} of {name} is in the machine's /run/netns"
+        );
+        assert!(netns_seen.insert(f.clone()), "{f} is in two nodes");
+    }
+}
+
+/// None of `files` (written by the node-state pods) is in the machine's [`STATE_DIR`].
+fn assert_not_on_machine(files: &[String]) {
+    for f in files {
+        let p = Path::new(STATE_DIR).join(f);
+        assert!(!p.exists(), "{} is on the machine", p.display());
+    }
+}
+
+/// The names in directory `dir`, `None` if it does not exist.
+fn dir_listing(dir: &Path) -> Option<BTreeSet<String>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+    )
+}
+
+/// Namespace `web`.
+async fn create_namespace(cluster: &Cluster) -> anyhow::Result<()> {
     let ns: Namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": NS } }))?;
-    Api::<Namespace>::all(client.clone())
+    Api::<Namespace>::all(cluster.client())
         .create(&PostParams::default(), &ns)
         .await?;
+    Ok(())
+}
+
+/// DaemonSet `node-state`: the chart's hostPath volumes; each pod writes its node's name to
+/// `/var/lib/fleetboard/node` and touches `/var/lib/fleetboard/pod-<pod>`.
+async fn create_node_state(cluster: &Cluster, image: &str) -> anyhow::Result<()> {
+    let labels = serde_json::json!({ "app": "node-state" });
+    let host_path = |name: &str, path: &str, type_: &str| serde_json::json!({ "name": name, "hostPath": { "path": path, "type": type_ } });
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "node-state", "namespace": NS },
+        "spec": {
+            "selector": { "matchLabels": labels },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "state",
+                        "image": image,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c", format!(
+                            "touch {STATE_DIR}/pod-$POD && echo $NODE > {STATE_DIR}/node && exec sleep 100000"
+                        )],
+                        "env": [
+                            { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                            { "name": "POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                        ],
+                        "readinessProbe": {
+                            "exec": { "command": ["test", "-f", format!("{STATE_DIR}/node")] },
+                            "periodSeconds": 1,
+                        },
+                        "volumeMounts": [
+                            { "name": "state", "mountPath": STATE_DIR },
+                            { "name": "nri", "mountPath": "/var/run/nri" },
+                            { "name": "netns", "mountPath": "/var/run/netns",
+                              "mountPropagation": "HostToContainer" },
+                            { "name": "tun", "mountPath": "/dev/net/tun" },
+                        ],
+                    }],
+                    "volumes": [
+                        host_path("state", STATE_DIR, "DirectoryOrCreate"),
+                        host_path("nri", "/var/run/nri", "Directory"),
+                        host_path("netns", "/var/run/netns", "Directory"),
+                        host_path("tun", "/dev/net/tun", "CharDevice"),
+                    ],
+                },
+            },
+        },
+    }))?;
+    Api::<DaemonSet>::namespaced(cluster.client(), NS)
+        .create(&PostParams::default(), &ds)
+        .await?;
+    Ok(())
+}
+
+/// A Deployment of two busybox httpd pods on different nodes, Service `web`.
+async fn create_web(cluster: &Cluster, image: &str) -> anyhow::Result<()> {
+    let client = cluster.client();
     let labels = serde_json::json!({ "app": "web" });
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": { "name": "web", "namespace": NS },
