@@ -30,6 +30,19 @@ pub const BATCH: usize = 64;
 /// Queued admin/metrics calls before callers wait.
 const ADMIN_QUEUE: usize = 16;
 
+/// What to check when opening `/dev/net/tun` is refused: its mode (often 0600, root's) and
+/// the NET_ADMIN capability.
+fn tun_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => {
+            " (/dev/net/tun must be readable and writable by this user, often only root, and \
+             the process needs CAP_NET_ADMIN)"
+        }
+        io::ErrorKind::NotFound => " (no /dev/net/tun: load the tun module or mount the device)",
+        _ => "",
+    }
+}
+
 /// Why the driver could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -37,7 +50,7 @@ pub enum DriverError {
     #[error(transparent)]
     Config(#[from] fleetboard_dataplane_core::ConfigError),
     /// The TUN device could not be created.
-    #[error("creating TUN device {name}: {source}")]
+    #[error("creating TUN device {name}: {source}{hint}", hint = tun_hint(source))]
     Tun {
         /// Device name.
         name: String,

@@ -53,6 +53,8 @@ const STANDBY: &str = "standby: not leading (only the leader serves the tunnel)"
 /// its Pod label, see [`role`]), so rolling updates of the replicas proceed.
 const STANDBY_LABELLED: &str =
     "standby: ready to take over (the Service selects the leader's pod by label)";
+/// `/ready` of the leader until its dataplane serves the tunnel.
+const LEADER_STARTING: &str = "leader: starting the tunnel";
 /// Resolved endpoint names are kept this long.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
@@ -317,6 +319,9 @@ impl<'a> Leader<'a> {
     /// Leads until cancelled (the caller drops this future when leadership ends).
     async fn lead(&mut self) {
         tracing::info!(identity = %self.config.identity, "leading: starting the hub");
+        // Not ready until the dataplane serves the tunnel: a leader that cannot start it
+        // (no TUN device, a port in use) shows it in `/ready` and the pod's Ready condition.
+        self.health.set(false, LEADER_STARTING);
         let c = self.config;
         let keys = loop {
             match keys::load_or_create(
@@ -642,6 +647,8 @@ impl<'a> Leader<'a> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "starting the hub dataplane");
+                    self.health
+                        .set(false, &format!("leader: the dataplane did not start: {e}"));
                     tokio::time::sleep(RETRY).await;
                 }
             },

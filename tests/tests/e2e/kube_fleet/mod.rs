@@ -12,7 +12,7 @@
 //!
 //! Asserts: every pod of both charts (two hub replicas, an agent on every member node, the
 //! DNS server) Ready, and still Ready with zero restarts 2 minutes later; one hub replica
-//! labelled leader, the other standby; both members' Peers in the hub; pods created before
+//! labelled leader, the other standby; both members' Peers in the hub and Connected; pods created before
 //! the agent chart (NRI Synchronize) and after it get `eth-fleet` with an address of their
 //! node's sub-block, equal to their annotation; a deleted pod's address is released
 //! (plugin metrics); nothing of the nodes is left afterwards.
@@ -207,6 +207,25 @@ async fn fleet_on_real_nodes(transport: &str) {
         .unwrap();
     for m in &members {
         assert!(peers.contains(m.id), "{} joined the hub: {peers}", m.id);
+    }
+    // ... and their tunnels are up, as `kubectl get peers` shows the user (CONNECTED).
+    for m in &members {
+        let get = format!(
+            "kubectl get peers.fleetboard.io {} -n {NS} \
+             -o jsonpath='{{.status.conditions[?(@.type==\"Connected\")].status}}'",
+            m.id
+        );
+        fleetboard_tests::kube::eventually(
+            &format!("{} Connected to the hub over {transport}", m.id),
+            pods::DEADLINE,
+            pods::POLL,
+            || {
+                let out = user.run(&hub_kc, &get);
+                async move { Ok((out?.trim() == "True").then_some(())) }
+            },
+        )
+        .await
+        .unwrap();
     }
 
     // NRI: pods from before the plugin and after it get eth-fleet in their node's sub-block.

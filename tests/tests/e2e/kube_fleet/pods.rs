@@ -73,7 +73,7 @@ pub async fn wait_all_ready(
     ns: &str,
     want: usize,
 ) -> anyhow::Result<Vec<PodState>> {
-    eventually(
+    let result = eventually(
         &format!("{want} Ready pods in {what}/{ns}"),
         DEADLINE,
         POLL,
@@ -94,7 +94,19 @@ pub async fn wait_all_ready(
             anyhow::bail!("{pods:#?}")
         },
     )
-    .await?
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let mut detail = String::new();
+            for p in pods(cluster, ns).await.unwrap_or_default() {
+                if !p.ready {
+                    detail.push_str(&describe(cluster, ns, &p.name));
+                }
+            }
+            Err(anyhow::anyhow!("{e:#}\n{detail}"))
+        }
+    }
 }
 
 /// `kubectl describe pod` and the logs of every container (previous runs too), for failures.
