@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod config_file;
 pub mod driver;
+pub mod forwarding;
 pub mod metrics;
 pub mod quic;
 pub mod show;

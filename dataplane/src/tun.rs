@@ -179,6 +179,14 @@ impl TunIo {
         if let Err(e) = dev.set_tx_queue_len(TX_QUEUE_LEN) {
             tracing::debug!(error = %e, "TUN txqueuelen unchanged");
         }
+        // Packets written to the TUN for pods on this node are forwarded to their veths.
+        let index = dev.if_index()?;
+        crate::forwarding::enable_ipv4(index).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("turning on IPv4 forwarding on the TUN device: {e}"),
+            )
+        })?;
         let vnet = dev.tcp_gso();
         tracing::info!(
             offload = vnet,

@@ -4,8 +4,9 @@
 //! Layout (pod address `P`, gateway `G`, both from the node's sub-block):
 //! - pod: `P/32` on `eth-fleet`, `G dev eth-fleet scope link`, then every routed block (tunnel
 //!   CIDR, service block) `via G dev eth-fleet`. The pod's default route stays untouched.
-//! - node: `G/32` on the node end (the same gateway address on every pod's veth) and
-//!   `P/32 dev <node end>`, so the node namespace (and the dataplane's TUN there) reaches the pod.
+//! - node: `G/32` on the node end (the same gateway address on every pod's veth),
+//!   `P/32 dev <node end>`, so the node namespace (and the dataplane's TUN there) reaches the
+//!   pod, and IPv4 forwarding on the node end, so what the pod sends is routed on.
 //!
 //! The changes are made in-process over rtnetlink. A netlink socket acts in the network
 //! namespace it was created in, so the socket for a pod's namespace (or the `--node-netns`) is
@@ -22,7 +23,9 @@ use futures::TryStreamExt;
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo,
+};
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -148,6 +151,7 @@ impl PodNet {
     ) -> Result<(), StepError> {
         let index = node.index_of(node_if).await?;
         node.set_up(index, node_if).await?;
+        node.enable_forwarding(index, node_if).await?;
         node.add_address(index, node_if, self.gateway).await?;
         node.add_route(
             route(ip, 32, index).scope(RouteScope::Link).build(),
@@ -410,6 +414,34 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| StepError::netlink(format!("setting {name} up in {}", self.place), e))
+    }
+
+    /// Turns IPv4 forwarding on for interface `index` (`name`): the kernel forwards what a pod
+    /// sends only when the interface it arrives on forwards, and a pod's namespace (where the
+    /// node ends live under the agent) starts with forwarding off unless the host's initial
+    /// namespace has it on; `/proc/sys` is read-only in a container, the per-device switch
+    /// over netlink needs only `CAP_NET_ADMIN`.
+    async fn enable_forwarding(&self, index: u32, name: &str) -> Result<(), StepError> {
+        let mut conf = InetDevConf::default();
+        conf.forwarding = 1;
+        let forwarding = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::DevConfRequest(conf),
+        ])]);
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .append_extra_attribute(forwarding)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| {
+                StepError::netlink(
+                    format!("turning on IPv4 forwarding on {name} in {}", self.place),
+                    e,
+                )
+            })
     }
 
     /// Adds `ip/32` to interface `index` (`name`); already there is fine.

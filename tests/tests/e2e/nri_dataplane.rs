@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::dataplane_support::*;
+use fleetboard_dataplane::core::Transport;
 use fleetboard_nri::runtime::{NriRuntime, PluginConn, pod_sandbox};
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::netns::{Netns, unique_token};
@@ -50,11 +51,15 @@ fn pod_address(ns: &Netns) -> Option<String> {
 
 #[test]
 fn nri_pods_on_two_nodes_talk_through_the_dataplane() {
-    let t = Topology::up();
+    let mut t = Topology::new_with(true, Transport::Wg);
     for n in [&t.a, &t.b] {
-        // The gateway namespace forwards between the pods' veths and the dataplane's TUN.
-        n.ns.sysctl("net.ipv4.ip_forward=1").unwrap();
+        // As in an agent pod on a node whose host does not forward: the namespace's global
+        // switch is off, and the dataplane (its TUN) and the plugin (each pod's node end) turn
+        // forwarding on for their own interfaces.
+        n.ns.sysctl("net.ipv4.ip_forward=0").unwrap();
     }
+    t.start();
+    t.a.wait_ping(B_V4, &t.logs());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (_ra, ca, _pa) = plugin_for(&t.dir.0, &t.a, "100.64.1.128/25").await;

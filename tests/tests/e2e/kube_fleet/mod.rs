@@ -14,13 +14,16 @@
 //! DNS server) Ready, and still Ready with zero restarts 2 minutes later; one hub replica
 //! labelled leader, the other standby; both members' Peers in the hub and Connected; pods created before
 //! the agent chart (NRI Synchronize) and after it get `eth-fleet` with an address of their
-//! node's sub-block, equal to their annotation; a deleted pod's address is released
+//! node's sub-block, equal to their annotation; every such pod fetches every other one's name
+//! over HTTP by its parallel address, across members and between the nodes of one member
+//! ([`traffic`]); a deleted pod's address is released
 //! (plugin metrics); nothing of the nodes is left afterwards.
 //!
 //! The hub's tunnel CIDR here is 100.96.0.0/12, not the original docs' 20.112.0.0/12: the
 //! tests keep overlay addresses in 100.64.0.0/10 (never public ones); any value works alike.
 
 mod pods;
+mod traffic;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -241,6 +244,7 @@ async fn fleet_on_real_nodes(transport: &str) {
             .unwrap();
         }
     }
+    let mut endpoints = Vec::new();
     for m in &members {
         for n in &m.nodes {
             let block = pods::node_cidr(&m.cluster, n.name()).await.unwrap();
@@ -256,9 +260,29 @@ async fn fleet_on_real_nodes(transport: &str) {
                     "fleet {transport}: {}/{pod}: eth-fleet {ip} in {block}",
                     m.id
                 );
+                if when == "before" {
+                    endpoints.push(traffic::Endpoint {
+                        member: m.id,
+                        cluster: &m.cluster,
+                        pod,
+                        ip,
+                    });
+                }
             }
         }
     }
+
+    // Pods talk over TCP by their parallel addresses: across members through both gateways
+    // and the hub, and between the two nodes of one member, from gateway and non-gateway nodes.
+    for e in &endpoints {
+        traffic::serve_name(e.cluster, &e.pod).await.unwrap();
+    }
+    let talked = Instant::now();
+    let exchanges = traffic::all_pairs(&endpoints).await.unwrap();
+    eprintln!(
+        "fleet {transport}: {exchanges} pod-to-pod HTTP exchanges by parallel address in {:.1?}",
+        talked.elapsed()
+    );
 
     // Deleting a pod releases its address.
     let m = &members[0];
