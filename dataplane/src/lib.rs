@@ -30,8 +30,8 @@
 pub mod admin;
 pub mod config_file;
 pub mod driver;
-pub mod forwarding;
 pub mod metrics;
+pub mod netlink;
 pub mod quic;
 pub mod show;
 pub mod tun;

@@ -181,12 +181,17 @@ impl TunIo {
         }
         // Packets written to the TUN for pods on this node are forwarded to their veths.
         let index = dev.if_index()?;
-        crate::forwarding::enable_ipv4(index).map_err(|e| {
+        crate::netlink::enable_ipv4_forwarding(index).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("turning on IPv4 forwarding on the TUN device: {e}"),
             )
         })?;
+        for r in &c.interface.routes {
+            crate::netlink::route_through(index, *r).map_err(|e| {
+                io::Error::new(e.kind(), format!("routing {r} through the TUN device: {e}"))
+            })?;
+        }
         let vnet = dev.tcp_gso();
         tracing::info!(
             offload = vnet,

@@ -65,6 +65,9 @@ pub struct LocalSettings {
     pub admin_socket: PathBuf,
     /// `/metrics` address of the dataplane, if any.
     pub metrics_address: Option<SocketAddr>,
+    /// MCS service blocks (ClusterSetIPs): routed through the TUN device beside the tunnel
+    /// CIDR, which need not hold them.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl LocalSettings {
@@ -186,6 +189,12 @@ fn base_config(local: &LocalSettings, key: SecretKey, address: IpNet) -> Datapla
             name: local.tun_name.clone(),
             mtu: crate::embedded::tunnel_mtu(local.transport),
             addresses: vec![address],
+            routes: local
+                .service_cidrs
+                .iter()
+                .filter(|c| !address.trunc().contains(*c))
+                .copied()
+                .collect(),
         },
         private_key: key,
         listen_port: local.listen_port,
@@ -462,6 +471,7 @@ mod tests {
             tun_name: "fb0".into(),
             admin_socket: "/tmp/x.sock".into(),
             metrics_address: None,
+            service_cidrs: vec!["100.127.0.0/16".parse().unwrap()],
         }
     }
 
@@ -530,6 +540,20 @@ mod tests {
     }
 
     #[test]
+    fn service_block_outside_the_tunnel_cidr_is_routed_through_the_tun() {
+        let l = local("n1");
+        let peers = vec![
+            peer("hub", true, 9, &["100.96.0.0/12"], &[]),
+            peer("a", false, 7, &[], &["100.97.0.0/16"]),
+        ];
+        let nodes = vec![node("n1", "1", None, 1, "198.18.0.1")];
+        let c = gateway_of(&l, &peers, &nodes);
+        c.validate().unwrap();
+        assert_eq!(c.interface.addresses[0].to_string(), "100.97.0.1/12");
+        assert_eq!(c.interface.routes, ["100.127.0.0/16".parse().unwrap()]);
+    }
+
+    #[test]
     fn gateway_has_hub_and_inner_peers() {
         let l = local("n1");
         let peers = vec![
@@ -543,6 +567,8 @@ mod tests {
         let c = gateway_of(&l, &peers, &nodes);
         c.validate().unwrap();
         assert_eq!(c.interface.addresses[0].to_string(), "100.65.0.1/10");
+        // The tunnel CIDR holds the service block: no extra route.
+        assert!(c.interface.routes.is_empty(), "{:?}", c.interface.routes);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.peers[0].allowed_ips[0].to_string(), "100.64.0.0/10");
         assert_eq!(c.peers[0].endpoint.unwrap().to_string(), "198.18.0.9:31820");

@@ -150,6 +150,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             admin_socket: admin_socket(&cfg.state_dir),
             // The agent serves /metrics itself (health::start), from its start.
             metrics_address: None,
+            service_cidrs: cfg.service_cidrs.clone(),
         },
         cfg,
         member,

@@ -295,6 +295,7 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
             name: hub.tun_name.clone(),
             mtu: crate::embedded::tunnel_mtu(hub.transport),
             addresses,
+            routes: Vec::new(),
         },
         private_key: hub.private_key.clone(),
         listen_port: hub.listen_port,

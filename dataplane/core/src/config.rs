@@ -112,6 +112,10 @@ pub struct InterfaceConfig {
     /// Addresses with prefix length, e.g. `100.64.1.1/10`, `fd00:64::1:1/64`.
     #[serde(default)]
     pub addresses: Vec<IpNet>,
+    /// Further blocks routed through the device, beyond what the addresses' prefixes cover
+    /// (e.g. the MCS service block when the tunnel CIDR does not hold it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
 }
 
 fn default_ifname() -> String {
@@ -395,6 +399,7 @@ mod tests {
                 name: "fb0".into(),
                 mtu: 1420,
                 addresses: vec!["100.64.1.1/10".parse().unwrap()],
+                routes: Vec::new(),
             },
             private_key: SecretKey::from_random_bytes([1; 32]),
             listen_port: DEFAULT_LISTEN_PORT,

@@ -758,6 +758,7 @@ async fn traffic_through_the_hub(transport: Transport) {
                 name: "fb0".into(),
                 mtu: 1420,
                 addresses: vec![IpNet::new(address, pool.prefix_len()).unwrap()],
+                routes: Vec::new(),
             },
             private_key: key,
             listen_port: 31820,

@@ -34,6 +34,7 @@ pub(crate) fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConf
             name: "fb0".into(),
             mtu: 1420,
             addresses: vec![addr.parse().unwrap()],
+            routes: Vec::new(),
         },
         private_key: key(k),
         listen_port: 31820,

@@ -223,6 +223,7 @@ fn base_config(dir: &Path, name: &str, key: SecretKey, v4: &str, v6: &str) -> Da
             name: "fb0".into(),
             mtu: 1420,
             addresses: vec![v4.parse().unwrap(), v6.parse().unwrap()],
+            routes: Vec::new(),
         },
         private_key: key,
         listen_port: 31820,

@@ -12,17 +12,23 @@
 //!
 //! Asserts: every pod of both charts (two hub replicas, an agent on every member node, the
 //! DNS server) Ready, and still Ready with zero restarts 2 minutes later; one hub replica
-//! labelled leader, the other standby; both members' Peers in the hub and Connected; pods created before
+//! labelled leader, the other standby; both members' Peers in the hub and Connected, every
+//! column of `kubectl peers` filled and its byte counters growing with the traffic
+//! ([`peers`]); pods created before
 //! the agent chart (NRI Synchronize) and after it get `eth-fleet` with an address of their
 //! node's sub-block, equal to their annotation; every such pod fetches every other one's name
 //! over HTTP by its parallel address, across members and between the nodes of one member
-//! ([`traffic`]); a deleted pod's address is released
+//! ([`traffic`]); a Service exported from one member answers the other's pods by its
+//! ClusterSetIP and by its `clusterset.local` name through CoreDNS ([`services`]); a deleted
+//! pod's address is released
 //! (plugin metrics); nothing of the nodes is left afterwards.
 //!
 //! The hub's tunnel CIDR here is 100.96.0.0/12, not the original docs' 20.112.0.0/12: the
 //! tests keep overlay addresses in 100.64.0.0/10 (never public ones); any value works alike.
 
+mod peers;
 mod pods;
+mod services;
 mod traffic;
 
 use std::net::Ipv4Addr;
@@ -33,7 +39,7 @@ use fleetboard_tests::internet::Internet;
 use fleetboard_tests::kube::{Cluster, ClusterOptions};
 use fleetboard_tests::load_balancer::LoadBalancer;
 use fleetboard_tests::netns::{Netns, require_net_admin, unique_token};
-use fleetboard_tests::node::{ImageSet, Node, NodeOptions};
+use fleetboard_tests::node::{ImageSet, Node, NodeOptions, install_cluster_dns};
 use fleetboard_tests::user_shell::UserShell;
 
 use pods::{PodState, wait_all_ready};
@@ -67,9 +73,10 @@ async fn fleet_on_real_nodes(transport: &str) {
     require_net_admin();
     let began = Instant::now();
     let images = ImageSet::from_env()
-        .and_then(|s| s.only(&["pause", "busybox", "fleetboard"]))
+        .and_then(|s| s.only(&["pause", "busybox", "coredns", "fleetboard"]))
         .unwrap();
     let busybox = images.get("busybox").unwrap().reference.clone();
+    let coredns = images.get("coredns").unwrap().reference.clone();
     let mut clusters = Cluster::start_all(vec![ClusterOptions::with_nodes(); 3])
         .await
         .unwrap();
@@ -108,6 +115,10 @@ async fn fleet_on_real_nodes(transport: &str) {
         began.elapsed()
     );
     let mut traces = vec![hub_node.traces()];
+    // Member A's pods resolve names through CoreDNS (member B only serves).
+    install_cluster_dns(&members[0].cluster, &coredns)
+        .await
+        .unwrap();
 
     // Workload pods that exist before the agent chart (the NRI plugin handles them when it
     // registers: Synchronize).
@@ -160,11 +171,14 @@ async fn fleet_on_real_nodes(transport: &str) {
         notes.contains(&format!("tunnel CIDR {TUNNEL_CIDR}")),
         "{notes}"
     );
+    let mut member_notes = Vec::new();
     for m in &members {
         let kc = dir.join(format!("{}.kubeconfig", m.id));
         m.cluster.user_kubeconfig(&kc).unwrap();
-        user.install_member_from_notes(&notes, &hub_kc, &kc, m.id)
-            .unwrap();
+        member_notes.push(
+            user.install_member_from_notes(&notes, &hub_kc, &kc, m.id)
+                .unwrap(),
+        );
     }
     assert!(repo.served() >= 3, "helm fetched from the repository");
 
@@ -245,9 +259,13 @@ async fn fleet_on_real_nodes(transport: &str) {
         }
     }
     let mut endpoints = Vec::new();
+    let mut member_blocks = Vec::new();
     for m in &members {
         for n in &m.nodes {
             let block = pods::node_cidr(&m.cluster, n.name()).await.unwrap();
+            if !member_blocks.iter().any(|(id, _)| *id == m.id) {
+                member_blocks.push((m.id, block));
+            }
             for when in ["before", "after"] {
                 let pod = format!("{when}-{}", n.name());
                 let ip = pods::eth_fleet_address(&m.cluster, &pod).await.unwrap();
@@ -272,6 +290,18 @@ async fn fleet_on_real_nodes(transport: &str) {
         }
     }
 
+    // `kubectl peers` on the hub: every column of every member's row.
+    let peers_check =
+        || async { peers::check(&user, &hub_kc, &member_blocks, transport).map(Some) };
+    let before = fleetboard_tests::kube::eventually(
+        "kubectl peers: every member Connected with live state",
+        pods::DEADLINE,
+        pods::POLL,
+        peers_check,
+    )
+    .await
+    .unwrap();
+
     // Pods talk over TCP by their parallel addresses: across members through both gateways
     // and the hub, and between the two nodes of one member, from gateway and non-gateway nodes.
     for e in &endpoints {
@@ -283,6 +313,61 @@ async fn fleet_on_real_nodes(transport: &str) {
         "fleet {transport}: {exchanges} pod-to-pod HTTP exchanges by parallel address in {:.1?}",
         talked.elapsed()
     );
+
+    // A Service exported from member B, reached from member A's pods by its ClusterSetIP and,
+    // once CoreDNS forwards the zone as the member NOTES say, by its clusterset.local name.
+    let (a_kc, b_kc) = (
+        dir.join(format!("{}.kubeconfig", members[0].id)),
+        dir.join(format!("{}.kubeconfig", members[1].id)),
+    );
+    let servers: Vec<String> = members[1]
+        .nodes
+        .iter()
+        .map(|n| format!("before-{}", n.name()))
+        .collect();
+    let server_refs: Vec<&str> = servers.iter().map(String::as_str).collect();
+    services::export_web(&user, &b_kc, &server_refs).unwrap();
+    let vip = services::clusterset_ip(&user, &a_kc).await.unwrap();
+    services::forward_clusterset_zone(&user, &a_kc, &member_notes[0]).unwrap();
+    let name = format!("{}.{}.svc.clusterset.local", services::SERVICE, pods::APPS);
+    for n in &members[0].nodes {
+        let client = format!("before-{}", n.name());
+        for host in [vip.as_str(), name.as_str()] {
+            let url = format!("http://{host}:{}/", services::PORT);
+            let body = pods::exec(
+                &members[0].cluster,
+                &client,
+                &format!("timeout 10 wget -q -O - {url}"),
+            )
+            .await
+            .unwrap();
+            assert!(
+                servers.iter().any(|s| body.trim() == s),
+                "{client} fetched {url} and got {body:?}, not one of {servers:?}"
+            );
+            eprintln!(
+                "fleet {transport}: member-a/{client}: {url} answered by {}",
+                body.trim()
+            );
+        }
+    }
+
+    // The traffic shows in `kubectl peers`: both byte counters of every member grew.
+    fleetboard_tests::kube::eventually(
+        "kubectl peers: every member's RX and TX grew with the traffic",
+        pods::DEADLINE,
+        pods::POLL,
+        || async {
+            let now = peers::check(&user, &hub_kc, &member_blocks, transport)?;
+            Ok(now
+                .iter()
+                .zip(&before)
+                .all(|(n, b)| n.rx > b.rx && n.tx > b.tx)
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 
     // Deleting a pod releases its address.
     let m = &members[0];
