@@ -385,9 +385,11 @@ async fn fleet_on_real_nodes(transport: &str) {
     let released = pods::nri_metric(&m.cluster, &agent, "fleetboard_nri_pods_released_total")
         .await
         .unwrap();
-    assert_eq!(
-        allocated, 2,
-        "{node}: the before and after pods hold addresses"
+    // The before and after pods hold addresses, and so does any other pod the scheduler put
+    // on this node (CoreDNS, restarted above, may land here).
+    assert!(
+        allocated >= 2,
+        "{node}: the before and after pods hold addresses, the plugin counts {allocated}"
     );
     pods::delete_pod(&m.cluster, &format!("after-{node}"))
         .await
