@@ -287,16 +287,32 @@ impl Ipam {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fb-ipam-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("state.json")
+    /// A fresh directory for one test's state file, removed when the test ends (pass or fail).
+    struct Tmp(PathBuf);
+
+    impl Tmp {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("fb-ipam-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn state(&self) -> PathBuf {
+            self.0.join("state.json")
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
     fn allocations_survive_reopen_and_never_repeat() {
-        let path = tmp("reopen");
+        let dir = Tmp::new("reopen");
+        let path = dir.state();
         let block: Ipv4Net = "100.64.7.0/29".parse().unwrap();
         let gw: Ipv4Addr = "100.64.7.1".parse().unwrap();
         let mut ipam = Ipam::open(&path, block, gw).unwrap();
@@ -327,7 +343,8 @@ mod tests {
 
     #[test]
     fn corrupt_state_is_an_error_naming_the_file() {
-        let path = tmp("corrupt");
+        let dir = Tmp::new("corrupt");
+        let path = dir.state();
         std::fs::write(&path, b"{not json").unwrap();
         let err = Ipam::open(
             &path,
