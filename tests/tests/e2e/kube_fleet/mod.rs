@@ -38,7 +38,7 @@ use fleetboard_tests::chart_repo::ChartRepo;
 use fleetboard_tests::internet::Internet;
 use fleetboard_tests::kube::{Cluster, ClusterOptions};
 use fleetboard_tests::load_balancer::LoadBalancer;
-use fleetboard_tests::netns::{Netns, require_net_admin, unique_token};
+use fleetboard_tests::netns::{Netns, require_net_admin};
 use fleetboard_tests::node::{ImageSet, Node, NodeOptions, install_cluster_dns};
 use fleetboard_tests::user_shell::UserShell;
 
@@ -147,8 +147,9 @@ async fn fleet_on_real_nodes(transport: &str) {
         .unwrap();
 
     // The user's laptop on the internet: chart repository, helm, kubectl.
-    let dir = std::env::temp_dir().join(format!("fb-fleet-{}", unique_token()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when the test ends, passed or failed (declared before everything using it).
+    let tmp = crate::dataplane_support::TempDir::new();
+    let dir = tmp.0.clone();
     let laptop = Netns::new("user").unwrap();
     internet.attach_host(&laptop).unwrap();
     let repo = ChartRepo::start_in(&dir.join("repo"), laptop.name()).unwrap();
@@ -452,5 +453,5 @@ async fn fleet_on_real_nodes(transport: &str) {
         let left = t.leftovers();
         assert!(left.is_empty(), "left behind: {left:?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }
