@@ -12,6 +12,8 @@
 //! - [`internet`], [`load_balancer`]: what a cloud gives clusters on real nodes: a shared
 //!   network with public API servers, NAT for everything leaving a cluster, and addresses for
 //!   `type: LoadBalancer` Services.
+//! - [`real_fleet`]: a hub and two member clusters on real nodes with both charts installed
+//!   from a chart repository, as a user does (the fleet test and the demo).
 
 pub mod binaries;
 pub mod chart_repo;
@@ -24,4 +26,5 @@ pub mod load_balancer;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod real_fleet;
 pub mod user_shell;

@@ -82,6 +82,29 @@ fn kill_all(cgroup: &str, dir: Option<&Path>, mount_ns: Option<&str>) {
     }
 }
 
+/// Kills, in rounds, every process in the node's cgroups and every process naming its
+/// directory, except `spare` (the mount namespace holder of a node that is only powered off).
+pub(super) fn kill_all_but(cgroup: &str, dir: &Path, spare: Option<u32>) {
+    let me = std::process::id();
+    for _ in 0..KILL_ROUNDS {
+        let mut pids = cgroups::pids(cgroup);
+        pids.extend(pids_naming(dir));
+        pids.sort_unstable();
+        pids.dedup();
+        pids.retain(|p| *p != me && Some(*p) != spare);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) with a pid and a signal number has no memory-safety concerns.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(ROUND_PAUSE);
+    }
+}
+
 /// Pids whose command line contains a path under `dir` (`<dir>/`: another node's directory
 /// may start with the same characters).
 fn pids_naming(dir: &Path) -> Vec<u32> {

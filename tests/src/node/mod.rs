@@ -334,6 +334,25 @@ impl Node {
         out
     }
 
+    /// Takes the node down as a power cut would, while its objects stay in the API: kills
+    /// kubelet, containerd, kube-proxy and every container (shims and pod processes), and
+    /// takes its underlay link down, so nothing answers at its address any more. The node's
+    /// namespaces, mounts and files stay until it is dropped.
+    pub fn power_off(&self) -> anyhow::Result<()> {
+        // kubelet, containerd and kube-proxy run in the node's cgroup too.
+        let holder = self.procs.mounts.as_ref().map(mounts::MountNs::pid);
+        cleanup::kill_all_but(&self.cgroup(), &self.dir, holder);
+        crate::netns::run(Command::new("ip").args([
+            "-n",
+            self.netns().name(),
+            "link",
+            "set",
+            "eth0",
+            "down",
+        ]))?;
+        Ok(())
+    }
+
     /// What identifies this node's processes, mounts, cgroups, namespace and files: keep it
     /// to check [`NodeTraces::leftovers`] after the node is dropped.
     pub fn traces(&self) -> NodeTraces {

@@ -26,29 +26,17 @@
 //! The hub's tunnel CIDR here is 100.96.0.0/12, not the original docs' 20.112.0.0/12: the
 //! tests keep overlay addresses in 100.64.0.0/10 (never public ones); any value works alike.
 
+mod moves;
 mod peers;
-mod pods;
-mod services;
-mod traffic;
+mod reach;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use fleetboard_tests::chart_repo::ChartRepo;
-use fleetboard_tests::internet::Internet;
-use fleetboard_tests::kube::{Cluster, ClusterOptions};
-use fleetboard_tests::load_balancer::LoadBalancer;
-use fleetboard_tests::netns::{Netns, require_net_admin};
-use fleetboard_tests::node::{ImageSet, Node, NodeOptions, install_cluster_dns};
-use fleetboard_tests::user_shell::UserShell;
+use fleetboard_tests::kube::Cluster;
+use fleetboard_tests::netns::require_net_admin;
+use fleetboard_tests::real_fleet::pods::{self, PodState, wait_all_ready};
+use fleetboard_tests::real_fleet::{NS, RealFleet, RealFleetOptions, services, traffic};
 
-use pods::{PodState, wait_all_ready};
-
-/// The hub's load balancer address (published on the test internet, served by kube-proxy on
-/// the hub's node).
-const HUB_LB: Ipv4Addr = Ipv4Addr::new(198, 18, 251, 1);
-const TUNNEL_CIDR: &str = "100.96.0.0/12";
-const NS: &str = "fleetboard-system";
 /// How long every pod must stay Ready without a restart.
 const HOLD: Duration = Duration::from_secs(120);
 
@@ -62,70 +50,23 @@ async fn charts_run_on_real_nodes_with_quic() {
     fleet_on_real_nodes("quic").await;
 }
 
-/// A member cluster: its id and nodes.
-struct Member {
-    id: &'static str,
-    cluster: Cluster,
-    nodes: Vec<Node>,
-}
-
-async fn fleet_on_real_nodes(transport: &str) {
+async fn fleet_on_real_nodes(transport: &'static str) {
     require_net_admin();
     let began = Instant::now();
-    let images = ImageSet::from_env()
-        .and_then(|s| s.only(&["pause", "busybox", "coredns", "fleetboard"]))
-        .unwrap();
-    let busybox = images.get("busybox").unwrap().reference.clone();
-    let coredns = images.get("coredns").unwrap().reference.clone();
-    let mut clusters = Cluster::start_all(vec![ClusterOptions::with_nodes(); 3])
+    let say = |s: &str| eprintln!("fleet {transport}: {s}");
+    let mut fleet = RealFleet::start(RealFleetOptions::new(transport), &say)
         .await
         .unwrap();
-    let internet = Internet::new().unwrap();
-    for c in &clusters {
-        internet.connect(c).unwrap();
-    }
-    let (b, a, hub) = (
-        clusters.pop().unwrap(),
-        clusters.pop().unwrap(),
-        clusters.pop().unwrap(),
-    );
-    let start = |c, name: &str| Node::start(c, NodeOptions::new(name, &images).unwrap());
-    let (hub_node, a1, a2, b1, b2) = tokio::try_join!(
-        start(&hub, "hub-1"),
-        start(&a, "a-1"),
-        start(&a, "a-2"),
-        start(&b, "b-1"),
-        start(&b, "b-2"),
-    )
-    .unwrap();
-    let members = [
-        Member {
-            id: "member-a",
-            cluster: a,
-            nodes: vec![a1, a2],
-        },
-        Member {
-            id: "member-b",
-            cluster: b,
-            nodes: vec![b1, b2],
-        },
-    ];
-    eprintln!(
-        "fleet {transport}: 3 clusters and 5 nodes Ready in {:.1?}",
-        began.elapsed()
-    );
-    let mut traces = vec![hub_node.traces()];
-    // Member A's pods resolve names through CoreDNS (member B only serves).
-    install_cluster_dns(&members[0].cluster, &coredns)
-        .await
-        .unwrap();
+    let busybox = fleet.image("busybox").unwrap();
+    // Both members run their pods on the same range: nothing of FleetBoard may depend on
+    // pod addresses being unique across clusters.
+    reach::pod_cidrs_overlap(&fleet).await.unwrap();
 
     // Workload pods that exist before the agent chart (the NRI plugin handles them when it
     // registers: Synchronize).
-    for m in &members {
+    for m in &fleet.members {
         pods::create_apps_namespace(&m.cluster).await.unwrap();
         for n in &m.nodes {
-            traces.push(n.traces());
             pods::create_sleeper(
                 &m.cluster,
                 &format!("before-{}", n.name()),
@@ -140,70 +81,13 @@ async fn fleet_on_real_nodes(transport: &str) {
             .unwrap();
     }
 
-    // The cloud: a load balancer address for the hub's Service, routed to the hub's node.
-    let _lb = LoadBalancer::start(hub.client(), vec![HUB_LB]);
-    internet
-        .publish(&hub, &format!("{HUB_LB}/32"), hub_node.address())
-        .unwrap();
-
-    // The user's laptop on the internet: chart repository, helm, kubectl.
-    // Removed when the test ends, passed or failed (declared before everything using it).
-    let tmp = crate::dataplane_support::TempDir::new();
-    let dir = tmp.0.clone();
-    let laptop = Netns::new("user").unwrap();
-    internet.attach_host(&laptop).unwrap();
-    let repo = ChartRepo::start_in(&dir.join("repo"), laptop.name()).unwrap();
-    let user = UserShell::new(&dir.join("home"))
-        .unwrap()
-        .in_netns(laptop.name());
-    let hub_kc = dir.join("hub.kubeconfig");
-    hub.user_kubeconfig(&hub_kc).unwrap();
-    user.run(&hub_kc, &format!("helm repo add fleetboard {}", repo.url()))
-        .unwrap();
-    let mut install = format!(
-        "helm install fleetboard fleetboard/fleetboard --namespace {NS} --create-namespace \
-         --set tunnel.endpoint={HUB_LB} --set tunnel.cidr={TUNNEL_CIDR}"
-    );
-    if transport != "wg" {
-        install.push_str(&format!(" --set tunnel.transport={transport}"));
-    }
-    let notes = user.run(&hub_kc, &install).unwrap();
-    assert!(
-        notes.contains(&format!("tunnel CIDR {TUNNEL_CIDR}")),
-        "{notes}"
-    );
-    let mut member_notes = Vec::new();
-    for m in &members {
-        let kc = dir.join(format!("{}.kubeconfig", m.id));
-        m.cluster.user_kubeconfig(&kc).unwrap();
-        member_notes.push(
-            user.install_member_from_notes(&notes, &hub_kc, &kc, m.id)
-                .unwrap(),
-        );
-    }
-    assert!(repo.served() >= 3, "helm fetched from the repository");
-
-    // Every pod of both charts Ready.
-    let hub_pods = wait_all_ready(&hub, "hub", NS, 2).await.unwrap();
-    for m in &members {
-        // An agent on every node and the DNS server.
-        let got = wait_all_ready(&m.cluster, m.id, NS, m.nodes.len() + 1)
-            .await
-            .unwrap();
-        for n in &m.nodes {
-            assert!(
-                got.iter()
-                    .any(|p| p.node == n.name() && p.name.starts_with("fleetboard-agent-")),
-                "{}: no agent pod on {}: {got:#?}",
-                m.id,
-                n.name()
-            );
-        }
-    }
-    eprintln!(
-        "fleet {transport}: every chart pod Ready {:.1?} after the test began",
+    fleet.install_hub().unwrap();
+    fleet.install_members().unwrap();
+    let hub_pods = fleet.wait_chart_pods_ready().await.unwrap();
+    say(&format!(
+        "every chart pod Ready {:.1?} after the test began",
         began.elapsed()
-    );
+    ));
     let roles: Vec<&str> = hub_pods
         .iter()
         .filter_map(|p| p.labels.get("fleetboard.io/hub-role").map(String::as_str))
@@ -217,37 +101,21 @@ async fn fleet_on_real_nodes(transport: &str) {
         ["leader", "standby"],
         "hub pods: {hub_pods:#?}"
     );
+    let (user, hub_kc) = (&fleet.user, &fleet.hub_kubeconfig);
     let peers = user
         .run(
-            &hub_kc,
+            hub_kc,
             &format!("kubectl get peers.fleetboard.io -n {NS} -o name"),
         )
         .unwrap();
-    for m in &members {
+    for m in &fleet.members {
         assert!(peers.contains(m.id), "{} joined the hub: {peers}", m.id);
     }
     // ... and their tunnels are up, as `kubectl get peers` shows the user (CONNECTED).
-    for m in &members {
-        let get = format!(
-            "kubectl get peers.fleetboard.io {} -n {NS} \
-             -o jsonpath='{{.status.conditions[?(@.type==\"Connected\")].status}}'",
-            m.id
-        );
-        fleetboard_tests::kube::eventually(
-            &format!("{} Connected to the hub over {transport}", m.id),
-            pods::DEADLINE,
-            pods::POLL,
-            || {
-                let out = user.run(&hub_kc, &get);
-                async move { Ok((out?.trim() == "True").then_some(())) }
-            },
-        )
-        .await
-        .unwrap();
-    }
+    fleet.wait_connected().await.unwrap();
 
     // NRI: pods from before the plugin and after it get eth-fleet in their node's sub-block.
-    for m in &members {
+    for m in &fleet.members {
         for n in &m.nodes {
             pods::create_sleeper(
                 &m.cluster,
@@ -261,7 +129,7 @@ async fn fleet_on_real_nodes(transport: &str) {
     }
     let mut endpoints = Vec::new();
     let mut member_blocks = Vec::new();
-    for m in &members {
+    for m in &fleet.members {
         for n in &m.nodes {
             let block = pods::node_cidr(&m.cluster, n.name()).await.unwrap();
             if !member_blocks.iter().any(|(id, _)| *id == m.id) {
@@ -292,8 +160,7 @@ async fn fleet_on_real_nodes(transport: &str) {
     }
 
     // `kubectl peers` on the hub: every column of every member's row.
-    let peers_check =
-        || async { peers::check(&user, &hub_kc, &member_blocks, transport).map(Some) };
+    let peers_check = || async { peers::check(user, hub_kc, &member_blocks, transport).map(Some) };
     let before = fleetboard_tests::kube::eventually(
         "kubectl peers: every member Connected with live state",
         pods::DEADLINE,
@@ -317,9 +184,10 @@ async fn fleet_on_real_nodes(transport: &str) {
 
     // A Service exported from member B, reached from member A's pods by its ClusterSetIP and,
     // once CoreDNS forwards the zone as the member NOTES say, by its clusterset.local name.
-    let (a_kc, b_kc) = (
-        dir.join(format!("{}.kubeconfig", members[0].id)),
-        dir.join(format!("{}.kubeconfig", members[1].id)),
+    let (members, a_kc, b_kc) = (
+        &fleet.members,
+        &fleet.members[0].kubeconfig,
+        &fleet.members[1].kubeconfig,
     );
     let servers: Vec<String> = members[1]
         .nodes
@@ -327,9 +195,9 @@ async fn fleet_on_real_nodes(transport: &str) {
         .map(|n| format!("before-{}", n.name()))
         .collect();
     let server_refs: Vec<&str> = servers.iter().map(String::as_str).collect();
-    services::export_web(&user, &b_kc, &server_refs).unwrap();
-    let vip = services::clusterset_ip(&user, &a_kc).await.unwrap();
-    services::forward_clusterset_zone(&user, &a_kc, &member_notes[0]).unwrap();
+    services::export_web(user, b_kc, &server_refs).unwrap();
+    let vip = services::clusterset_ip(user, a_kc).await.unwrap();
+    services::forward_clusterset_zone(user, a_kc, &members[0].notes).unwrap();
     let name = format!("{}.{}.svc.clusterset.local", services::SERVICE, pods::APPS);
     for n in &members[0].nodes {
         let client = format!("before-{}", n.name());
@@ -359,7 +227,7 @@ async fn fleet_on_real_nodes(transport: &str) {
         pods::DEADLINE,
         pods::POLL,
         || async {
-            let now = peers::check(&user, &hub_kc, &member_blocks, transport)?;
+            let now = peers::check(user, hub_kc, &member_blocks, transport)?;
             Ok(now
                 .iter()
                 .zip(&before)
@@ -369,6 +237,11 @@ async fn fleet_on_real_nodes(transport: &str) {
     )
     .await
     .unwrap();
+
+    // Nodes and pods of one member still reach each other on the cluster's own network, and
+    // every node's tunnel address answers pods on every other node of the cluster set.
+    reach::node_to_node(&fleet).await.unwrap();
+    reach::tunnel_addresses(&fleet).await.unwrap();
 
     // Deleting a pod releases its address.
     let m = &members[0];
@@ -415,8 +288,8 @@ async fn fleet_on_real_nodes(transport: &str) {
     // Still Ready, still no restart, the same pods, HOLD after they all were Ready.
     let ready_at = Instant::now();
     let mut expected: Vec<(&str, &Cluster, Vec<PodState>)> =
-        vec![("hub", &hub, pods::pods(&hub, NS).await.unwrap())];
-    for m in &members {
+        vec![("hub", &fleet.hub, pods::pods(&fleet.hub, NS).await.unwrap())];
+    for m in &fleet.members {
         expected.push((m.id, &m.cluster, pods::pods(&m.cluster, NS).await.unwrap()));
     }
     while ready_at.elapsed() < HOLD {
@@ -440,18 +313,20 @@ async fn fleet_on_real_nodes(transport: &str) {
             assert_eq!(uids(&now), uids(before), "{what}: the pods were replaced");
         }
     }
-    eprintln!(
-        "fleet {transport}: every chart pod Ready with 0 restarts for {HOLD:?}; test took {:.1?}",
+    say(&format!(
+        "every chart pod Ready with 0 restarts for {HOLD:?}, {:.1?} after the test began",
         began.elapsed()
-    );
+    ));
 
-    drop(user);
-    drop(repo);
-    drop(members);
-    drop(hub_node);
-    for t in &traces {
-        let left = t.leftovers();
-        assert!(left.is_empty(), "left behind: {left:?}");
-    }
-    drop(tmp);
+    // The gateway moves (its pod deleted, then later its node powered off), and both charts
+    // are upgraded to a rebuilt image, while a pod keeps fetching from the other member.
+    let outages = moves::run(&fleet, &endpoints).await.unwrap();
+    say(&format!(
+        "outages: {outages}; test took {:.1?}",
+        began.elapsed()
+    ));
+
+    drop(endpoints);
+    let left = fleet.shutdown();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

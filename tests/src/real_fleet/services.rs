@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use fleetboard_tests::kube::eventually;
-use fleetboard_tests::user_shell::UserShell;
+use crate::kube::eventually;
+use crate::user_shell::UserShell;
 
 use super::pods::{APPS, DEADLINE, POLL};
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleetboard_tests::kube::{Cluster, eventually};
-use fleetboard_tests::netns::run;
+use crate::kube::{Cluster, eventually};
+use crate::netns::run;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
@@ -28,7 +28,8 @@ pub struct PodState {
 }
 
 impl PodState {
-    fn of(p: &Pod) -> Self {
+    /// The state of `p`.
+    pub fn of(p: &Pod) -> Self {
         let status = p.status.clone().unwrap_or_default();
         Self {
             name: p.metadata.name.clone().unwrap_or_default(),

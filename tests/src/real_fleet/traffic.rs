@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use fleetboard_tests::kube::Cluster;
+use crate::kube::Cluster;
 
 use super::pods::exec;
 
