@@ -222,7 +222,6 @@ impl DataplaneDriver {
                 }
                 r = self.udp.readable() => {
                     r?;
-                    let now = Instant::now();
                     for _ in 0..BATCH.div_ceil(RX_BUFFERS) {
                         let n = match self.udp.try_recv(&mut rx) {
                             Ok(n) => n,
@@ -233,6 +232,8 @@ impl DataplaneDriver {
                                 break;
                             }
                         };
+                        // Per receive call: handshake round trips are timed with it.
+                        let now = Instant::now();
                         for i in 0..n {
                             let (from, buf, stride) = rx.buffer(i);
                             // Relay messages forwarded to one destination leave together,
@@ -287,11 +288,12 @@ impl DataplaneDriver {
                                 break;
                             }
                         };
+                        let now = Instant::now();
                         for i in 0..n {
                             if let Some(q) = &self.quic {
                                 q.clamp_mss(tun_rx.packet_mut(i));
                             }
-                            let a = self.core.handle_tun(tun_rx.packet(i), tx.out());
+                            let a = self.core.handle_tun(now, tun_rx.packet(i), tx.out());
                             perform(a, Origin::Tun, &mut tx, &self.udp, &self.tun, &mut self.core, &mut self.quic).await;
                         }
                         taken += n.max(1);
@@ -530,7 +532,7 @@ fn send_quic(
                     }
                     None
                 }
-                Origin::Peer => Some(core.handle_local(icmp, tx.out())),
+                Origin::Peer => Some(core.handle_local(Instant::now(), icmp, tx.out())),
             }
         }
     }

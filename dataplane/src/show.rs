@@ -19,6 +19,16 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// A round-trip time from microseconds: `850 us`, `1.25 ms`, `32.1 ms`, `1.20 s`.
+fn rtt(micros: u64) -> String {
+    match micros {
+        0..1_000 => format!("{micros} us"),
+        1_000..10_000 => format!("{:.2} ms", micros as f64 / 1e3),
+        10_000..1_000_000 => format!("{:.1} ms", micros as f64 / 1e3),
+        _ => format!("{:.2} s", micros as f64 / 1e6),
+    }
+}
+
 /// Formats the status like `wg show`.
 pub fn format(s: &DataplaneStatus) -> String {
     let mut o = String::new();
@@ -79,6 +89,10 @@ pub fn format(s: &DataplaneStatus) -> String {
                 let _ = writeln!(o, "  latest handshake: (none)");
             }
         }
+        if let Some(r) = p.rtt_micros {
+            // wg: the latest handshake's round trip; quic: the connection's estimate.
+            let _ = writeln!(o, "  rtt: {}", rtt(r));
+        }
         let c = &p.counters;
         let _ = writeln!(
             o,
@@ -103,4 +117,17 @@ pub fn format(s: &DataplaneStatus) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_is_printed_in_readable_units() {
+        assert_eq!(rtt(850), "850 us");
+        assert_eq!(rtt(1_250), "1.25 ms");
+        assert_eq!(rtt(32_100), "32.1 ms");
+        assert_eq!(rtt(1_200_000), "1.20 s");
+    }
 }

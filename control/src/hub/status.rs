@@ -60,7 +60,7 @@ pub fn observe(dp: Option<&DpPeerStatus>, now: Timestamp) -> Observed {
         .last_handshake_secs_ago
         .and_then(|s| now.checked_sub(SignedDuration::from_secs(s as i64)).ok());
     let (connected, reason, message) = match p.transport {
-        DpTransport::Quic if p.rtt_ms.is_some() => (
+        DpTransport::Quic if p.rtt_micros.is_some() => (
             true,
             "QuicConnected",
             format!("QUIC connection up from {}", endpoint(p)),
@@ -86,7 +86,7 @@ pub fn observe(dp: Option<&DpPeerStatus>, now: Timestamp) -> Observed {
         reason,
         message,
         last_handshake,
-        rtt_micros: p.rtt_ms.map(|ms| u64::from(ms) * 1000),
+        rtt_micros: p.rtt_micros,
         rx_bytes: p.counters.rx_bytes,
         tx_bytes: p.counters.tx_bytes,
     }
@@ -227,7 +227,7 @@ mod tests {
     use super::*;
     use fleetboard_dataplane::core::SecretKey;
 
-    fn dp(transport: DpTransport, hs: Option<u64>, rtt: Option<u32>) -> DpPeerStatus {
+    fn dp(transport: DpTransport, hs: Option<u64>, rtt: Option<u64>) -> DpPeerStatus {
         DpPeerStatus {
             public_key: SecretKey::from_random_bytes([3; 32]).public_key(),
             name: Some("a".into()),
@@ -236,7 +236,7 @@ mod tests {
             via: None,
             allowed_ips: vec![],
             last_handshake_secs_ago: hs,
-            rtt_ms: rtt,
+            rtt_micros: rtt,
             persistent_keepalive: None,
             max_packet: None,
             counters: Default::default(),
@@ -249,10 +249,11 @@ mod tests {
 
     #[test]
     fn connected_follows_handshakes_and_quic_connections() {
-        let o = observe(Some(&dp(DpTransport::Wg, Some(5), Some(1))), now());
+        // WireGuard RTTs come from the dataplane's handshake timing, in microseconds.
+        let o = observe(Some(&dp(DpTransport::Wg, Some(5), Some(850))), now());
         assert!(o.connected);
         assert_eq!(o.reason, "HandshakeCompleted");
-        assert_eq!(o.rtt_micros, Some(1000));
+        assert_eq!(o.rtt_micros, Some(850));
         assert_eq!(
             o.last_handshake,
             Some(now().checked_sub(SignedDuration::from_secs(5)).unwrap())
@@ -265,7 +266,8 @@ mod tests {
             observe(Some(&dp(DpTransport::Wg, Some(500), None)), now()).reason,
             "HandshakeStale"
         );
-        assert!(observe(Some(&dp(DpTransport::Quic, None, Some(2))), now()).connected);
+        assert!(observe(Some(&dp(DpTransport::Quic, None, Some(2_000))), now()).connected);
+        assert!(!observe(Some(&dp(DpTransport::Quic, None, None)), now()).connected);
         assert_eq!(observe(None, now()).reason, "NotConfigured");
     }
 

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
 use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
-use crate::peer::{PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
+use crate::peer::{HandshakeRtt, PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
 use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex};
 use crate::route::RouteTable;
 use crate::service_nat::{self, ServiceNat};
@@ -221,6 +221,7 @@ impl Dataplane {
                     if p.config.persistent_keepalive != pc.persistent_keepalive {
                         p.session =
                             Session::new(&self.key, &pc.public_key, pc.persistent_keepalive, id.0);
+                        p.handshake_rtt.reset_pending();
                     }
                     if pc.endpoint.is_some() && pc.endpoint != p.config.endpoint {
                         p.endpoint = pc.endpoint;
@@ -245,6 +246,7 @@ impl Dataplane {
                         counters: PeerCounters::default(),
                         last_rx: None,
                         last_forced_handshake: None,
+                        handshake_rtt: HandshakeRtt::default(),
                     });
                 }
             }
@@ -296,21 +298,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// A packet read from the TUN device: route it to a peer (a service VIP is first
+    /// A packet read from the TUN device at `now`: route it to a peer (a service VIP is first
     /// translated to one of its endpoints, see [`crate::service_nat`]).
     #[inline]
-    pub fn handle_tun(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
+    pub fn handle_tun(&mut self, now: Instant, packet: &[u8], out: &mut [u8]) -> Action {
         let hdr = match IpHeader::parse(packet) {
             Ok(h) => h,
             Err(r) => return self.drop(None, r),
         };
         if self.nat.is_active() && self.nat.is_vip(hdr.dst) {
-            return self.handle_tun_vip(packet, out);
+            return self.handle_tun_vip(now, packet, out);
         }
         let Some(id) = self.routes.lookup(hdr.dst) else {
             return self.drop(None, DropReason::NoRoute);
         };
-        match send_to(&mut self.peers, id, packet, out) {
+        match send_to(&mut self.peers, id, now, packet, out) {
             Ok(a) => a,
             Err(r) => self.drop(Some(id), r),
         }
@@ -318,14 +320,14 @@ impl Dataplane {
 
     /// A packet this node generated itself (an ICMP error about a relayed packet): sent to
     /// the peer that owns its destination, or written on the TUN when no peer does.
-    pub fn handle_local(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
+    pub fn handle_local(&mut self, now: Instant, packet: &[u8], out: &mut [u8]) -> Action {
         let hdr = match IpHeader::parse(packet) {
             Ok(h) => h,
             Err(r) => return self.drop(None, r),
         };
         let routed = self.routes.lookup(hdr.dst);
         match routed.filter(|id| self.peers.get(*id).is_some()) {
-            Some(id) => match send_to(&mut self.peers, id, packet, out) {
+            Some(id) => match send_to(&mut self.peers, id, now, packet, out) {
                 Ok(a) => a,
                 Err(r) => self.drop(Some(id), r),
             },
@@ -340,7 +342,7 @@ impl Dataplane {
     /// A packet to a service VIP: DNAT to an endpoint (tracked), then route. The rewrite
     /// happens in the scratch buffer (the TUN's buffer is read-only here).
     #[cold]
-    fn handle_tun_vip(&mut self, packet: &[u8], out: &mut [u8]) -> Action {
+    fn handle_tun_vip(&mut self, now: Instant, packet: &[u8], out: &mut [u8]) -> Action {
         let Some(flow) = service_nat::parse_flow(packet) else {
             return self.drop(None, DropReason::NoRoute);
         };
@@ -359,7 +361,7 @@ impl Dataplane {
         let Some(id) = self.routes.lookup(dst) else {
             return self.drop(None, DropReason::NoRoute);
         };
-        match send_to(&mut self.peers, id, &self.scratch[..len], out) {
+        match send_to(&mut self.peers, id, now, &self.scratch[..len], out) {
             Ok(a) => a,
             Err(r) => self.drop(Some(id), r),
         }
@@ -489,12 +491,14 @@ impl Dataplane {
             peer.last_rx = Some(now);
             peer.counters.rx_bytes += datagram.len() as u64;
             peer.counters.rx_packets += 1;
+            peer.handshake_rtt.received(now, datagram);
         }
         match result {
             Err(r) => self.drop(Some(id), r),
             Ok(SessionOutput::Done) => Action::None,
             Ok(SessionOutput::Network(a, b)) => {
                 // A handshake answer: back the way the message came.
+                peer.handshake_rtt.sent(now, &out[a..b]);
                 let header = relayed.then(|| RelayId::of(&peer.config.public_key));
                 let off = header.map_or(0, |_| RELAY_HEADER);
                 if out.len() < b - a + off {
@@ -506,7 +510,7 @@ impl Dataplane {
                 }
                 peer.counters.tx_bytes += (b - a) as u64;
                 peer.counters.tx_packets += 1;
-                self.flush_session(id);
+                self.flush_session(now, id);
                 Action::SendUdp(Transmit {
                     dst: from,
                     peer: Some(id),
@@ -517,7 +521,7 @@ impl Dataplane {
                 if a != 0 {
                     out.copy_within(a..b, 0);
                 }
-                self.forward_from(id, src, b - a, out)
+                self.forward_from(now, id, src, b - a, out)
             }
         }
     }
@@ -545,7 +549,7 @@ impl Dataplane {
         peer.counters.rx_bytes += packet.len() as u64;
         peer.counters.rx_packets += 1;
         out[..packet.len()].copy_from_slice(packet);
-        self.forward_from(from, hdr.src, packet.len(), out)
+        self.forward_from(now, from, hdr.src, packet.len(), out)
     }
 
     /// Runs timers: WireGuard rekeys, keepalives and retries, the handshake rate limiter,
@@ -592,6 +596,7 @@ impl Dataplane {
                 }
             }
             if let Some(SessionOutput::Network(a, b)) = outputs[0] {
+                peer.handshake_rtt.sent(now, &self.scratch[a..b]);
                 peer.counters.tx_bytes += (b - a) as u64;
                 peer.counters.tx_packets += 1;
                 match path_of(&self.peers, id) {
@@ -689,7 +694,7 @@ impl Dataplane {
 
     /// After a handshake: sends what the session queued while it had no keys (along the
     /// peer's path: its endpoint, or its relay).
-    fn flush_session(&mut self, id: PeerId) {
+    fn flush_session(&mut self, now: Instant, id: PeerId) {
         let Some((dst, header)) = path_of(&self.peers, id) else {
             return;
         };
@@ -699,6 +704,7 @@ impl Dataplane {
         while let Ok(SessionOutput::Network(a, b)) =
             peer.session.decapsulate(dst.ip(), &[], &mut self.scratch)
         {
+            peer.handshake_rtt.sent(now, &self.scratch[a..b]);
             peer.counters.tx_bytes += (b - a) as u64;
             peer.counters.tx_packets += 1;
             enqueue(
@@ -716,7 +722,14 @@ impl Dataplane {
     /// A decrypted packet of `len` bytes in `out` from peer `from` with inner source `src`:
     /// cryptokey routing check, then TUN or relay.
     #[inline]
-    fn forward_from(&mut self, from: PeerId, src: IpAddr, len: usize, out: &mut [u8]) -> Action {
+    fn forward_from(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        src: IpAddr,
+        len: usize,
+        out: &mut [u8],
+    ) -> Action {
         if self.routes.lookup(src) != Some(from) {
             return self.drop(Some(from), DropReason::SourceNotAllowed);
         }
@@ -731,7 +744,7 @@ impl Dataplane {
                     return self.drop(Some(from), DropReason::NoRoute);
                 }
                 self.scratch[..len].copy_from_slice(&out[..len]);
-                match send_to(&mut self.peers, to, &self.scratch[..len], out) {
+                match send_to(&mut self.peers, to, now, &self.scratch[..len], out) {
                     Ok(a) => a,
                     Err(r) => self.drop(Some(to), r),
                 }
@@ -779,11 +792,12 @@ fn path_of(peers: &PeerTable, id: PeerId) -> Option<(SocketAddr, Option<RelayId>
 }
 
 /// Encapsulates `packet` for peer `id` into `out` (behind the relay header when the peer is
-/// reached through a relay).
+/// reached through a relay). `now` times a handshake initiation it may start.
 #[inline]
 fn send_to(
     peers: &mut PeerTable,
     id: PeerId,
+    now: Instant,
     packet: &[u8],
     out: &mut [u8],
 ) -> Result<Action, DropReason> {
@@ -814,6 +828,7 @@ fn send_to(
             let (head, body) = out.split_at_mut(off);
             match peer.session.encapsulate(packet, body)? {
                 SessionOutput::Network(a, b) => {
+                    peer.handshake_rtt.sent(now, &body[a..b]);
                     if a != 0 {
                         body.copy_within(a..b, 0);
                     }

@@ -75,6 +75,104 @@ pub struct PeerState {
     pub last_rx: Option<Instant>,
     /// When we last forced a handshake because it fell silent.
     pub last_forced_handshake: Option<Instant>,
+    /// The round-trip time of its WireGuard handshakes, timed by this node.
+    pub handshake_rtt: HandshakeRtt,
+}
+
+/// Handshake round trips longer than this are not samples: WireGuard retries an unanswered
+/// initiation after REKEY_TIMEOUT (5 s), and a responder waiting longer for the first data
+/// message lost the initiator's keepalive and saw later traffic instead.
+pub const MAX_HANDSHAKE_RTT: Duration = Duration::from_secs(5);
+
+/// A handshake message this node sent, waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    /// When it was sent (the `now` of the call that produced it).
+    at: Instant,
+    /// Our session index in it (its sender index): the answer is addressed to it.
+    index: [u8; 4],
+}
+
+/// Times a peer's WireGuard handshakes on both sides, with the caller's clock (`now`).
+///
+/// - As initiator: from sending a handshake initiation (type 1) to receiving the response
+///   (type 2) addressed to its sender index. A retried initiation restarts the timer (only the
+///   latest one can be answered).
+/// - As responder: from sending the handshake response (type 2) to receiving the first
+///   transport data message (type 4, a keepalive counts) for the session the response created.
+///   An initiator sends a keepalive as soon as it processed the response (boringtun and the
+///   kernel do), so that is one round trip.
+///
+/// [`HandshakeRtt::rtt`] is the latest sample, unsmoothed: handshakes are minutes apart, so
+/// the latest one is the best figure there is. Samples over [`MAX_HANDSHAKE_RTT`] are ignored.
+/// The per-packet cost is a compare of the message type (and of an index while a response
+/// waits for its data message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeRtt {
+    initiation: Option<Pending>,
+    response: Option<Pending>,
+    last: Option<Duration>,
+}
+
+/// WireGuard message types (the first byte; three reserved zero bytes follow).
+const MSG_INITIATION: u8 = 1;
+const MSG_RESPONSE: u8 = 2;
+const MSG_DATA: u8 = 4;
+
+/// Four bytes of `msg` at `at` (a session index, as sent: little endian).
+#[inline]
+fn index_at(msg: &[u8], at: usize) -> Option<[u8; 4]> {
+    msg.get(at..at + 4)?.try_into().ok()
+}
+
+impl HandshakeRtt {
+    /// A WireGuard message to the peer left at `now` (called for every message sent).
+    #[inline]
+    pub fn sent(&mut self, now: Instant, msg: &[u8]) {
+        let slot = match msg.first() {
+            Some(&MSG_INITIATION) => &mut self.initiation,
+            Some(&MSG_RESPONSE) => &mut self.response,
+            _ => return,
+        };
+        // Both carry our (sender) index at bytes 4..8.
+        *slot = index_at(msg, 4).map(|index| Pending { at: now, index });
+    }
+
+    /// An authenticated WireGuard message from the peer arrived at `now` (called for every
+    /// message the session accepted).
+    #[inline]
+    pub fn received(&mut self, now: Instant, msg: &[u8]) {
+        let (slot, receiver) = match msg.first() {
+            // A response: receiver index at 8..12 (after its sender index).
+            Some(&MSG_RESPONSE) => (&mut self.initiation, 8),
+            // Data: receiver index at 4..8.
+            Some(&MSG_DATA) if self.response.is_some() => (&mut self.response, 4),
+            _ => return,
+        };
+        let Some(p) = *slot else {
+            return;
+        };
+        if index_at(msg, receiver) != Some(p.index) {
+            // For another session (e.g. the previous one's traffic still arriving).
+            return;
+        }
+        *slot = None;
+        let rtt = now.saturating_duration_since(p.at);
+        if rtt <= MAX_HANDSHAKE_RTT {
+            self.last = Some(rtt);
+        }
+    }
+
+    /// Forgets handshakes in flight (the session was replaced); the last sample stays.
+    pub fn reset_pending(&mut self) {
+        self.initiation = None;
+        self.response = None;
+    }
+
+    /// The latest handshake round trip.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.last
+    }
 }
 
 /// The peers, in slots indexed by [`PeerId`].
@@ -184,8 +282,11 @@ pub struct PeerStatus {
     pub allowed_ips: Vec<ipnet::IpNet>,
     /// Seconds since the last completed handshake.
     pub last_handshake_secs_ago: Option<u64>,
-    /// Round-trip time of the last handshake.
-    pub rtt_ms: Option<u32>,
+    /// Round-trip time, microseconds: for wg the latest handshake's, timed by this node on
+    /// either side of it ([`HandshakeRtt`]); for quic the connection's smoothed RTT (filled in
+    /// by the QUIC transport).
+    #[serde(default)]
+    pub rtt_micros: Option<u64>,
     /// Persistent keepalive interval.
     pub persistent_keepalive: Option<u16>,
     /// Largest IP packet the peer's tunnel carries now, where the transport knows it (QUIC).
@@ -209,10 +310,87 @@ impl PeerState {
                 .session
                 .since_last_handshake()
                 .map(|d: Duration| d.as_secs()),
-            rtt_ms: self.session.rtt_ms(),
+            rtt_micros: self
+                .handshake_rtt
+                .rtt()
+                .filter(|_| self.transport == Transport::Wg)
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             persistent_keepalive: self.config.persistent_keepalive,
             max_packet: None,
             counters: self.counters,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WireGuard message of type `t` with `a` at bytes 4..8 and `b` at 8..12.
+    fn msg(t: u8, a: u32, b: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 32];
+        m[0] = t;
+        m[4..8].copy_from_slice(&a.to_le_bytes());
+        m[8..12].copy_from_slice(&b.to_le_bytes());
+        m
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn initiator_times_initiation_to_matching_response() {
+        let t0 = Instant::now();
+        let mut r = HandshakeRtt::default();
+        r.sent(t0, &msg(1, 0x100, 0));
+        // A retry (new sender index) restarts the timer; the first one's answer is ignored.
+        r.sent(t0 + 10 * MS, &msg(1, 0x101, 0));
+        r.received(t0 + 12 * MS, &msg(2, 0x900, 0x100));
+        assert_eq!(r.rtt(), None);
+        r.received(t0 + 13 * MS, &msg(2, 0x900, 0x101));
+        assert_eq!(r.rtt(), Some(3 * MS));
+        // Answered: a duplicate response is no new sample.
+        r.received(t0 + 50 * MS, &msg(2, 0x900, 0x101));
+        assert_eq!(r.rtt(), Some(3 * MS));
+    }
+
+    #[test]
+    fn responder_times_response_to_first_data_on_its_session() {
+        let t0 = Instant::now();
+        let mut r = HandshakeRtt::default();
+        // Data before any response: nothing to time.
+        r.received(t0, &msg(4, 0x200, 0));
+        r.sent(t0, &msg(2, 0x300, 0x55));
+        // Data and keepalives sent by us, and data of the previous session, are no answer.
+        r.sent(t0 + MS, &msg(4, 0x77, 0));
+        r.received(t0 + MS, &msg(4, 0x200, 0));
+        assert_eq!(r.rtt(), None);
+        r.received(t0 + 4 * MS, &msg(4, 0x300, 0));
+        assert_eq!(r.rtt(), Some(4 * MS));
+        r.received(t0 + 9 * MS, &msg(4, 0x300, 0));
+        assert_eq!(
+            r.rtt(),
+            Some(4 * MS),
+            "only the first data message is timed"
+        );
+    }
+
+    #[test]
+    fn latest_sample_wins_and_overlong_ones_are_ignored() {
+        let t0 = Instant::now();
+        let mut r = HandshakeRtt::default();
+        r.sent(t0, &msg(1, 1, 0));
+        r.received(t0 + 20 * MS, &msg(2, 9, 1));
+        r.sent(t0 + 120_000 * MS, &msg(1, 2, 0));
+        r.received(t0 + 120_008 * MS, &msg(2, 9, 2));
+        assert_eq!(r.rtt(), Some(8 * MS));
+        // The keepalive after our response was lost; later traffic is no round trip.
+        r.sent(t0, &msg(2, 3, 7));
+        r.received(t0 + MAX_HANDSHAKE_RTT + MS, &msg(4, 3, 0));
+        assert_eq!(r.rtt(), Some(8 * MS));
+        // Truncated messages are ignored, not a panic.
+        r.sent(t0, &[1, 0, 0]);
+        r.received(t0, &[2]);
+        r.reset_pending();
+        assert_eq!(r.rtt(), Some(8 * MS));
     }
 }

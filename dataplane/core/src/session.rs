@@ -220,9 +220,4 @@ impl Session {
     pub fn since_last_handshake(&self) -> Option<std::time::Duration> {
         self.tunn.stats().0
     }
-
-    /// Round-trip time of the last handshake, milliseconds.
-    pub fn rtt_ms(&self) -> Option<u32> {
-        self.tunn.stats().4
-    }
 }

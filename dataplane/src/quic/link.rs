@@ -245,9 +245,9 @@ impl QuicLink {
             };
             let s = h.stats();
             p.endpoint = s.remote.or(p.endpoint);
-            p.rtt_ms = s
+            p.rtt_micros = s
                 .rtt
-                .map(|r| u32::try_from(r.as_millis()).unwrap_or(u32::MAX));
+                .map(|r| u64::try_from(r.as_micros()).unwrap_or(u64::MAX));
             p.max_packet = s.max_packet.and_then(|m| u32::try_from(m).ok());
             p.counters.tx_bytes = s.tx_bytes;
             p.counters.tx_packets = s.tx_packets;

@@ -89,7 +89,7 @@ proptest! {
     fn handle_tun_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000), small in any::<bool>()) {
         let mut d = dp();
         let mut out = vec![0u8; if small { 64 } else { MAX_PACKET }];
-        let _ = d.handle_tun(&data, &mut out);
+        let _ = d.handle_tun(Instant::now(), &data, &mut out);
         while d.poll_transmit(&mut out).is_some() {}
     }
 

@@ -17,10 +17,13 @@ struct Node {
 
 struct Mesh {
     nodes: Vec<Node>,
-    wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Datagrams in flight: from, to, data, and when they arrive.
+    wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>, Instant)>,
     /// Every datagram that crossed the wire (to check that nothing went in clear).
     seen: Vec<Vec<u8>>,
     now: Instant,
+    /// One-way delay of every datagram on the wire (none unless a test sets it).
+    delay: Duration,
     buf: Vec<u8>,
 }
 
@@ -103,6 +106,7 @@ impl Mesh {
             wire: VecDeque::new(),
             seen: vec![],
             now,
+            delay: Duration::ZERO,
             buf: vec![0; MAX_PACKET],
         }
     }
@@ -137,31 +141,38 @@ impl Mesh {
 
     fn act_on(&mut self, i: usize, a: Action, input: &[u8]) {
         let from = self.nodes[i].addr;
+        let at = self.now + self.delay;
         match a {
             Action::None => {}
-            Action::Forward(t) => self.wire.push_back((from, t.dst, input[..t.len].to_vec())),
-            Action::SendUdp(t) => self
+            Action::Forward(t) => self
                 .wire
-                .push_back((from, t.dst, self.buf[..t.len].to_vec())),
+                .push_back((from, t.dst, input[..t.len].to_vec(), at)),
+            Action::SendUdp(t) => {
+                self.wire
+                    .push_back((from, t.dst, self.buf[..t.len].to_vec(), at))
+            }
             Action::WriteTun { len } => self.nodes[i].tun_out.push(self.buf[..len].to_vec()),
             Action::SendPeer { .. } => panic!("no quic in this mesh"),
         }
         while let Some(t) = self.nodes[i].dp.poll_transmit(&mut self.buf) {
             self.wire
-                .push_back((from, t.dst, self.buf[..t.len].to_vec()));
+                .push_back((from, t.dst, self.buf[..t.len].to_vec(), at));
         }
     }
 
     fn send_tun(&mut self, i: usize, pkt: &[u8]) {
-        let a = self.nodes[i].dp.handle_tun(pkt, &mut self.buf);
+        let a = self.nodes[i].dp.handle_tun(self.now, pkt, &mut self.buf);
         self.act(i, a);
     }
 
+    /// Delivers what is on the wire, in order, until nothing is; the clock advances to each
+    /// datagram's arrival (the delay is the same for all, so the wire is in arrival order).
     fn run(&mut self) {
         for _ in 0..1000 {
-            let Some((from, to, data)) = self.wire.pop_front() else {
+            let Some((from, to, data, at)) = self.wire.pop_front() else {
                 return;
             };
+            self.now = self.now.max(at);
             self.seen.push(data.clone());
             let Some(i) = self.nodes.iter().position(|n| n.addr == to) else {
                 continue;
@@ -338,7 +349,7 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
 
     // TUN -> quic peer: the plaintext packet, for the transport to carry.
     let pkt = ipv4_udp([100, 64, 0, 1], [100, 64, 2, 5], b"over quic");
-    match dp.handle_tun(&pkt, &mut out) {
+    match dp.handle_tun(now, &pkt, &mut out) {
         Action::SendPeer {
             peer,
             transport,
@@ -361,16 +372,20 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
         Action::None
     );
     assert_eq!(dp.drops().get(DropReason::SourceNotAllowed), 1);
+    // The core times no QUIC round trips (the QUIC transport fills them in).
+    let st = dp.status();
+    assert!(st.peers.iter().all(|p| p.rtt_micros.is_none()), "{st:?}");
 }
 
 #[test]
 fn generated_icmp_goes_back_to_the_peer_of_its_destination() {
-    let (mut dp, quic_peer) = wg_and_quic_node(Instant::now(), "100.64.0.1/24");
+    let now = Instant::now();
+    let (mut dp, quic_peer) = wg_and_quic_node(now, "100.64.0.1/24");
     let mut out = vec![0; MAX_PACKET];
 
     // An error about a packet relayed from 100.64.2.5 goes back to that sender's peer.
     let icmp = ipv4_udp([100, 64, 0, 1], [100, 64, 2, 5], b"icmp-ish");
-    match dp.handle_local(&icmp, &mut out) {
+    match dp.handle_local(now, &icmp, &mut out) {
         Action::SendPeer { peer, len, .. } => {
             assert_eq!(peer, quic_peer);
             assert_eq!(&out[..len], &icmp[..]);
@@ -380,12 +395,12 @@ fn generated_icmp_goes_back_to_the_peer_of_its_destination() {
     // No peer owns the destination: it is this node's, the TUN gets it.
     let local = ipv4_udp([100, 64, 0, 1], [100, 64, 0, 9], b"local");
     assert_eq!(
-        dp.handle_local(&local, &mut out),
+        dp.handle_local(now, &local, &mut out),
         Action::WriteTun { len: local.len() }
     );
     assert_eq!(&out[..local.len()], &local[..]);
     // Garbage is counted, not sent.
-    assert_eq!(dp.handle_local(&[0x45, 0, 0], &mut out), Action::None);
+    assert_eq!(dp.handle_local(now, &[0x45, 0, 0], &mut out), Action::None);
 }
 
 #[test]
@@ -532,4 +547,80 @@ fn relay_messages_from_strangers_or_to_non_relays_are_refused() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The RTT that node `i` reports for its peer named `name`.
+fn rtt_of(m: &Mesh, i: usize, name: &str) -> Option<Duration> {
+    let st = m.nodes[i].dp.status();
+    let p = st
+        .peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("node {i} has no peer {name}"));
+    p.rtt_micros.map(Duration::from_micros)
+}
+
+/// `got` is `want` give or take 1 µs (the virtual clock is exact; the status is in µs).
+#[track_caller]
+fn assert_rtt(got: Option<Duration>, want: Duration) {
+    let got = got.expect("an RTT");
+    assert!(
+        got.abs_diff(want) <= Duration::from_micros(1),
+        "RTT {got:?}, want {want:?}"
+    );
+}
+
+#[test]
+fn wireguard_rtt_is_timed_on_both_sides_of_a_handshake() {
+    let mut m = Mesh::hub_and_spokes();
+    let one_way = Duration::from_millis(7);
+    m.delay = one_way;
+    assert_eq!(rtt_of(&m, 1, "n1"), None, "no handshake yet");
+    // a and b initiate (their first packet), the hub responds: the initiators time
+    // initiation -> response, the hub response -> their keepalive.
+    m.greet_hub();
+    assert_eq!(m.nodes[0].tun_out.len(), 2);
+    for (i, name) in [(1, "n1"), (2, "n1"), (0, "n2"), (0, "n3")] {
+        assert_rtt(rtt_of(&m, i, name), 2 * one_way);
+    }
+    // Traffic on the session changes nothing.
+    m.delay = Duration::from_millis(30);
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"more"));
+    m.run();
+    assert_rtt(rtt_of(&m, 0, "n2"), 2 * one_way);
+}
+
+#[test]
+fn wireguard_rtt_is_the_latest_handshake() {
+    let mut m = Mesh::hub_and_spokes();
+    m.delay = Duration::from_millis(3);
+    m.greet_hub();
+    assert_rtt(rtt_of(&m, 1, "n1"), Duration::from_millis(6));
+    // The hub restarts behind a slower path: a's timers start the next handshake (the
+    // silent-peer rule), which is timed like the first.
+    m.delay = Duration::from_millis(40);
+    let cfg = m.nodes[0].dp.config().clone();
+    m.nodes[0].dp = Dataplane::new(cfg, m.now).unwrap();
+    for _ in 0..40 {
+        m.tick(Duration::from_millis(500));
+    }
+    assert_rtt(rtt_of(&m, 1, "n1"), Duration::from_millis(80));
+    assert_rtt(rtt_of(&m, 0, "n2"), Duration::from_millis(80));
+}
+
+#[test]
+fn wireguard_rtt_through_the_relay_is_end_to_end() {
+    let mut m = Mesh::end_to_end_relay();
+    let one_way = Duration::from_millis(5);
+    m.delay = one_way;
+    m.greet_hub();
+    m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"to b"));
+    m.run();
+    assert_eq!(m.nodes[2].tun_out.len(), 1);
+    // a <-> b crosses two hops each way (a -> hub -> b): both time four one-way delays.
+    assert_rtt(rtt_of(&m, 1, "n3"), 4 * one_way);
+    assert_rtt(rtt_of(&m, 2, "n2"), 4 * one_way);
+    // Their own sessions with the hub: one hop each way.
+    assert_rtt(rtt_of(&m, 1, "n1"), 2 * one_way);
+    assert_rtt(rtt_of(&m, 0, "n3"), 2 * one_way);
 }
