@@ -54,6 +54,8 @@ pub struct RealFleetOptions {
     /// Install CoreDNS in member A (its pods then resolve `clusterset.local` names once the
     /// member NOTES' server block is added).
     pub member_a_dns: bool,
+    /// Images the nodes import besides [`IMAGES`] (e.g. the demo's `iperf3`); default none.
+    pub extra_images: Vec<&'static str>,
 }
 
 impl RealFleetOptions {
@@ -64,6 +66,7 @@ impl RealFleetOptions {
             transport,
             member_pod_cidr: Some("100.80.0.0/16".into()),
             member_a_dns: true,
+            extra_images: Vec::new(),
         }
     }
 }
@@ -113,7 +116,8 @@ impl RealFleet {
     /// laptop with the chart repository (`helm repo add` done). `say` hears about each step.
     pub async fn start(opts: RealFleetOptions, say: &dyn Fn(&str)) -> anyhow::Result<Self> {
         let began = Instant::now();
-        let images = ImageSet::from_env().and_then(|s| s.only(&IMAGES))?;
+        let names: Vec<&str> = IMAGES.iter().chain(&opts.extra_images).copied().collect();
+        let images = ImageSet::from_env().and_then(|s| s.only(&names))?;
         let member_opts = ClusterOptions {
             nodes: Some(NodeSupport {
                 cluster_cidr: opts.member_pod_cidr.clone(),
@@ -210,7 +214,7 @@ impl RealFleet {
         })
     }
 
-    /// The reference of image `name` ([`IMAGES`]) as the nodes know it.
+    /// The reference of image `name` ([`IMAGES`] and the extra ones) as the nodes know it.
     pub fn image(&self, name: &str) -> anyhow::Result<String> {
         Ok(self.images.get(name)?.reference.clone())
     }
