@@ -1,66 +1,22 @@
-//! `fleetboard-first-run`: the newcomer's first run, on this one machine.
-//!
-//! Brings up a hub cluster and two member clusters (a real kube-apiserver + etcd each, nodes as
-//! network namespaces on a private underlay in 198.18.0.0/24), installs the hub chart and the
-//! agent chart with `helm` exactly as the hub chart's NOTES.txt tells a user to, starts
-//! `fleetboard hub` and one `fleetboard agent` per node as processes inside the node
-//! namespaces, prints `kubectl peers`, then moves traffic between the members through the hub
-//! and prints the throughput. Everything is torn down on exit (Ctrl-C, or `--exit`).
-//!
-//! Run it with `scripts/demo.sh` (builds everything first). Needs root.
+//! `--processes`: the first run without kubelets. The hub and the agents run as plain
+//! processes inside the node namespaces ([`fleetboard_tests::fleet::Fleet`]): three clusters
+//! (a real kube-apiserver + etcd each, nodes as network namespaces on a private underlay in
+//! 198.18.0.0/24), the hub chart and the agent chart installed with `helm` as the hub chart's
+//! NOTES.txt says, `kubectl peers`, then iperf3 between a node of each member through the hub.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::fleet::{Fleet, FleetOptions};
 use fleetboard_tests::kube::eventually;
 
-/// The newcomer's first run: hub + 2 member clusters, charts, agents, traffic.
-#[derive(Parser, Debug)]
-struct Args {
-    /// Tunnel transport: wg or quic.
-    #[arg(long, default_value = "wg", value_parser = ["wg", "quic"])]
-    transport: String,
-    /// Seconds of iperf3 traffic between the members.
-    #[arg(long, default_value_t = 5)]
-    seconds: u32,
-    /// Tear down right after the traffic instead of waiting for Ctrl-C.
-    #[arg(long)]
-    exit: bool,
-}
+use crate::{Args, Clock};
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    // The `fleetboard` and `kubectl-peers` binaries of the same build sit next to this one.
-    if std::env::var_os("FLEETBOARD_BIN_DIR").is_none() {
-        let exe = std::env::current_exe()?;
-        let dir: PathBuf = exe.parent().context("binary folder")?.to_path_buf();
-        // SAFETY: no other thread exists yet (the runtime starts below).
-        unsafe { std::env::set_var("FLEETBOARD_BIN_DIR", dir) };
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
-}
-
-fn step(t0: Instant, what: &str) {
-    println!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-async fn run(args: Args) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let transport: &'static str = if args.transport == "quic" {
-        "quic"
-    } else {
-        "wg"
-    };
-    step(
-        t0,
+/// Starts the fleet, shows `kubectl peers` and the throughput; returns the running fleet.
+pub async fn run(args: &Args, t0: Clock) -> anyhow::Result<Fleet> {
+    let transport = args.transport();
+    t0.step(
         "starting 3 clusters (hub, a, b), installing the charts with helm, starting hub and agents",
     );
     let fleet = Fleet::start(
@@ -72,7 +28,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Vec::new(),
     )
     .await?;
-    step(t0, "waiting for both members to connect to the hub");
+    t0.step("waiting for both members to connect to the hub");
     let a1 = fleet.node("a1");
     let b1 = fleet.node("b1");
     let deadline = Duration::from_secs(180);
@@ -100,10 +56,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", fleet.logs()))?;
-    step(
-        t0,
-        "member a reaches member b through the hub; `kubectl peers` on the hub:",
-    );
+    t0.step("member a reaches member b through the hub; `kubectl peers` on the hub:");
     // Give the hub one status round so the table shows live handshakes.
     let peers = eventually(
         "kubectl peers showing both members connected",
@@ -123,21 +76,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .unwrap_or_else(|e| format!("({e})\n"));
     println!("{peers}");
 
-    step(
-        t0,
-        &format!(
-            "iperf3 for {}s: node a1 ({ip_a}) -> node b1 ({ip_b})",
-            args.seconds
-        ),
-    );
+    t0.step(&format!(
+        "iperf3 for {}s: node a1 ({ip_a}) -> node b1 ({ip_b})",
+        args.seconds
+    ));
     let b_ns = &fleet.nodes[b1].ns;
-    let mut server = b_ns
-        .command("iperf3")
-        .args(["-s", "-1", "-B", &ip_b])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting iperf3 (apt install iperf3)")?;
+    let server = KillOnDrop(
+        b_ns.command("iperf3")
+            .args(["-s", "-1", "-B", &ip_b])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting iperf3 (apt install iperf3)")?,
+    );
     let result = eventually("iperf3 run", Duration::from_secs(60), every, || async {
         let out = fleet.nodes[a1]
             .ns
@@ -151,23 +102,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ok(v["end"]["sum_received"]["bits_per_second"].as_f64())
     })
     .await;
-    let _ = server.kill();
-    let _ = server.wait();
-    match result {
-        Ok(bps) => println!(
-            "throughput a -> b over {transport} via the hub: {:.2} Gbit/s",
-            bps / 1e9
-        ),
-        Err(e) => println!("iperf3 failed: {e}"),
-    }
-    step(t0, "done");
+    drop(server);
+    let bps = result.context("iperf3 between the members")?;
+    println!(
+        "throughput a -> b over {transport} via the hub: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    t0.step("done");
     if !args.exit {
         println!(
-            "The cluster set keeps running. Hub kubeconfig: {}\nPress Ctrl-C to tear everything down.",
+            "Hub kubeconfig: {}",
             fleet.hub.cluster.kubeconfig().display()
         );
-        tokio::signal::ctrl_c().await?;
     }
-    drop(fleet);
-    Ok(())
+    Ok(fleet)
+}
+
+/// A child process killed and reaped when dropped (also when Ctrl-C drops the task).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
