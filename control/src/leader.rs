@@ -7,7 +7,10 @@
 //! `resourceVersion` it read: a racing replica gets a 409 and re-reads), publishes whether
 //! we lead on a `watch` channel, steps down as soon as renewing fails for longer than the
 //! renew deadline, and on shutdown releases the Lease (empty holder) so a standby takes over
-//! at once instead of waiting for the lease to expire.
+//! at once instead of waiting for the lease to expire. A standby watches the Lease (a watch
+//! on that one object) besides re-reading it every renew interval, so it takes a released
+//! Lease within a round trip: a deleted leader pod hands over to another candidate before its
+//! replacement starts.
 //!
 //! Expiry is judged on the Lease's `renewTime` against the local clock: replicas are expected
 //! to have synchronised clocks (NTP); a skew eats into the lease duration.
@@ -15,11 +18,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ObjectMeta, PostParams};
-use tokio::sync::watch;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
 
 /// Errors that stop the election loop.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +173,12 @@ impl LeaderElection {
             )));
         }
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
+        let changed = std::sync::Arc::new(Notify::new());
+        let _watch = AbortOnDrop(tokio::spawn(watch_lease(
+            api.clone(),
+            self.name.clone(),
+            changed.clone(),
+        )));
         tokio::pin!(shutdown);
         let mut last_renew: Option<tokio::time::Instant> = None;
         loop {
@@ -203,9 +214,13 @@ impl LeaderElection {
                 last_renew = None;
                 set(&leading, false);
             }
+            // A standby wakes on any change of the Lease; the leader only on its timer (its
+            // own renewals change the Lease too).
+            let standby = last_renew.is_none();
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(wait) => {}
+                _ = changed.notified(), if standby => {}
             }
         }
         if last_renew.is_some() {
@@ -277,6 +292,28 @@ impl LeaderElection {
         api.replace(&self.name, &PostParams::default(), &lease)
             .await
             .map(|_| ())
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Pokes `changed` on every change of Lease `name` (a watch on that one object, which RBAC
+/// allows with `resourceNames`); errors back off and are retried by the watcher.
+async fn watch_lease(api: Api<Lease>, name: String, changed: std::sync::Arc<Notify>) {
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, cfg).default_backoff());
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(_) => changed.notify_one(),
+            Err(e) => tracing::debug!(lease = %name, error = %e, "watching the lease"),
+        }
     }
 }
 

@@ -1054,6 +1054,12 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
             ns,
             NONE,
         ),
+        (
+            "watch",
+            "leases.coordination.k8s.io/fleetboard-hub",
+            ns,
+            NONE,
+        ),
         ("create", "secrets", ns, NONE),
         ("get", "secrets/fleetboard-hub-keys", ns, NONE),
         ("update", "secrets/fleetboard-hub-keys", ns, NONE),
@@ -1074,6 +1080,7 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ("get", "secrets", Some("kube-system"), NONE),
         ("list", "secrets", None, NONE),
         ("get", "leases.coordination.k8s.io/other", ns, NONE),
+        ("watch", "leases.coordination.k8s.io", ns, NONE),
         (
             "delete",
             "leases.coordination.k8s.io/fleetboard-hub",
@@ -1130,6 +1137,12 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ),
         (
             "update",
+            "leases.coordination.k8s.io/fleetboard-gateway",
+            ns,
+            NONE,
+        ),
+        (
+            "watch",
             "leases.coordination.k8s.io/fleetboard-gateway",
             ns,
             NONE,

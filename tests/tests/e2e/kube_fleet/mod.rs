@@ -1,30 +1,25 @@
-//! The charts on real nodes, installed as a user installs them (issue 15), once per
-//! transport: a hub cluster with one node and two member clusters with two nodes each (a
-//! gateway and a non-gateway; [`fleetboard_tests::node`]), on a test internet where API
-//! servers and load balancer addresses are public and everything else is behind each
-//! cluster's NAT ([`fleetboard_tests::internet`]).
-//!
-//! The user's laptop (a namespace on that internet) serves the chart repository packaged from
-//! this checkout, runs `helm repo add fleetboard`, the hub install of the original FleetBoard
-//! (`--set tunnel.endpoint=<load balancer address> --set tunnel.cidr=…`), and the member
-//! install the hub's NOTES print, as printed, for each member. Every node runs the image
-//! built from the Dockerfile (`tests/k8s/images`).
+//! The charts on real nodes, installed as a user installs them (issues 15 and 16), once per
+//! transport, on the cluster set of [`fleetboard_tests::real_fleet`]: a hub cluster with one
+//! node and two member clusters with two nodes each, both members on the same pod CIDR, the
+//! charts installed from a chart repository on the user's laptop as the hub NOTES print them,
+//! every node running the image built from the Dockerfile.
 //!
 //! Asserts: every pod of both charts (two hub replicas, an agent on every member node, the
 //! DNS server) Ready, and still Ready with zero restarts 2 minutes later; one hub replica
 //! labelled leader, the other standby; both members' Peers in the hub and Connected, every
-//! column of `kubectl peers` filled and its byte counters growing with the traffic
-//! ([`peers`]); pods created before
-//! the agent chart (NRI Synchronize) and after it get `eth-fleet` with an address of their
-//! node's sub-block, equal to their annotation; every such pod fetches every other one's name
-//! over HTTP by its parallel address, across members and between the nodes of one member
-//! ([`traffic`]); a Service exported from one member answers the other's pods by its
-//! ClusterSetIP and by its `clusterset.local` name through CoreDNS ([`services`]); a deleted
-//! pod's address is released
-//! (plugin metrics); nothing of the nodes is left afterwards.
-//!
-//! The hub's tunnel CIDR here is 100.96.0.0/12, not the original docs' 20.112.0.0/12: the
-//! tests keep overlay addresses in 100.64.0.0/10 (never public ones); any value works alike.
+//! column of `kubectl peers` filled (RTT for both transports) and its byte counters growing
+//! with the traffic ([`peers`]); pods created before the agent chart (NRI Synchronize) and
+//! after it get `eth-fleet` with an address of their node's sub-block, equal to their
+//! annotation; every such pod fetches every other one's name over HTTP by its parallel
+//! address, across members and between the nodes of one member
+//! ([`fleetboard_tests::real_fleet::traffic`]); a Service exported from one member answers
+//! the other's pods by its ClusterSetIP and by its `clusterset.local` name through CoreDNS;
+//! inside each member nodes and pods still reach each other on the cluster's network, and
+//! every node's tunnel address (the hub's too) answers pods on every other node ([`reach`]);
+//! a deleted pod's address is released (plugin metrics); the gateway moves when its pod is
+//! deleted and when its node is powered off, and both charts upgrade to a rebuilt image, under
+//! traffic, with the outages measured and bounded and no allocation lost ([`moves`]); nothing
+//! of the nodes is left afterwards.
 
 mod moves;
 mod peers;
@@ -54,9 +49,12 @@ async fn fleet_on_real_nodes(transport: &'static str) {
     require_net_admin();
     let began = Instant::now();
     let say = |s: &str| eprintln!("fleet {transport}: {s}");
-    let mut fleet = RealFleet::start(RealFleetOptions::new(transport), &say)
-        .await
-        .unwrap();
+    // The nodes also get the rebuilt image the charts are upgraded to ([`moves`]).
+    let opts = RealFleetOptions {
+        extra_images: vec!["fleetboard-next"],
+        ..RealFleetOptions::new(transport)
+    };
+    let mut fleet = RealFleet::start(opts, &say).await.unwrap();
     let busybox = fleet.image("busybox").unwrap();
     // Both members run their pods on the same range: nothing of FleetBoard may depend on
     // pod addresses being unique across clusters.
