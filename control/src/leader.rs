@@ -25,6 +25,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::fence::Fence;
 
 /// Errors that stop the election loop.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,9 @@ pub struct LeaderElection {
     pub lease_duration: Duration,
     /// How often the leader renews (and a standby re-reads at most this long apart).
     pub renew_interval: Duration,
+    /// Open while we may act as the holder ([`crate::fence`]): give its clones to the
+    /// [`crate::fence::fenced_client`]s the holder writes with.
+    pub fence: Fence,
 }
 
 fn set(leading: &watch::Sender<bool>, v: bool) {
@@ -180,18 +186,28 @@ impl LeaderElection {
             changed.clone(),
         )));
         tokio::pin!(shutdown);
-        let mut last_renew: Option<tokio::time::Instant> = None;
+        // When the last successful renewal was *sent*: the Lease runs from about then.
+        let mut last_renew: Option<Instant> = None;
         loop {
-            let wait = match self.step(&api).await {
+            let sent = Instant::now();
+            // Every read and write of the Lease is bounded: a hung request must not keep the
+            // loop from stepping down in time.
+            let result = match tokio::time::timeout(self.renew_interval, self.step(&api)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.renew_interval)),
+            };
+            let wait = match result {
                 Ok(Step::Leading) => {
                     if last_renew.is_none() {
                         tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
                     }
-                    last_renew = Some(tokio::time::Instant::now());
+                    last_renew = Some(sent);
+                    self.fence.extend(sent + self.renew_deadline());
                     set(&leading, true);
                     self.renew_interval
                 }
                 Ok(Step::Following(expires)) => {
+                    self.fence.close();
                     if last_renew.take().is_some() {
                         tracing::warn!(lease = %self.name, "lost the lease to another holder");
                     }
@@ -211,6 +227,7 @@ impl LeaderElection {
                 && t.elapsed() > self.renew_deadline()
             {
                 tracing::warn!(lease = %self.name, "could not renew the lease in time: stepping down");
+                self.fence.close();
                 last_renew = None;
                 set(&leading, false);
             }
@@ -223,6 +240,7 @@ impl LeaderElection {
                 _ = changed.notified(), if standby => {}
             }
         }
+        self.fence.close();
         if last_renew.is_some() {
             set(&leading, false);
             match self.release(&api).await {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod crd;
 pub mod embedded;
+pub mod fence;
 pub mod health;
 pub mod hub;
 pub mod ipam;

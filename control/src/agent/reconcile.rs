@@ -30,6 +30,7 @@ use super::{
 use crate::crd::mcs::ServiceImport;
 use crate::crd::peer::{Peer, PeerSpec};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
+use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
 use crate::keys::{GatewayKeys, load_or_create};
 use crate::leader::LeaderElection;
@@ -128,12 +129,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // What only the gateway writes goes through clients fenced by the gateway Lease.
+    let fence = Fence::new();
+    let gw_member = fenced_client(member.clone(), fence.clone(), cfg.lease_duration);
+    let gw_hub = fenced_client(hub.clone(), fence.clone(), cfg.lease_duration);
     let election = LeaderElection {
         namespace: cfg.namespace.clone(),
         name: GATEWAY_LEASE.into(),
         identity: cfg.node_name.clone(),
         lease_duration: cfg.lease_duration,
         renew_interval: cfg.renew_interval,
+        fence,
     };
     let election = tokio::spawn(election.run(member.clone(), lead_tx, async {
         let _ = stop_rx.await;
@@ -154,7 +160,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         },
         cfg,
         member,
-        hub,
+        gw_member,
+        gw_hub,
         node_keys,
         cluster_keys: None,
         quic_files: None,
@@ -368,7 +375,10 @@ struct Agent {
     cfg: AgentConfig,
     local: LocalSettings,
     member: kube::Client,
-    hub: kube::Client,
+    /// `member` and the hub's client, fenced by the gateway Lease ([`crate::fence`]): for
+    /// what only the gateway writes.
+    gw_member: kube::Client,
+    gw_hub: kube::Client,
     node_keys: GatewayKeys,
     cluster_keys: Option<GatewayKeys>,
     quic_files: Option<QuicFiles>,
@@ -423,8 +433,8 @@ impl Agent {
         }
         if leading && self.cfg.mcs {
             self.controllers.ensure(
-                &self.member,
-                &self.hub,
+                &self.gw_member,
+                &self.gw_hub,
                 &self.cfg.cluster_id,
                 &self.cfg.hub_namespace,
                 &self.cfg.service_cidrs,
@@ -587,7 +597,7 @@ impl Agent {
             "metadata": { "name": self.cfg.cluster_id },
             "spec": spec,
         });
-        Api::<Peer>::namespaced(self.hub.clone(), &self.cfg.hub_namespace)
+        Api::<Peer>::namespaced(self.gw_hub.clone(), &self.cfg.hub_namespace)
             .patch(
                 &self.cfg.cluster_id,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -615,7 +625,7 @@ impl Agent {
         let patch = serde_json::json!({ "metadata": { "annotations": {
             NODE_CIDR_ANNOTATION: b.cidr.to_string(),
         }}});
-        Api::<Node>::all(self.member.clone())
+        Api::<Node>::all(self.gw_member.clone())
             .patch(&b.node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| AgentError::Member {

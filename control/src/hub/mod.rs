@@ -29,6 +29,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::crd::peer::{Peer, PeerSpec, PeerStatus, Transport};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
+use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
 use crate::ipam::BlockAllocator;
 use crate::keys::{self, GatewayKeys};
@@ -188,18 +189,23 @@ pub async fn run(
     }
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    // The leader writes Peers only through a client fenced by the Lease: a leader frozen
+    // past its renew deadline cannot write once it runs again ([`crate::fence`]).
+    let fence = Fence::new();
+    let fenced = fenced_client(client.clone(), fence.clone(), config.lease_duration);
     let election = LeaderElection {
         namespace: config.namespace.clone(),
         name: config.lease_name.clone(),
         identity: config.identity.clone(),
         lease_duration: config.lease_duration,
         renew_interval: config.renew_interval,
+        fence,
     };
     let elect = tokio::spawn(election.run(client.clone(), lead_tx, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
 
-    let api: Api<Peer> = Api::namespaced(client.clone(), &config.namespace);
+    let api: Api<Peer> = Api::namespaced(fenced, &config.namespace);
     let (reader, writer) = reflector::store::<Peer>();
     let changed = Arc::new(Notify::new());
     let watch_task = {
