@@ -17,20 +17,32 @@
 //! `--exit` the cluster set keeps running after the summary until then. Any failure (also
 //! anything left behind by the nodes) makes the exit code non-zero.
 //!
+//! The process started first only forwards signals: it runs the demo as a child in a process
+//! group of its own, so that a Ctrl-C in the terminal reaches the demo alone and not every
+//! etcd, kube-apiserver, kubelet, containerd and helm it started (they would die in no order
+//! and leave a helm call waiting on a dead API server); the demo then stops them in order.
+//!
 //! Run it with `scripts/demo.sh` (installs what is missing and builds everything first).
 //! Needs root.
 
 mod processes;
 mod real;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 use fleetboard_tests::node::NodeTraces;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+/// Set in the child that runs the demo (the first process forwards signals to it).
+const CHILD_ENV: &str = "FLEETBOARD_FIRST_RUN_CHILD";
 
 /// The newcomer's first run: a hub and 2 member clusters, the charts, pods talking across
 /// clusters.
@@ -91,8 +103,80 @@ impl Running {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Why the run ended early.
+#[derive(Debug)]
+struct Interrupted(&'static str);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted ({}) before the summary", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Exit codes: 0 done (or Ctrl-C after the summary), 1 any failure, 130 interrupted before
+/// the summary.
+fn main() -> ExitCode {
     let args = Args::parse();
+    let result = if std::env::var_os(CHILD_ENV).is_none() {
+        forward_signals()
+    } else {
+        demo(args)
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("first run: {e:#}");
+            if e.is::<Interrupted>() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Runs this binary again as the demo, in a process group of its own, and passes SIGINT,
+/// SIGTERM and SIGHUP on to it (SIGHUP as SIGTERM); returns its exit code.
+fn forward_signals() -> anyhow::Result<ExitCode> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1))
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut term = signal(SignalKind::terminate())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            let mut child = tokio::process::Command::from(cmd)
+                .spawn()
+                .context("starting the demo")?;
+            let pid = child.id().context("the demo's pid")? as libc::pid_t;
+            loop {
+                let sig = tokio::select! {
+                    status = child.wait() => {
+                        let status = status?;
+                        let code = status.code().unwrap_or_else(|| {
+                            128 + std::os::unix::process::ExitStatusExt::signal(&status)
+                                .unwrap_or(0)
+                        });
+                        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+                    }
+                    _ = int.recv() => libc::SIGINT,
+                    _ = term.recv() => libc::SIGTERM,
+                    _ = hup.recv() => libc::SIGTERM,
+                };
+                // SAFETY: kill(2) on our own child, which we have not reaped yet.
+                unsafe { libc::kill(pid, sig) };
+            }
+        })
+}
+
+fn demo(args: Args) -> anyhow::Result<ExitCode> {
     // The `fleetboard` and `kubectl-peers` binaries of the same build sit next to this one.
     if std::env::var_os("FLEETBOARD_BIN_DIR").is_none() {
         let exe = std::env::current_exe()?;
@@ -104,29 +188,44 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(supervise(args))
+        .block_on(supervise(args))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, registered before anything starts: from then on neither
-/// kills this process, each starts the teardown.
+/// SIGINT (Ctrl-C) and SIGTERM, registered before anything starts: from then on neither kills
+/// the demo, each starts the teardown. A task hears them and says so at once (the setup may be
+/// in the middle of a helm or kubectl command: the teardown starts when it returns).
 struct Signals {
-    int: Signal,
-    term: Signal,
+    rx: mpsc::UnboundedReceiver<&'static str>,
 }
+
+/// Set once the teardown has begun: later signals only say it is under way.
+static TEARING_DOWN: AtomicBool = AtomicBool::new(false);
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
+    fn listen(clock: Clock) -> anyhow::Result<Self> {
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let s = tokio::select! {
+                    _ = int.recv() => "Ctrl-C",
+                    _ = term.recv() => "SIGTERM",
+                };
+                if TEARING_DOWN.swap(true, Ordering::SeqCst) {
+                    eprintln!("{s}: still tearing down, a few seconds more");
+                } else {
+                    clock.step(&format!("{s}: tearing everything down"));
+                }
+                let _ = tx.send(s);
+            }
+        });
+        Ok(Self { rx })
     }
 
     async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "Ctrl-C",
-            _ = self.term.recv() => "SIGTERM",
-        }
+        self.rx.recv().await.unwrap_or("the signal task ended")
     }
 }
 
@@ -134,7 +233,7 @@ impl Signals {
 /// the fleet removes itself when dropped), then checks that the nodes left nothing behind.
 async fn supervise(args: Args) -> anyhow::Result<()> {
     let clock = Clock(Instant::now());
-    let mut signals = Signals::new()?;
+    let mut signals = Signals::listen(clock)?;
     // The nodes' traces, once they exist, to check after a teardown in the middle.
     let traces: Mutex<Vec<NodeTraces>> = Mutex::new(Vec::new());
     let mut work = Box::pin(async {
@@ -149,56 +248,41 @@ async fn supervise(args: Args) -> anyhow::Result<()> {
         }
     });
     let outcome = tokio::select! {
-        r = &mut work => Ok(r),
+        biased;
         s = signals.next() => Err(s),
+        r = &mut work => Ok(r),
     };
     let running = match outcome {
         Ok(Ok(running)) => running,
         Ok(Err(e)) => {
             // The fleet was dropped (torn down) as the error left the setup.
+            TEARING_DOWN.store(true, Ordering::SeqCst);
             drop(work);
-            clock.step("failed; everything torn down");
-            report_leftovers(&traces)?;
+            clock.step("failed (the error follows)");
+            report_leftovers(clock, &traces)?;
             return Err(e);
         }
         Err(signal) => {
-            clock.step(&format!("{signal}: tearing everything down"));
-            let _quiet = still_tearing_down(signals);
             drop(work);
-            report_leftovers(&traces)?;
-            clock.step("torn down, nothing left behind");
-            anyhow::bail!("interrupted ({signal}) before the summary");
+            report_leftovers(clock, &traces)?;
+            return Err(Interrupted(signal).into());
         }
     };
     drop(work);
     if !args.exit {
         println!("The cluster set keeps running. Press Ctrl-C to tear everything down.");
-        let signal = signals.next().await;
-        clock.step(&format!("{signal}: tearing everything down"));
-    } else {
+        signals.next().await;
+    } else if !TEARING_DOWN.swap(true, Ordering::SeqCst) {
         clock.step("tearing everything down (--exit)");
     }
-    let _quiet = still_tearing_down(signals);
     let left = running.shutdown();
     anyhow::ensure!(left.is_empty(), "left behind: {left:#?}");
-    report_leftovers(&traces)?;
-    clock.step("torn down, nothing left behind");
-    Ok(())
+    report_leftovers(clock, &traces)
 }
 
-/// While the teardown runs, further signals only say so (a second Ctrl-C must not leave
-/// half a cluster set behind).
-fn still_tearing_down(mut signals: Signals) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let s = signals.next().await;
-            eprintln!("{s}: still tearing down, a few seconds more");
-        }
-    })
-}
-
-/// Fails with the list of whatever the nodes left on the machine.
-fn report_leftovers(traces: &Mutex<Vec<NodeTraces>>) -> anyhow::Result<()> {
+/// Says the teardown is done; fails with the list of whatever the nodes (those that had
+/// started) left on the machine.
+fn report_leftovers(clock: Clock, traces: &Mutex<Vec<NodeTraces>>) -> anyhow::Result<()> {
     let traces = traces.lock().unwrap_or_else(|e| e.into_inner());
     let left: Vec<String> = traces.iter().flat_map(NodeTraces::leftovers).collect();
     if !left.is_empty() {
@@ -206,6 +290,15 @@ fn report_leftovers(traces: &Mutex<Vec<NodeTraces>>) -> anyhow::Result<()> {
             eprintln!("left behind: {l}");
         }
         anyhow::bail!("the nodes left {} things behind", left.len());
+    }
+    if traces.is_empty() {
+        clock.step("torn down");
+    } else {
+        clock.step(&format!(
+            "torn down; the {} nodes left nothing behind (processes, mounts, cgroups, \
+             namespaces, files)",
+            traces.len()
+        ));
     }
     Ok(())
 }
