@@ -69,13 +69,20 @@ impl Fence {
 pub struct NotLeader;
 
 /// A client that sends reads as `client` does and writes only while `fence` holds, each
-/// write bounded by `lease_duration / WRITE_TIMEOUT_DIVISOR`.
-pub fn fenced_client(client: kube::Client, fence: Fence, lease_duration: Duration) -> kube::Client {
+/// write bounded by `lease_duration / WRITE_TIMEOUT_DIVISOR`. Its requests carry the user
+/// agent `fleetboard/<identity>`, so the API server's audit log tells candidates apart.
+pub fn fenced_client(
+    client: kube::Client,
+    fence: Fence,
+    lease_duration: Duration,
+    identity: &str,
+) -> kube::Client {
     let ns = client.default_namespace().to_string();
     let service = Fenced {
         inner: client,
         fence,
         write_timeout: lease_duration / WRITE_TIMEOUT_DIVISOR,
+        user_agent: http::HeaderValue::from_str(&format!("fleetboard/{identity}")).ok(),
     };
     kube::Client::new(service, ns)
 }
@@ -85,6 +92,7 @@ struct Fenced {
     inner: kube::Client,
     fence: Fence,
     write_timeout: Duration,
+    user_agent: Option<http::HeaderValue>,
 }
 
 fn is_read(m: &Method) -> bool {
@@ -103,8 +111,12 @@ impl tower::Service<Request<Body>> for Fenced {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let client = self.inner.clone();
+        if let Some(ua) = &self.user_agent {
+            req.headers_mut()
+                .insert(http::header::USER_AGENT, ua.clone());
+        }
         if is_read(req.method()) {
             return Box::pin(async move { client.send(req).await.map_err(BoxError::from) });
         }
@@ -163,6 +175,7 @@ mod tests {
             kube::Client::new(transport, "default"),
             fence.clone(),
             Duration::from_secs(15),
+            "test",
         );
         let req = |m: Method| {
             Request::builder()

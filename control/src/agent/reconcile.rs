@@ -131,8 +131,18 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // What only the gateway writes goes through clients fenced by the gateway Lease.
     let fence = Fence::new();
-    let gw_member = fenced_client(member.clone(), fence.clone(), cfg.lease_duration);
-    let gw_hub = fenced_client(hub.clone(), fence.clone(), cfg.lease_duration);
+    let gw_member = fenced_client(
+        member.clone(),
+        fence.clone(),
+        cfg.lease_duration,
+        &cfg.node_name,
+    );
+    let gw_hub = fenced_client(
+        hub.clone(),
+        fence.clone(),
+        cfg.lease_duration,
+        &cfg.node_name,
+    );
     let election = LeaderElection {
         namespace: cfg.namespace.clone(),
         name: GATEWAY_LEASE.into(),

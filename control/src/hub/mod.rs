@@ -192,7 +192,12 @@ pub async fn run(
     // The leader writes Peers only through a client fenced by the Lease: a leader frozen
     // past its renew deadline cannot write once it runs again ([`crate::fence`]).
     let fence = Fence::new();
-    let fenced = fenced_client(client.clone(), fence.clone(), config.lease_duration);
+    let fenced = fenced_client(
+        client.clone(),
+        fence.clone(),
+        config.lease_duration,
+        &config.identity,
+    );
     let election = LeaderElection {
         namespace: config.namespace.clone(),
         name: config.lease_name.clone(),

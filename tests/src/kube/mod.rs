@@ -59,6 +59,20 @@ const TOKEN_SECONDS: i64 = 3600;
 /// 198.18.0.0/15 (only clusters with nodes run kube-proxy; elsewhere no traffic goes there).
 pub const SERVICE_CIDR: &str = "198.19.255.0/24";
 
+/// The audit policy of every test API server: writes of FleetBoard's objects at the Metadata
+/// level, nothing else.
+pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+    resources:
+      - group: fleetboard.io
+  - level: None
+";
+const AUDIT_LOG: &str = "audit.log";
+
 /// Where and how a [`Cluster`] runs.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -286,6 +300,17 @@ impl Cluster {
         self.apiserver.log()
     }
 
+    /// The API server's audit events so far, one JSON object each: every write (create,
+    /// update, patch, delete) of a `fleetboard.io` object, at the Metadata level (who, what,
+    /// when, the response code; see [`AUDIT_POLICY`]).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join(AUDIT_LOG))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// `kubectl` (ours, see [`Tool::Kubectl`]) with the admin kubeconfig.
     pub fn kubectl(&self) -> anyhow::Result<Command> {
         let mut c = Command::new(Tool::Kubectl.path()?);
@@ -400,6 +425,16 @@ impl Start<'_> {
             .arg("--enable-bootstrap-token-auth")
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
             .arg("--profiling=false");
+        // Who wrote which FleetBoard object, when ([`Cluster::audit_events`]).
+        let policy = self.dir.join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY)?;
+        api_cmd
+            .arg(format!("--audit-policy-file={}", policy.display()))
+            .arg(format!(
+                "--audit-log-path={}",
+                self.dir.join(AUDIT_LOG).display()
+            ))
+            .arg("--audit-log-mode=blocking");
         match self.kubelet_client {
             Some(client) => {
                 // Nodes: the `kubernetes` Service's endpoint is the underlay address (pods
