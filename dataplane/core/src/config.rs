@@ -213,6 +213,53 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl FieldError {
+    /// The index of the peer this problem belongs to (a field under `peers[i]`), if any.
+    pub fn peer(&self) -> Option<usize> {
+        let rest = self.field.strip_prefix("peers[")?;
+        rest[..rest.find(']')?].parse().ok()
+    }
+}
+
+impl ConfigError {
+    /// True when every problem belongs to a peer: leaving those peers out (see
+    /// [`DataplaneConfig::drop_invalid_peers`]) gives a valid config.
+    pub fn only_peers(&self) -> bool {
+        self.0.iter().all(|e| e.peer().is_some())
+    }
+}
+
+/// A peer [`DataplaneConfig::drop_invalid_peers`] left out, with its problems (fields named
+/// by the peer's index in the config as given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedPeer {
+    /// Its index in the config as given.
+    pub index: usize,
+    /// The peer.
+    pub peer: PeerConfig,
+    /// What is wrong with it.
+    pub problems: Vec<FieldError>,
+}
+
+/// Is `ep` an address a peer can be reached at? `Err` says why not. Loopback is allowed
+/// (a peer on the same host); the unspecified address (`0.0.0.0`, `::`, also IPv4-mapped),
+/// multicast, the IPv4 broadcast address and port 0 are not.
+pub fn check_endpoint(ep: SocketAddr) -> Result<(), String> {
+    let ip = ep.ip().to_canonical();
+    let why = if ep.port() == 0 {
+        "port 0"
+    } else if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        "the broadcast address"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{ep} is not a reachable address ({why})"))
+}
+
 impl PeerConfig {
     /// The transport for this peer, given the global default.
     pub fn transport_or(&self, default: Transport) -> Transport {
@@ -290,12 +337,9 @@ impl DataplaneConfig {
                 );
             }
             if let Some(ep) = p.endpoint
-                && (ep.port() == 0 || ep.ip().is_unspecified())
+                && let Err(why) = check_endpoint(ep)
             {
-                err(
-                    format!("peers[{i}].endpoint"),
-                    format!("{ep} is not a reachable address"),
-                );
+                err(format!("peers[{i}].endpoint"), why);
             }
             for (j, c) in p.allowed_ips.iter().enumerate() {
                 let field = format!("peers[{i}].allowed_ips[{j}]");
@@ -334,8 +378,19 @@ impl DataplaneConfig {
         }
         if self.relay {
             let mut ids: HashMap<crate::relay::RelayId, usize> = HashMap::new();
+            let own_id = crate::relay::RelayId::of(&own);
             for (i, p) in self.peers.iter().enumerate() {
-                if let Some(j) = ids.insert(crate::relay::RelayId::of(&p.public_key), i) {
+                let id = crate::relay::RelayId::of(&p.public_key);
+                if id == own_id && p.public_key != own {
+                    err(
+                        format!("peers[{i}].public_key"),
+                        "starts with the same 7 bytes as this node's own public key; relay \
+                         messages for it would be taken for this node (generate a new key)"
+                            .into(),
+                    );
+                    continue;
+                }
+                if let Some(&j) = ids.get(&id) {
                     err(
                         format!("peers[{i}].public_key"),
                         format!(
@@ -343,6 +398,8 @@ impl DataplaneConfig {
                              cannot tell them apart (generate a new key for one of them)"
                         ),
                     );
+                } else {
+                    ids.insert(id, i);
                 }
             }
         }
@@ -386,6 +443,68 @@ impl DataplaneConfig {
         } else {
             Err(ConfigError(errs))
         }
+    }
+
+    /// Leaves out every peer that has a problem of its own (a bad endpoint, a key another
+    /// peer or this node already has or shares a relay prefix with, a CIDR another peer
+    /// routes, ...) and returns them; the config that remains validates. Conflicts are
+    /// reported on the later peer, so the earlier ones stay. `Err` (and the config unchanged)
+    /// when a problem concerns no single peer (the interface, the QUIC identity, ...).
+    ///
+    /// For a control plane that builds the config from many independent sources: one bad
+    /// source must cost its own peer, never the whole config.
+    pub fn drop_invalid_peers(&mut self) -> Result<Vec<RejectedPeer>, ConfigError> {
+        let mut trial = self.clone();
+        // Index in the config as given, per peer left.
+        let mut origin: Vec<usize> = (0..trial.peers.len()).collect();
+        let mut rejected: Vec<RejectedPeer> = Vec::new();
+        loop {
+            let e = match trial.validate() {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if !e.only_peers() {
+                return Err(e);
+            }
+            let mut bad: Vec<(usize, Vec<FieldError>)> = Vec::new();
+            for fe in e.0 {
+                let i = fe.peer().expect("only peer problems");
+                let field = format!(
+                    "peers[{}]{}",
+                    origin[i],
+                    &fe.field[fe.field.find(']').map_or(0, |p| p + 1)..]
+                );
+                let fe = FieldError {
+                    field,
+                    problem: fe.problem,
+                };
+                match bad.iter_mut().find(|(j, _)| *j == i) {
+                    Some((_, v)) => v.push(fe),
+                    None => bad.push((i, vec![fe])),
+                }
+            }
+            // Highest index first, so the lower ones stay valid while removing.
+            bad.sort_by(|a, b| b.0.cmp(&a.0));
+            let mut removed = Vec::new();
+            for (i, problems) in bad {
+                let peer = trial.peers.remove(i);
+                removed.push(peer.public_key);
+                let index = origin.remove(i);
+                rejected.push(RejectedPeer {
+                    index,
+                    peer,
+                    problems,
+                });
+            }
+            // Extra routes to a peer left out go with it.
+            let peers = &trial.peers;
+            trial.routes.retain(|r| {
+                !removed.contains(&r.peer) || peers.iter().any(|p| p.public_key == r.peer)
+            });
+        }
+        rejected.sort_by_key(|r| r.index);
+        *self = trial;
+        Ok(rejected)
     }
 }
 
@@ -513,6 +632,114 @@ mod tests {
         );
         c.relay = false;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn endpoints_nobody_can_be_reached_at_are_refused() {
+        for ep in [
+            "0.0.0.0:31820",
+            "[::]:31820",
+            "[::ffff:0.0.0.0]:31820",
+            "224.0.0.1:31820",
+            "[ff02::1]:31820",
+            "255.255.255.255:31820",
+            "198.18.0.2:0",
+        ] {
+            let mut c = base();
+            c.peers[0].endpoint = Some(ep.parse().unwrap());
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.0.len(), 1, "{e}");
+            assert_eq!(e.0[0].field, "peers[0].endpoint", "{e}");
+            assert_eq!(e.0[0].peer(), Some(0));
+        }
+        for ep in ["198.18.0.2:31820", "127.0.0.1:31820", "[fd00::1]:1"] {
+            assert!(check_endpoint(ep.parse().unwrap()).is_ok(), "{ep}");
+        }
+    }
+
+    #[test]
+    fn a_relay_refuses_a_peer_with_its_own_key_prefix() {
+        let mut c = base();
+        c.relay = true;
+        let mut k = c.private_key.public_key().0;
+        k[31] ^= 1;
+        c.peers[0].public_key = PublicKey(k);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("peers[0].public_key: starts with the same 7 bytes as this node"),
+            "{e}"
+        );
+    }
+
+    fn peer(n: u8, cidr: &str) -> PeerConfig {
+        PeerConfig {
+            public_key: SecretKey::from_random_bytes([n; 32]).public_key(),
+            name: Some(format!("p{n}")),
+            endpoint: Some(format!("198.18.0.{n}:31820").parse().unwrap()),
+            allowed_ips: vec![cidr.parse().unwrap()],
+            persistent_keepalive: None,
+            transport: None,
+            fingerprint: None,
+            via: None,
+        }
+    }
+
+    #[test]
+    fn drop_invalid_peers_leaves_out_only_the_bad_ones_and_keeps_the_earlier_of_a_clash() {
+        let mut c = base();
+        c.relay = true;
+        c.peers = vec![peer(2, "100.65.0.0/16"), peer(3, "100.66.0.0/16")];
+        let good = c.clone();
+        let mut unspecified = peer(4, "100.67.0.0/16");
+        unspecified.endpoint = Some("0.0.0.0:31820".parse().unwrap());
+        let mut twin = peer(5, "100.68.0.0/16");
+        twin.public_key.0 = c.peers[0].public_key.0;
+        twin.public_key.0[20] ^= 0xff; // the first 7 bytes of p2's key
+        let same_cidr = peer(6, "100.66.0.0/16");
+        let mut relayed = peer(7, "100.69.0.0/16");
+        relayed.via = Some(twin.public_key); // its relay is left out: so is it
+        relayed.endpoint = None;
+        c.peers.insert(1, unspecified);
+        c.peers.push(twin);
+        c.peers.push(same_cidr);
+        c.peers.push(relayed);
+        c.routes.push(RouteConfig {
+            cidr: "10.9.0.0/16".parse().unwrap(),
+            peer: c.peers[4].public_key,
+        });
+        let rejected = c.drop_invalid_peers().unwrap();
+        let got: Vec<(usize, &str)> = rejected
+            .iter()
+            .map(|r| (r.index, r.problems[0].field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "peers[1].endpoint"),
+                (3, "peers[3].public_key"),
+                (4, "peers[4].allowed_ips[0]"),
+                (5, "peers[5].via"),
+            ]
+        );
+        assert!(
+            rejected[1].problems[0]
+                .problem
+                .contains("same 7 bytes as peers[0]")
+        );
+        assert_eq!(c.peers, good.peers);
+        assert!(
+            c.routes.is_empty(),
+            "the route to a dropped peer goes with it"
+        );
+        c.validate().unwrap();
+        // Nothing to drop: unchanged. A problem of no peer: an error, the config unchanged.
+        assert_eq!(c.drop_invalid_peers().unwrap(), vec![]);
+        let mut broken = c.clone();
+        broken.interface.mtu = 1;
+        broken.peers.push(peer(8, "100.65.0.0/16"));
+        let before = broken.clone();
+        assert!(broken.drop_invalid_peers().is_err());
+        assert_eq!(broken, before);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod wire;
 
 pub use config::{
     AdminConfig, ConfigError, DataplaneConfig, FieldError, InterfaceConfig, PeerConfig,
-    RouteConfig, Transport,
+    RejectedPeer, RouteConfig, Transport, check_endpoint,
 };
 pub use drop::{DropCounters, DropReason};
 pub use key::{KeyError, PublicKey, SecretKey};
