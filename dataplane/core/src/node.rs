@@ -16,7 +16,7 @@ use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
 use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
 use crate::peer::{HandshakeRtt, PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
-use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex};
+use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex, RelayedHandshakes};
 use crate::route::RouteTable;
 use crate::service_nat::{self, ServiceNat};
 use crate::session::{Identity, Incoming, Session, SessionOutput};
@@ -139,6 +139,8 @@ pub struct Dataplane {
     relay_sender: Option<(SocketAddr, PeerId)>,
     relayed_packets: u64,
     relayed_bytes: u64,
+    /// Initiations this relay forwarded, to route cookie replies back (see [`crate::relay`]).
+    relayed_handshakes: RelayedHandshakes<PeerId>,
 }
 
 impl Dataplane {
@@ -164,6 +166,7 @@ impl Dataplane {
             relay_sender: None,
             relayed_packets: 0,
             relayed_bytes: 0,
+            relayed_handshakes: RelayedHandshakes::default(),
         };
         dp.nat.handle_timeout(now);
         dp.config.peers.clear();
@@ -273,6 +276,7 @@ impl Dataplane {
             RelayIndex::default()
         };
         self.relay_sender = None;
+        self.relayed_handshakes.clear();
         let mut routes = RouteTable::new();
         for p in self.peers.iter() {
             for c in &p.config.allowed_ips {
@@ -384,14 +388,61 @@ impl Dataplane {
             return self.drop(None, DropReason::Malformed);
         };
         if to == self.relay_id {
+            if !self.relay_index.is_empty()
+                && let Some(index) = relay::cookie_receiver(message)
+                && let Some(a) = self.return_cookie(now, from, index, message, out)
+            {
+                return a;
+            }
             return self.handle_wg(now, from, message, true, out);
         }
-        self.forward_relay(from, to, datagram)
+        self.forward_relay(now, from, to, datagram)
+    }
+
+    /// A cookie reply that a member under load addressed to this relay, for an initiation
+    /// the relay forwarded to it: sent back to the initiator with the initiator's header.
+    /// `None` when the relay forwarded no such initiation (then it is an ordinary message).
+    #[cold]
+    fn return_cookie(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        index: u32,
+        message: &[u8],
+        out: &mut [u8],
+    ) -> Option<Action> {
+        let responder = self.relay_sender_of(from)?;
+        let initiator = self.relayed_handshakes.take(now, responder, index)?;
+        let p = self.peers.get_mut(initiator)?;
+        let Some(endpoint) = p.endpoint.filter(|_| p.via.is_none()) else {
+            return Some(self.drop(Some(initiator), DropReason::NoEndpoint));
+        };
+        let len = RELAY_HEADER + message.len();
+        if out.len() < len {
+            return Some(self.drop(Some(initiator), DropReason::TooLarge));
+        }
+        RelayId::of(&p.config.public_key).write_header(out);
+        out[RELAY_HEADER..len].copy_from_slice(message);
+        p.counters.tx_bytes += len as u64;
+        p.counters.tx_packets += 1;
+        self.relayed_packets += 1;
+        self.relayed_bytes += len as u64;
+        Some(Action::SendUdp(Transmit {
+            dst: endpoint,
+            peer: Some(initiator),
+            len,
+        }))
     }
 
     /// A relay message for peer `to` from `from`: forwarded when both are peers of this relay.
     #[inline]
-    fn forward_relay(&mut self, from: SocketAddr, to: RelayId, datagram: &[u8]) -> Action {
+    fn forward_relay(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: RelayId,
+        datagram: &[u8],
+    ) -> Action {
         let Some(src) = self.relay_sender_of(from) else {
             return self.drop(None, DropReason::RelayRefused);
         };
@@ -411,6 +462,10 @@ impl Dataplane {
         };
         dst.counters.tx_bytes += len;
         dst.counters.tx_packets += 1;
+        if let Some(index) = relay::initiation_sender(&datagram[RELAY_HEADER..]) {
+            // Where a cookie reply for it must go back to (one byte compare for data).
+            self.relayed_handshakes.record(now, src, dst_id, index);
+        }
         self.relayed_packets += 1;
         self.relayed_bytes += len;
         Action::Forward(Transmit {
@@ -455,11 +510,10 @@ impl Dataplane {
         let incoming = match self.identity.classify(from.ip(), datagram, out) {
             Ok(Ok(i)) => i,
             Ok(Err((a, b))) => {
-                // Under load: a cookie reply instead of a handshake. (Relayed handshakes are
-                // not answered with cookies: the initiator is behind the relay's address.)
+                // Under load: a cookie reply instead of a handshake.
                 self.drops.add(DropReason::UnderLoad);
                 if relayed {
-                    return Action::None;
+                    return self.cookie_through_relay(from, a, b, out);
                 }
                 out.copy_within(a..b, 0);
                 return Action::SendUdp(Transmit {
@@ -495,6 +549,29 @@ impl Dataplane {
         }
         match result {
             Err(r) => self.drop(Some(id), r),
+            Ok(SessionOutput::Done) if is_cookie => {
+                // The responder is under load: retry with the cookie now, not in 5 s.
+                if let Ok(SessionOutput::Network(a, b)) =
+                    peer.session.retry_after_cookie(now, &mut self.scratch)
+                {
+                    peer.handshake_rtt.sent(now, &self.scratch[a..b]);
+                    peer.counters.tx_bytes += (b - a) as u64;
+                    peer.counters.tx_packets += 1;
+                    match path_of(&self.peers, id) {
+                        Some((dst, header)) => enqueue(
+                            &mut self.queue,
+                            &mut self.free,
+                            &mut self.drops,
+                            dst,
+                            Some(id),
+                            header,
+                            &self.scratch[a..b],
+                        ),
+                        None => return self.drop(Some(id), DropReason::NoEndpoint),
+                    }
+                }
+                Action::None
+            }
             Ok(SessionOutput::Done) => Action::None,
             Ok(SessionOutput::Network(a, b)) => {
                 // A handshake answer: back the way the message came.
@@ -524,6 +601,39 @@ impl Dataplane {
                 self.forward_from(now, id, src, b - a, out)
             }
         }
+    }
+
+    /// A cookie reply (at `out[a..b]`) for an initiation that came through the relay at
+    /// `from`: the initiator is unknown before the handshake's DH, so the reply goes to the
+    /// relay itself (a relay message with the relay's id), which routes it back to the
+    /// initiator (see [`crate::relay`]).
+    #[cold]
+    fn cookie_through_relay(
+        &mut self,
+        from: SocketAddr,
+        a: usize,
+        b: usize,
+        out: &mut [u8],
+    ) -> Action {
+        let relay = self
+            .peers
+            .iter()
+            .find(|p| p.endpoint == Some(from) && p.via.is_none() && p.transport == Transport::Wg)
+            .map(|p| (p.id, RelayId::of(&p.config.public_key)));
+        let Some((id, header)) = relay else {
+            return Action::None;
+        };
+        let len = b - a + RELAY_HEADER;
+        if out.len() < len {
+            return self.drop(Some(id), DropReason::TooLarge);
+        }
+        out.copy_within(a..b, RELAY_HEADER);
+        header.write_header(out);
+        Action::SendUdp(Transmit {
+            dst: from,
+            peer: Some(id),
+            len,
+        })
     }
 
     /// A plaintext IP packet that a non-wg transport received from `from`: check its source

@@ -148,9 +148,17 @@ impl Identity {
     }
 }
 
+/// Shortest time between two initiations sent at once because a cookie reply arrived: a
+/// cookie reply is answered with the retried initiation right away (one round trip instead
+/// of boringtun's 5 s REKEY_TIMEOUT), but never more often than this, so a responder whose
+/// cookies somehow never validate cannot drive a loop at wire speed.
+pub const COOKIE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The WireGuard state with one peer.
 pub struct Session {
     tunn: Tunn,
+    /// When the last initiation was retried for a cookie reply (see [`COOKIE_RETRY_INTERVAL`]).
+    last_cookie_retry: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -166,7 +174,10 @@ impl Session {
             index,
             None,
         );
-        Self { tunn }
+        Self {
+            tunn,
+            last_cookie_retry: None,
+        }
     }
 
     /// Encrypts an IP packet (or starts a handshake and queues it).
@@ -213,6 +224,28 @@ impl Session {
         }
         let base = dst.as_ptr() as usize;
         let r = self.tunn.format_handshake_initiation(dst, false);
+        convert(base, r)
+    }
+
+    /// After a cookie reply was accepted (the responder is under load): the initiation again
+    /// at once, now carrying the cookie's mac2, at most once per [`COOKIE_RETRY_INTERVAL`].
+    pub fn retry_after_cookie(
+        &mut self,
+        now: std::time::Instant,
+        dst: &mut [u8],
+    ) -> Result<SessionOutput, DropReason> {
+        if dst.len() < WG_HANDSHAKE_INIT_LEN {
+            return Err(DropReason::TooLarge);
+        }
+        if self
+            .last_cookie_retry
+            .is_some_and(|t| now.saturating_duration_since(t) < COOKIE_RETRY_INTERVAL)
+        {
+            return Ok(SessionOutput::Done);
+        }
+        self.last_cookie_retry = Some(now);
+        let base = dst.as_ptr() as usize;
+        let r = self.tunn.format_handshake_initiation(dst, true);
         convert(base, r)
     }
 

@@ -2,4 +2,5 @@
 //! in-memory underlay, and property tests over the packet entry points.
 
 mod fuzz;
+mod handshake_flood;
 mod mesh;

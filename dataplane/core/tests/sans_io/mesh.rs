@@ -9,22 +9,22 @@ use fleetboard_dataplane_core::{
     PeerConfig, PeerId, SecretKey, Transport,
 };
 
-struct Node {
-    dp: Dataplane,
-    addr: SocketAddr,
-    tun_out: Vec<Vec<u8>>,
+pub(crate) struct Node {
+    pub(crate) dp: Dataplane,
+    pub(crate) addr: SocketAddr,
+    pub(crate) tun_out: Vec<Vec<u8>>,
 }
 
-struct Mesh {
-    nodes: Vec<Node>,
+pub(crate) struct Mesh {
+    pub(crate) nodes: Vec<Node>,
     /// Datagrams in flight: from, to, data, and when they arrive.
-    wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>, Instant)>,
+    pub(crate) wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>, Instant)>,
     /// Every datagram that crossed the wire (to check that nothing went in clear).
-    seen: Vec<Vec<u8>>,
-    now: Instant,
+    pub(crate) seen: Vec<Vec<u8>>,
+    pub(crate) now: Instant,
     /// One-way delay of every datagram on the wire (none unless a test sets it).
     delay: Duration,
-    buf: Vec<u8>,
+    pub(crate) buf: Vec<u8>,
 }
 
 pub(crate) fn key(n: u8) -> SecretKey {
@@ -67,13 +67,13 @@ pub(crate) fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig 
     }
 }
 
-const HUB: &str = "198.18.0.1:31820";
+pub(crate) const HUB: &str = "198.18.0.1:31820";
 const A: &str = "198.18.0.2:31820";
 const B: &str = "198.18.0.3:31820";
 
 impl Mesh {
     /// hub (key 1) relays between a (key 2, 100.64.1.0/24) and b (key 3, 100.64.2.0/24).
-    fn hub_and_spokes() -> Self {
+    pub(crate) fn hub_and_spokes() -> Self {
         let now = Instant::now();
         let hub = config(
             1,
@@ -113,7 +113,7 @@ impl Mesh {
 
     /// hub_and_spokes, but a and b keep a session with each other through the hub, which
     /// only forwards (relay: true).
-    fn end_to_end_relay() -> Self {
+    pub(crate) fn end_to_end_relay() -> Self {
         let mut m = Self::hub_and_spokes();
         let mut hub = m.nodes[0].dp.config().clone();
         hub.relay = true;
@@ -129,17 +129,17 @@ impl Mesh {
     }
 
     /// a and b each send one packet to the hub ("a", "b"): the hub learns their endpoints.
-    fn greet_hub(&mut self) {
+    pub(crate) fn greet_hub(&mut self) {
         self.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 0, 1], b"a"));
         self.send_tun(2, &ipv4_udp([100, 64, 2, 1], [100, 64, 0, 1], b"b"));
         self.run();
     }
 
-    fn act(&mut self, i: usize, a: Action) {
+    pub(crate) fn act(&mut self, i: usize, a: Action) {
         self.act_on(i, a, &[]);
     }
 
-    fn act_on(&mut self, i: usize, a: Action, input: &[u8]) {
+    pub(crate) fn act_on(&mut self, i: usize, a: Action, input: &[u8]) {
         let from = self.nodes[i].addr;
         let at = self.now + self.delay;
         match a {
@@ -160,14 +160,14 @@ impl Mesh {
         }
     }
 
-    fn send_tun(&mut self, i: usize, pkt: &[u8]) {
+    pub(crate) fn send_tun(&mut self, i: usize, pkt: &[u8]) {
         let a = self.nodes[i].dp.handle_tun(self.now, pkt, &mut self.buf);
         self.act(i, a);
     }
 
     /// Delivers what is on the wire, in order, until nothing is; the clock advances to each
     /// datagram's arrival (the delay is the same for all, so the wire is in arrival order).
-    fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         for _ in 0..1000 {
             let Some((from, to, data, at)) = self.wire.pop_front() else {
                 return;
@@ -185,7 +185,7 @@ impl Mesh {
         panic!("mesh did not settle");
     }
 
-    fn tick(&mut self, d: Duration) {
+    pub(crate) fn tick(&mut self, d: Duration) {
         self.now += d;
         for i in 0..self.nodes.len() {
             self.nodes[i].dp.handle_timeout(self.now);
@@ -195,7 +195,7 @@ impl Mesh {
     }
 }
 
-fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let total = 20 + 8 + payload.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -433,7 +433,7 @@ fn a_peer_that_changes_address_keeps_working() {
     assert_eq!(a.endpoint, Some("198.18.0.22:40000".parse().unwrap()));
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
