@@ -484,7 +484,7 @@ impl DataplaneConfig {
                 }
             }
             // Highest index first, so the lower ones stay valid while removing.
-            bad.sort_by(|a, b| b.0.cmp(&a.0));
+            bad.sort_by_key(|b| std::cmp::Reverse(b.0));
             let mut removed = Vec::new();
             for (i, problems) in bad {
                 let peer = trial.peers.remove(i);
