@@ -155,8 +155,10 @@ impl EmbeddedDataplane {
         Ok(self.admin.status().await?)
     }
 
-    /// The applied config.
-    pub async fn config(&self) -> Result<DataplaneConfig, EmbeddedError> {
+    /// The applied config (without the private key).
+    pub async fn config(
+        &self,
+    ) -> Result<fleetboard_dataplane::admin::RedactedConfig, EmbeddedError> {
         Ok(self.admin.config().await?)
     }
 

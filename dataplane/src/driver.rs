@@ -320,7 +320,9 @@ impl DataplaneDriver {
                 }
                 Response::Status(Box::new(st))
             }
-            Request::GetConfig => Response::Config(Box::new(self.core.config().clone())),
+            Request::GetConfig => {
+                Response::Config(Box::new(admin::RedactedConfig::of(self.core.config())))
+            }
             Request::Reload => match self.reload() {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error(e),

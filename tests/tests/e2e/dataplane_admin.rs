@@ -52,7 +52,7 @@ fn peers_are_added_and_removed_at_runtime_through_the_admin_api() {
     assert!(s.drops.get(DropReason::UnknownPeer) > 0, "{:?}", s.drops);
     t.a.wait_ping(HUB_V4, &t.logs());
     // The config file was not touched: a fresh status shows one peer.
-    assert_eq!(block_on(t.hub.admin().config()).unwrap().peers.len(), 1);
+    assert_eq!(block_on(t.hub.admin().config()).unwrap().peers().len(), 1);
 }
 
 #[test]
@@ -123,6 +123,78 @@ fn metrics_health_and_show_report_peers_and_drops() {
         "{out}"
     );
     assert!(out.contains("endpoint: 198.18.0.2:31820"), "{out}");
+}
+
+/// One raw request line on the admin socket, and everything the dataplane answered until
+/// it closed the connection or sent one line.
+fn raw_admin(sock: &std::path::Path, request: &[u8]) -> String {
+    use std::io::{BufRead, Write};
+    let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    // The server may close before the whole request is written (that is the point).
+    let _ = w.write_all(request);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    line
+}
+
+#[test]
+fn admin_socket_is_private_bounded_and_never_shows_the_private_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut t = Topology::new(false);
+    t.start();
+    // `start` returns as soon as the socket exists: it is 0600 from that first moment.
+    let sock = t.hub.config.admin.socket.clone();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
+    t.a.wait_ping(HUB_V4, &t.logs());
+
+    // A request line over the bound: an error reply naming it, then the connection closes.
+    let mut big = vec![b' '; fleetboard_dataplane::admin::MAX_REQUEST + 10];
+    big.push(b'\n');
+    let reply = raw_admin(&sock, &big);
+    assert!(reply.contains("request longer than"), "{reply:?}");
+    // The dataplane still serves.
+    assert_eq!(t.hub.status().peers.len(), 1);
+
+    // get_config, show --json, /metrics and the log never contain the private key.
+    let secret = t.hub.key.to_base64();
+    let config = raw_admin(&sock, b"{\"op\":\"get_config\"}\n");
+    assert!(config.contains("\"config\""), "{config}");
+    assert!(
+        config.contains(&t.hub.key.public_key().to_base64()),
+        "{config}"
+    );
+    assert!(
+        !config.contains(&secret),
+        "get_config leaked the private key"
+    );
+    let show = t
+        .hub
+        .ns
+        .exec(
+            bin("fleetboard").to_str().unwrap(),
+            &[
+                "dataplane",
+                "--config",
+                t.hub.config_path.to_str().unwrap(),
+                "show",
+                "--json",
+            ],
+        )
+        .unwrap();
+    assert!(!show.contains(&secret), "show leaked the private key");
+    let metrics = t.hub.http_get("/metrics");
+    assert!(metrics.contains("200 OK"), "{metrics}");
+    assert!(
+        !metrics.contains(&secret),
+        "/metrics leaked the private key"
+    );
+    assert!(
+        !t.hub.log().contains(&secret),
+        "the log has the private key"
+    );
 }
 
 #[test]
