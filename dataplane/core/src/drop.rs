@@ -34,10 +34,13 @@ pub enum DropReason {
     /// A relay message this node does not forward: relaying is off, or the sender or the
     /// destination is not one of its peers.
     RelayRefused,
+    /// An incoming QUIC handshake that did not complete within the handshake timeout (its
+    /// slot was freed).
+    HandshakeTimeout,
 }
 
 /// Number of [`DropReason`] variants.
-pub const DROP_REASONS: usize = 13;
+pub const DROP_REASONS: usize = 14;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::TransportUnavailable,
         DropReason::SendFailed,
         DropReason::RelayRefused,
+        DropReason::HandshakeTimeout,
     ];
 
     /// The metric label value.
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::TransportUnavailable => "transport_unavailable",
             DropReason::SendFailed => "send_failed",
             DropReason::RelayRefused => "relay_refused",
+            DropReason::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

@@ -225,7 +225,8 @@ impl QuicLink {
             e.auth_rejected.max(e.handshake_failed),
         );
         bump(DropReason::UnknownPeer, e.unknown_peer);
-        bump(DropReason::UnderLoad, e.refused_busy);
+        bump(DropReason::UnderLoad, e.refused_busy + e.refused_source);
+        bump(DropReason::HandshakeTimeout, e.handshake_timeout);
         for s in self.transport.peer_stats() {
             bump(DropReason::Malformed, s.drop_not_ip);
             bump(DropReason::TooLarge, s.drop_oversized);

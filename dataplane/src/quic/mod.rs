@@ -57,6 +57,13 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Incoming handshakes allowed at once; beyond it new attempts get a Retry or are refused,
 /// which bounds the CPU a flood of connection attempts can take.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Incoming handshakes from one source address allowed at once: one sender cannot hold the
+/// slots of [`DEFAULT_MAX_HANDSHAKES`] (a gateway dials each peer once; a few more cover
+/// retries and several gateways behind one NAT).
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 4;
+/// An incoming handshake not complete after this is dropped and its slot freed (a real one
+/// takes a round trip or two; quinn would otherwise wait for the idle timeout).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Received packets queued towards the TUN before QUIC's own receive buffers take the strain.
 pub const DEFAULT_RX_QUEUE: usize = 4096;
 /// Datagram receive buffer per connection (bytes): absorbs bursts while the TUN writer runs.
@@ -108,6 +115,10 @@ pub struct QuicConfig {
     pub idle_timeout: Duration,
     /// Incoming handshakes allowed in flight.
     pub max_handshakes: usize,
+    /// Incoming handshakes allowed in flight from one source IP address.
+    pub max_handshakes_per_source: usize,
+    /// Incoming handshakes not complete after this are dropped.
+    pub handshake_timeout: Duration,
     /// Capacity of the received-packet channel.
     pub rx_queue: usize,
 }
@@ -125,6 +136,8 @@ impl QuicConfig {
             keepalive: DEFAULT_KEEPALIVE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rx_queue: DEFAULT_RX_QUEUE,
         }
     }
@@ -178,6 +191,16 @@ impl QuicConfig {
         if self.max_handshakes == 0 {
             return Err(QuicError::Config(
                 "max_handshakes: must be at least 1".into(),
+            ));
+        }
+        if self.max_handshakes_per_source == 0 {
+            return Err(QuicError::Config(
+                "max_handshakes_per_source: must be at least 1".into(),
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(QuicError::Config(
+                "handshake_timeout: must be non-zero".into(),
             ));
         }
         if self.rx_queue == 0 {

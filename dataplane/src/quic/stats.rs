@@ -18,7 +18,9 @@ pub(crate) struct EndpointCounters {
     pub handshake_failed: AtomicU64,
     pub unknown_peer: AtomicU64,
     pub refused_busy: AtomicU64,
+    pub refused_source: AtomicU64,
     pub retried: AtomicU64,
+    pub handshake_timeout: AtomicU64,
 }
 
 /// Snapshot of the endpoint-wide counters.
@@ -32,8 +34,14 @@ pub struct EndpointStats {
     pub unknown_peer: u64,
     /// Incoming connection attempts refused because too many handshakes were in flight.
     pub refused_busy: u64,
+    /// Incoming attempts refused because their source address had too many handshakes in
+    /// flight.
+    pub refused_source: u64,
     /// Incoming attempts answered with a Retry (address validation) under load.
     pub retried: u64,
+    /// Incoming handshakes dropped because they did not complete within the handshake
+    /// timeout.
+    pub handshake_timeout: u64,
 }
 
 impl EndpointCounters {
@@ -44,7 +52,9 @@ impl EndpointCounters {
             handshake_failed: g(&self.handshake_failed),
             unknown_peer: g(&self.unknown_peer),
             refused_busy: g(&self.refused_busy),
+            refused_source: g(&self.refused_source),
             retried: g(&self.retried),
+            handshake_timeout: g(&self.handshake_timeout),
         }
     }
 }

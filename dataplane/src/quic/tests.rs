@@ -361,6 +361,75 @@ async fn flood_of_connection_attempts_is_bounded_and_other_peers_keep_working() 
     deliver(&a_to_b, &mut b.rx, ipv4_packet(1434, 2)).await;
 }
 
+/// A UDP relay on 127.0.0.2 that passes datagrams on to `to` and drops every answer: QUIC
+/// handshakes through it start (the server sees the client's Initials) and never finish.
+async fn one_way_proxy(to: SocketAddr) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+        .await
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if from != to {
+                let _ = sock.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn incomplete_handshakes_from_one_source_time_out_and_cannot_hold_the_slots() {
+    let a = gateway("gw-a", Identity::generate("gw-a").unwrap(), |_| {});
+    let mut b = gateway("gw-b", Identity::generate("gw-b").unwrap(), |c| {
+        c.max_handshakes = 8;
+        c.max_handshakes_per_source = 2;
+        c.handshake_timeout = Duration::from_secs(1);
+    });
+    let a_to_b = a.t.upsert_peer(peer_cfg(2, "gw-b", &b, true)).unwrap();
+    b.t.upsert_peer(peer_cfg(1, "gw-a", &a, false)).unwrap();
+    deliver(&a_to_b, &mut b.rx, ipv4_packet(60, 1)).await;
+
+    // 24 dialers behind one address (the proxy's) start handshakes that never complete.
+    let proxy = one_way_proxy(b.t.local_addr().unwrap()).await;
+    let id = Identity::generate("gw-x").unwrap();
+    let flood: Vec<Gw> = (0..24)
+        .map(|i| {
+            let g = gateway(&format!("gw-x{i}"), id.clone(), |_| {});
+            let mut to_b = peer_cfg(9, "gw-b", &b, true);
+            to_b.endpoint = Some(proxy);
+            g.t.upsert_peer(to_b).unwrap();
+            g
+        })
+        .collect();
+    wait_for("slots of the flooding source time out", || {
+        b.t.endpoint_stats().handshake_timeout >= 2
+    })
+    .await;
+    let s = b.t.endpoint_stats();
+    assert!(s.refused_source + s.retried > 0, "{s:?}");
+
+    // The established connection keeps passing traffic during the flood...
+    for k in 0..20 {
+        deliver(&a_to_b, &mut b.rx, ipv4_packet(1000, k)).await;
+    }
+    // ...and a new peer completes its handshake while it goes on.
+    let c = gateway("gw-c", Identity::generate("gw-c").unwrap(), |_| {});
+    let c_to_b = c.t.upsert_peer(peer_cfg(2, "gw-b", &b, true)).unwrap();
+    b.t.upsert_peer(peer_cfg(3, "gw-c", &c, false)).unwrap();
+    let started = Instant::now();
+    let got = deliver(&c_to_b, &mut b.rx, ipv4_packet(60, 0xc)).await;
+    assert_eq!(got.peer, 3);
+    let s = b.t.endpoint_stats();
+    eprintln!(
+        "quic flood: new peer connected in {:?} under flood; {s:?}",
+        started.elapsed()
+    );
+    assert!(s.handshake_timeout >= 2, "{s:?}");
+    drop(flood);
+}
+
 #[test]
 fn ip_packet_check() {
     assert_eq!(check_ip_packet(&ipv4_packet(28, 0)), Ok(()));
@@ -399,6 +468,22 @@ fn config_errors_name_the_field() {
     c.name = "bad name".into();
     assert!(c.validate().unwrap_err().to_string().contains("name"));
     c.name = "gw-a".into();
+    c.max_handshakes_per_source = 0;
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_handshakes_per_source")
+    );
+    c.max_handshakes_per_source = DEFAULT_MAX_HANDSHAKES_PER_SOURCE;
+    c.handshake_timeout = Duration::ZERO;
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("handshake_timeout")
+    );
+    c.handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
     c.ca = Some(CertificateDer::from(vec![1, 2, 3]));
     assert!(c.validate().unwrap_err().to_string().contains("ca"));
 }

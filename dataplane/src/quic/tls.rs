@@ -19,6 +19,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Connection attempts not yet accepted or refused that quinn keeps (beyond, it refuses).
+const MAX_INCOMING: usize = 1024;
+
 /// The server side: requires and verifies a client certificate.
 pub(crate) fn server_config(
     identity: &Identity,
@@ -40,6 +43,11 @@ pub(crate) fn server_config(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport);
     server.migration(true);
+    // Connection attempts quinn keeps before the accept loop decides on them (it decides at
+    // once: this only bounds memory under a burst) and the bytes buffered for them.
+    server.max_incoming(MAX_INCOMING);
+    server.incoming_buffer_size(64 << 10);
+    server.incoming_buffer_size_total(8 << 20);
     Ok(server)
 }
 

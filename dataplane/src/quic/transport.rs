@@ -192,6 +192,10 @@ struct Shared<T> {
     counters: EndpointCounters,
     handshaking: AtomicUsize,
     max_handshakes: usize,
+    /// Incoming handshakes in flight by source IP address.
+    handshaking_from: Mutex<HashMap<std::net::IpAddr, usize>>,
+    max_handshakes_per_source: usize,
+    handshake_timeout: Duration,
     max_packet: usize,
 }
 
@@ -241,6 +245,9 @@ impl<T: Clone + Send + Sync + 'static> QuicTransport<T> {
             counters: EndpointCounters::default(),
             handshaking: AtomicUsize::new(0),
             max_handshakes: config.max_handshakes,
+            handshaking_from: Mutex::new(HashMap::new()),
+            max_handshakes_per_source: config.max_handshakes_per_source,
+            handshake_timeout: config.handshake_timeout,
             max_packet: config.max_packet(),
         });
         tokio::spawn(accept_loop(Arc::downgrade(&shared)));
@@ -596,28 +603,61 @@ async fn accept_loop<T: Clone + Send + Sync + 'static>(weak: Weak<Shared<T>>) {
             }
         };
         let Some(sh) = weak.upgrade() else { return };
-        if sh.handshaking.load(Ordering::Relaxed) >= sh.max_handshakes {
+        // Handshake slots: at most `max_handshakes` in flight, at most
+        // `max_handshakes_per_source` of them from one address, each for at most
+        // `handshake_timeout`. Beyond a limit an unvalidated address gets a Retry (a spoofed
+        // source never answers it, so it holds nothing), a validated one is refused.
+        let source = incoming.remote_address().ip();
+        let busy = sh.handshaking.load(Ordering::Relaxed) >= sh.max_handshakes;
+        let source_busy = !busy
+            && lock(&sh.handshaking_from)
+                .get(&source)
+                .copied()
+                .unwrap_or(0)
+                >= sh.max_handshakes_per_source;
+        if busy || source_busy {
             if !incoming.remote_address_validated() && incoming.may_retry() {
                 bump(&sh.counters.retried);
                 let _ = incoming.retry();
             } else {
-                bump(&sh.counters.refused_busy);
+                bump(if busy {
+                    &sh.counters.refused_busy
+                } else {
+                    &sh.counters.refused_source
+                });
                 incoming.refuse();
             }
             continue;
         }
         sh.handshaking.fetch_add(1, Ordering::Relaxed);
+        *lock(&sh.handshaking_from).entry(source).or_insert(0) += 1;
         tokio::spawn(async move {
             let result = match incoming.accept() {
-                Ok(connecting) => connecting.await,
-                Err(e) => Err(e),
+                // Dropping an unfinished `Connecting` closes it (quinn's implicit close).
+                Ok(connecting) => tokio::time::timeout(sh.handshake_timeout, connecting)
+                    .await
+                    .map_err(|_| ()),
+                Err(e) => Ok(Err(e)),
             };
             sh.handshaking.fetch_sub(1, Ordering::Relaxed);
+            {
+                let mut from = lock(&sh.handshaking_from);
+                if let Some(n) = from.get_mut(&source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        from.remove(&source);
+                    }
+                }
+            }
             match result {
-                Ok(conn) => accepted(&sh, conn),
-                Err(e) => {
+                Ok(Ok(conn)) => accepted(&sh, conn),
+                Ok(Err(e)) => {
                     bump(&sh.counters.handshake_failed);
                     debug!(error = %e, "quic handshake failed");
+                }
+                Err(()) => {
+                    bump(&sh.counters.handshake_timeout);
+                    debug!(%source, "quic handshake timed out");
                 }
             }
         });
