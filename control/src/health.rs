@@ -71,6 +71,20 @@ impl Health {
     }
 }
 
+/// Parses a listen address flag: `IP:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` unbracketed (the
+/// last colon separates the port), so a chart can pass `$(POD_IP):9464` whatever the pod
+/// IP's family. Used as clap's `value_parser`: a bad address is refused naming the flag.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || format!("{s:?}: expected IP:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)");
+    let (ip, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// Why the health server could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag} {addr}: {source}")]
@@ -138,4 +152,27 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         _ => String::new(),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::parse_listen_address as p;
+
+    #[test]
+    fn listen_addresses_of_both_families_with_and_without_brackets() {
+        assert_eq!(p("10.0.0.5:9464").unwrap().to_string(), "10.0.0.5:9464");
+        assert_eq!(p("[fd00::5]:9464").unwrap().to_string(), "[fd00::5]:9464");
+        assert_eq!(p("fd00::5:9464").unwrap().to_string(), "[fd00::5]:9464");
+        assert_eq!(p("::1:80").unwrap().to_string(), "[::1]:80");
+        for bad in [
+            "",
+            "10.0.0.5",
+            "10.0.0.5:",
+            ":9464",
+            "pod:9464",
+            "10.0.0.5:99999",
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+    }
 }

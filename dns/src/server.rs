@@ -285,7 +285,7 @@ pub struct DnsArgs {
     pub kubeconfig: Option<std::path::PathBuf>,
     /// Address of `/live` (200 from the start) and `/ready` (200 once the zone's
     /// ServiceImports and EndpointSlices are listed); none if unset.
-    #[arg(long, env = "FLEETBOARD_HEALTH_ADDRESS")]
+    #[arg(long, env = "FLEETBOARD_HEALTH_ADDRESS", value_parser = fleetboard_control::health::parse_listen_address)]
     pub health_address: Option<SocketAddr>,
 }
 

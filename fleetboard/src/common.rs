@@ -16,8 +16,10 @@ pub struct LocalArgs {
     /// Folder for the admin socket and the QUIC identity files.
     #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
     pub state_dir: PathBuf,
-    /// Address for /metrics, /live, /ready.
-    #[arg(long, env = "FLEETBOARD_METRICS_ADDRESS")]
+    /// Address for /metrics, /live, /ready (IP:PORT; an IPv6 address may be unbracketed).
+    /// None if unset. The charts bind the pod IP, not 0.0.0.0: the agent's network namespace
+    /// also holds the tunnel device, and 0.0.0.0 would serve it to the whole cluster set.
+    #[arg(long, env = "FLEETBOARD_METRICS_ADDRESS", value_parser = fleetboard_control::health::parse_listen_address)]
     pub metrics_address: Option<SocketAddr>,
     /// Member cluster kubeconfig (default: in-cluster, or $KUBECONFIG).
     #[arg(long, env = "FLEETBOARD_KUBECONFIG")]

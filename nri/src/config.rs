@@ -74,7 +74,7 @@ pub struct NriArgs {
     )]
     pub own_namespace: String,
     /// Address of the HTTP server with /metrics, /live and /ready (none if unset).
-    #[arg(long, env = "FLEETBOARD_NRI_METRICS_ADDRESS")]
+    #[arg(long, env = "FLEETBOARD_NRI_METRICS_ADDRESS", value_parser = parse_listen_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Kubeconfig for publishing pods' parallel addresses as the annotation
     /// `router.fleetboard.io/parallel_ip` (default: the in-cluster service account when running
@@ -297,4 +297,17 @@ mod tests {
         // Neither flag: clap refuses.
         assert!(Cli::try_parse_from(["x", "--tunnel-cidr", "100.64.0.0/10"]).is_err());
     }
+}
+
+/// Parses `--metrics-address`: `IP:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` unbracketed (the
+/// last colon separates the port), so the chart can pass `$(POD_IP):PORT` for either family.
+pub fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || format!("{s:?}: expected IP:PORT (e.g. 127.0.0.1:9092 or [::1]:9092)");
+    let (ip, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(std::net::SocketAddr::new(ip, port))
 }

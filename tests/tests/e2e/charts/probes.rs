@@ -65,11 +65,27 @@ fn every_http_probe_targets_a_port_its_process_serves() {
                 .as_i64()
                 .unwrap();
             let args = args_of(c);
+            // Bound to the pod IP (what the kubelet probes), never to 0.0.0.0: the address
+            // is `$(VAR)` with VAR the container's status.podIP.
+            let pod_ip_vars: Vec<String> = c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP")
+                .map(|e| format!("$({})", e["name"].as_str().unwrap()))
+                .collect();
             assert!(
-                args.iter().any(|a| a.starts_with("--")
-                    && a.ends_with(&format!("-address=0.0.0.0:{port}"))
-                    && (a.starts_with("--metrics-address") || a.starts_with("--health-address"))),
-                "{name}: {kind} probes port {port}, which the process does not serve: {args:?}"
+                args.iter().any(|a| {
+                    let Some((flag, addr)) = a.split_once('=') else {
+                        return false;
+                    };
+                    (flag == "--metrics-address" || flag == "--health-address")
+                        && addr.rsplit_once(':').is_some_and(|(ip, p)| {
+                            p == port.to_string() && pod_ip_vars.iter().any(|v| v == ip)
+                        })
+                }),
+                "{name}: {kind} probes port {port} on the pod IP, which the process does not \
+                 serve there: {args:?} (pod IP variables {pod_ip_vars:?})"
             );
             let path = get["path"].as_str().unwrap();
             let want = if kind == "livenessProbe" {
