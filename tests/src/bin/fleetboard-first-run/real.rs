@@ -153,6 +153,13 @@ pub async fn run(
     );
     t0.step(&figure);
 
+    // The hub's Peer status takes the members' byte counters on its next round.
+    let ids = [a.id, b.id];
+    if let Err(e) = counters_show_traffic(&fleet, &ids).await {
+        t0.step(&format!(
+            "(kubectl peers does not show the traffic yet: {e:#})"
+        ));
+    }
     t0.step("summary");
     println!("\n======== FleetBoard first run: summary ({transport}) ========");
     for (what, kubeconfig) in [
@@ -176,6 +183,37 @@ pub async fn run(
         how_to_look(&fleet);
     }
     Ok(fleet)
+}
+
+/// Waits (up to a minute) until `kubectl peers -o json` on the hub counts bytes both ways for
+/// every member in `ids`.
+async fn counters_show_traffic(fleet: &RealFleet, ids: &[&str]) -> anyhow::Result<()> {
+    eventually(
+        "kubectl peers: RX and TX of every member above 0",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        || {
+            let json = fleet.user.run(
+                &fleet.hub_kubeconfig,
+                &format!("kubectl peers -n {NS} -o json"),
+            );
+            async move {
+                let doc: serde_json::Value = serde_json::from_str(&json?)?;
+                let rows = doc["clusters"].as_array().cloned().unwrap_or_default();
+                Ok(ids
+                    .iter()
+                    .all(|id| {
+                        rows.iter().any(|r| {
+                            r["cluster"] == *id
+                                && r["rxBytes"].as_u64().is_some_and(|n| n > 0)
+                                && r["txBytes"].as_u64().is_some_and(|n| n > 0)
+                        })
+                    })
+                    .then_some(()))
+            }
+        },
+    )
+    .await
 }
 
 /// Pod `name` in [`APPS`] on `node`: the iperf3 image running `iperf3 -s` (the client pod
