@@ -4,7 +4,13 @@
 //! Secret data: `wireguard.key` (base64 private key, as `fleetboard keygen` prints it),
 //! `quic.key` (PEM PKCS#8) and `quic.crt` (PEM certificate). The first process to find no
 //! Secret creates one; when two race, the loser's create fails with AlreadyExists and it
-//! re-reads the winner's, so both end up with the same keys.
+//! re-reads the winner's, so both end up with the same keys. A Secret that exists without
+//! data (the member chart creates `fleetboard-cluster-keys` empty, so agents need no right
+//! to create Secrets) is filled with an update under its resourceVersion: a racing writer
+//! gets a conflict and re-reads.
+//!
+//! A node's own keys (its inner tunnel to the gateway) never leave the node:
+//! [`load_or_create_local`] keeps them in files of the agent's state directory.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -190,8 +196,24 @@ pub async fn load_or_create(
         name: secret_name.into(),
         source,
     };
-    if let Some(s) = api.get_opt(secret_name).await.map_err(api_err)? {
-        return GatewayKeys::from_secret(&s, namespace, secret_name);
+    if let Some(mut s) = api.get_opt(secret_name).await.map_err(api_err)? {
+        if s.data.as_ref().is_some_and(|d| !d.is_empty()) {
+            return GatewayKeys::from_secret(&s, namespace, secret_name);
+        }
+        // Created empty (by the chart): fill it; a racing filler wins with a conflict for us.
+        let keys = GatewayKeys::generate(quic_name)?;
+        s.data = Some(keys.to_data());
+        return match api.replace(secret_name, &PostParams::default(), &s).await {
+            Ok(_) => {
+                tracing::info!(secret = %secret_name, public_key = %keys.public_key_base64(), "stored new gateway keys");
+                Ok(keys)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let s = api.get(secret_name).await.map_err(api_err)?;
+                GatewayKeys::from_secret(&s, namespace, secret_name)
+            }
+            Err(e) => Err(api_err(e)),
+        };
     }
     let keys = GatewayKeys::generate(quic_name)?;
     let secret = Secret {
@@ -221,9 +243,86 @@ pub async fn load_or_create(
     }
 }
 
+/// A node's own keys from `dir` (`wireguard.key`, `quic.key`, `quic.crt`), or fresh ones
+/// written there (the private files mode 0600, the directory 0700). They live as long as
+/// the directory: the agent pod's state volume, so a new pod makes new keys and publishes
+/// the new public key on its Node.
+pub fn load_or_create_local(dir: &Path, quic_name: &str) -> Result<GatewayKeys, KeysError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let wg = dir.join(WIREGUARD_KEY);
+    let read = |p: &Path| std::fs::read_to_string(p);
+    if let (Ok(k), Ok(qk), Ok(qc)) = (
+        read(&wg),
+        read(&dir.join(QUIC_KEY)),
+        read(&dir.join(QUIC_CERT)),
+    ) {
+        let invalid = |field: &'static str, problem: String| KeysError::Invalid {
+            namespace: "(local)".into(),
+            name: dir.display().to_string(),
+            field,
+            problem,
+        };
+        let private_key =
+            SecretKey::from_base64(k.trim()).map_err(|e| invalid(WIREGUARD_KEY, e.to_string()))?;
+        let id = Identity::from_pem(&qc, &qk).map_err(|e| invalid(QUIC_CERT, e.to_string()))?;
+        return Ok(GatewayKeys {
+            private_key,
+            quic_key_pem: qk,
+            quic_cert_pem: qc,
+            fingerprint: id.fingerprint.to_hex(),
+        });
+    }
+    let keys = GatewayKeys::generate(quic_name)?;
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KeysError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err(dir))?;
+    keys.write_quic_files(dir)?;
+    // The WireGuard key last: its presence says the set is complete.
+    let tmp = dir.join(format!("{WIREGUARD_KEY}.tmp"));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err(&tmp))?;
+        f.write_all(keys.private_key.to_base64().as_bytes())
+            .map_err(err(&tmp))?;
+    }
+    std::fs::rename(&tmp, &wg).map_err(err(&wg))?;
+    tracing::info!(dir = %dir.display(), public_key = %keys.public_key_base64(), "created the node's keys");
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_keys_are_created_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("fb-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let made = load_or_create_local(&dir, "node-1").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(WIREGUARD_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(QUIC_KEY)), 0o600);
+        let again = load_or_create_local(&dir, "node-1").unwrap();
+        assert_eq!(
+            again.public_key(),
+            made.public_key(),
+            "the same keys on restart"
+        );
+        assert_eq!(again.fingerprint, made.fingerprint);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn keys_round_trip_through_secret_data() {

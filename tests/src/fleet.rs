@@ -251,7 +251,7 @@ pub async fn prepare_hub(hub: &Cluster, token: &str) -> anyhow::Result<PathBuf> 
         json!([
             { "apiGroups": ["fleetboard.io"], "resources": ["peers", "peers/status"], "verbs": every },
             { "apiGroups": ["fleetboard.io"], "resources": ["exportedservices"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"] },
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"] },
             { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
             { "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"] },
         ]),
@@ -302,7 +302,7 @@ pub async fn prepare_member(member: &Cluster, nodes: &[&str]) -> anyhow::Result<
             "fleetboard-agent",
             json!([
                 { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
-                { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"] },
+                { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"] },
             ]),
         )
         .await?;

@@ -46,11 +46,6 @@ pub const GATEWAY_LEASE: &str = "fleetboard-gateway";
 /// Field manager of the agent's server-side applies.
 pub const FIELD_MANAGER: &str = "fleetboard.io/agent";
 
-/// The Secret holding a node's inner-tunnel key.
-pub fn node_keys_secret(node: &str) -> String {
-    format!("fleetboard-node-{node}")
-}
-
 /// Everything `fleetboard agent` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {

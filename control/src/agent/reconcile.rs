@@ -25,14 +25,13 @@ use super::plan::{
 use super::{
     AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE, HubError,
     NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_CIDR_ANNOTATION, TUNNEL_IP_ANNOTATION,
-    node_keys_secret,
 };
 use crate::crd::mcs::ServiceImport;
 use crate::crd::peer::{Peer, PeerSpec};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
 use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
-use crate::keys::{GatewayKeys, load_or_create};
+use crate::keys::{GatewayKeys, load_or_create, load_or_create_local};
 use crate::leader::LeaderElection;
 
 /// Re-plan at least this often even without events (a missed event, a dataplane that died).
@@ -85,13 +84,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     health.set(false, "joined the hub; starting the dataplane");
     tracing::info!(hub = %hub_url, cluster = %cfg.cluster_id, node = %cfg.node_name, "joined the hub");
 
-    let node_keys = load_or_create(
-        member.clone(),
-        &cfg.namespace,
-        &node_keys_secret(&cfg.node_name),
-        &cfg.node_name,
-    )
-    .await?;
+    // The node's own keys stay on the node (the pod's state directory), never in a Secret.
+    let node_keys = load_or_create_local(&cfg.state_dir.join("node"), &cfg.node_name)?;
     publish_node(&member, &cfg, &node_keys).await?;
 
     let notify = Arc::new(Notify::new());

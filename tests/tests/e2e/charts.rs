@@ -6,6 +6,7 @@
 //! agent exactly what they need (`kubectl auth can-i`). No controller-manager or kubelet runs
 //! in the fixture, so pods never start: the tests check objects, not pods.
 
+mod least_privilege;
 mod probes;
 mod repo;
 
@@ -1125,9 +1126,8 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
     }
     allowed.extend([
         ("create", "events", Some("default"), NONE),
-        ("get", "secrets", ns, NONE),
-        ("create", "secrets", ns, NONE),
-        ("update", "secrets", ns, NONE),
+        ("get", "secrets/fleetboard-cluster-keys", ns, NONE),
+        ("update", "secrets/fleetboard-cluster-keys", ns, NONE),
         ("create", "leases.coordination.k8s.io", ns, NONE),
         (
             "get",
@@ -1178,6 +1178,11 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ),
         ("list", "secrets", ns, NONE),
         ("delete", "secrets", ns, NONE),
+        // Only the cluster keys, by name: no other Secret, no new ones.
+        ("get", "secrets", ns, NONE),
+        ("get", "secrets/fleetboard-hub-token", ns, NONE),
+        ("create", "secrets", ns, NONE),
+        ("update", "secrets", ns, NONE),
         ("get", "secrets", Some("kube-system"), NONE),
         ("get", "secrets", Some("default"), NONE),
         ("get", "leases.coordination.k8s.io/fleetboard-hub", ns, NONE),
