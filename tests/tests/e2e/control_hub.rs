@@ -23,7 +23,8 @@ use fleetboard_tests::netns::{Netns, Underlay, require_net_admin, unique_token};
 use fleetboard_tests::process::ChildGuard;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -126,7 +127,7 @@ impl Env {
                     { "apiGroups": ["fleetboard.io"], "resources": ["peers", "peers/status"],
                       "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] },
                     { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                      "verbs": ["get", "create", "update"] },
+                      "verbs": ["get", "list", "watch", "create", "update"] },
                     { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
                     { "apiGroups": [""], "resources": ["events"], "verbs": ["create"] },
                     { "apiGroups": [""], "resources": ["pods"], "verbs": ["patch"] },
@@ -233,17 +234,64 @@ impl Env {
 
     /// Creates member Peer `name` with a real key (and QUIC fingerprint for quic).
     async fn create_peer(&self, name: &str, key: &SecretKey, extra: serde_json::Value) -> Peer {
-        let mut spec = json!({
-            "clusterId": name,
-            "publicKey": key.public_key().to_base64(),
-        });
-        merge(&mut spec, extra);
-        let p: Peer = serde_json::from_value(json!({
-            "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
-            "metadata": { "name": name, "namespace": NS }, "spec": spec,
+        create_peer_as(&self.peers, name, key, extra).await
+    }
+
+    /// A client with the identity members join with: a bootstrap token in the group
+    /// `system:bootstrappers:fleetboard`, bound to the member Role of the hub chart (every
+    /// verb on `peers`, nothing on their status).
+    async fn member_client(&self) -> kube::Client {
+        let client = self.cluster.client();
+        let token = fleetboard_tests::fleet::bootstrap_token();
+        let (id, secret) = token.split_once('.').unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+        let s: Secret = serde_json::from_value(json!({
+            "metadata": { "name": format!("bootstrap-token-{id}"), "namespace": "kube-system" },
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "token-id": id, "token-secret": secret,
+                "usage-bootstrap-authentication": "true",
+                "auth-extra-groups": "system:bootstrappers:fleetboard",
+            },
         }))
         .unwrap();
-        self.peers.create(&PostParams::default(), &p).await.unwrap()
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+        let verbs = [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ];
+        let role: Role = serde_json::from_value(json!({
+            "metadata": { "name": "fleetboard-member", "namespace": NS },
+            "rules": [{ "apiGroups": ["fleetboard.io"], "resources": ["peers"], "verbs": verbs }],
+        }))
+        .unwrap();
+        Api::<Role>::namespaced(client.clone(), NS)
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": "fleetboard-member", "namespace": NS },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fleetboard-member" },
+            "subjects": [{ "kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:bootstrappers:fleetboard" }],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(client, NS)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let member = self.cluster.client_with_token(&token).await.unwrap();
+        // It is the member identity: Peers yes, their status and Secrets no.
+        let peers: Api<Peer> = Api::namespaced(member.clone(), NS);
+        eventually("the member token is accepted", DEADLINE, POLL, || async {
+            Ok(peers.list(&Default::default()).await.ok().map(|_| ()))
+        })
+        .await
+        .unwrap();
+        let secrets: Api<Secret> = Api::namespaced(member.clone(), NS);
+        match secrets.list(&Default::default()).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+            other => panic!("the member identity may list Secrets: {other:?}"),
+        }
+        member
     }
 
     async fn delete_peer(&self, name: &str) {
@@ -289,6 +337,26 @@ impl Env {
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
     }
+}
+
+/// Creates member Peer `name` through `api` (whatever identity its client has).
+async fn create_peer_as(
+    api: &Api<Peer>,
+    name: &str,
+    key: &SecretKey,
+    extra: serde_json::Value,
+) -> Peer {
+    let mut spec = json!({
+        "clusterId": name,
+        "publicKey": key.public_key().to_base64(),
+    });
+    merge(&mut spec, extra);
+    let p: Peer = serde_json::from_value(json!({
+        "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
+        "metadata": { "name": name, "namespace": NS }, "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &p).await.unwrap()
 }
 
 fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
@@ -695,6 +763,215 @@ async fn the_leader_labels_its_pod_and_every_replica_is_ready() {
     assert_eq!(role(standby_pod).await.as_deref(), Some("leader"));
 }
 
+/// Issue 17, validation in depth: a member, with the credentials members join with, publishes
+/// malformed Peers (endpoint 0.0.0.0; a key sharing its first 7 bytes, the hub's relay id,
+/// with a healthy member's). Each is flagged with a condition naming the problem and left out;
+/// the healthy members stay Connected with traffic flowing, and a hub restarted with the bad
+/// Peers present serves them again. A ping runs every 200 ms from gw-a to gw-b through the
+/// hub the whole time: the longest gap is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_peers_from_a_member_are_isolated_and_a_restarted_hub_serves_the_others() {
+    let mut env = Env::new().await;
+    let h = env.add_hub("hub-0", 2, &[]);
+    env.start_hub(h);
+    let hub = env.hub_peer().await;
+    let member = env.member_client().await;
+    let as_member: Api<Peer> = Api::namespaced(member, NS);
+    let mut keys = Vec::new();
+    for (i, name) in ["gw-a", "gw-b"].into_iter().enumerate() {
+        keys.push(start_member(&mut env, &as_member, &hub, name, i, Transport::Wg).await);
+    }
+    let b_addr = env.members[1].address.to_string();
+    let connected = |env: &Env| {
+        let (a, b) = (&env.members[0], &env.members[1]);
+        ping(&a.ns, &b_addr) && ping(&b.ns, "100.64.0.1")
+    };
+    eventually(
+        "gw-a and gw-b talk through the hub",
+        DEADLINE,
+        POLL,
+        || async { Ok(connected(&env).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    wait_connected(&env, &["gw-a", "gw-b"]).await;
+
+    // From here on, a ping every 200 ms from gw-a to gw-b, each reply timestamped.
+    let pinger = {
+        let a = &env.members[0];
+        let mut cmd = a.ns.command("ping");
+        cmd.args(["-D", "-n", "-i", "0.2", "-W", "1", &b_addr]);
+        ChildGuard::spawn("pinger", cmd, &env.dir.join("ping.log")).unwrap()
+    };
+    let watch_from = Instant::now();
+
+    // 1. A Peer with endpoint 0.0.0.0 (public, so the hub would dial it).
+    let zero_key = random_key();
+    create_peer_as(
+        &as_member,
+        "bad-zero",
+        &zero_key,
+        json!({ "endpoint": "0.0.0.0", "isPublic": true }),
+    )
+    .await;
+    let p = env.wait_ready_reason("bad-zero", "InvalidEndpoint").await;
+    let msg = ready(&p).unwrap().2;
+    assert!(
+        msg.contains("spec.endpoint 0.0.0.0") && msg.contains("unspecified"),
+        "{msg}"
+    );
+    assert!(allocated(&p).is_empty(), "an invalid Peer gets no block");
+    // 2. A Peer whose key shares gw-a's first 7 bytes (no private key needed to publish one).
+    let mut twin = keys[0].public_key().0;
+    twin[31] ^= 0x5a;
+    let twin = fleetboard_dataplane::core::PublicKey(twin).to_base64();
+    let twin_peer: Peer = serde_json::from_value(json!({
+        "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
+        "metadata": { "name": "bad-twin", "namespace": NS },
+        "spec": { "clusterId": "bad-twin", "publicKey": twin, "endpoint": "198.18.0.66", "isPublic": true },
+    }))
+    .unwrap();
+    as_member
+        .create(&PostParams::default(), &twin_peer)
+        .await
+        .unwrap();
+    let p = env
+        .wait_ready_reason("bad-twin", "PublicKeyPrefixCollision")
+        .await;
+    let msg = ready(&p).unwrap().2;
+    assert!(
+        msg.contains("Peer gw-a") && msg.contains("7 bytes"),
+        "{msg}"
+    );
+
+    // The hub dataplane serves exactly the healthy members; they stay Connected and talk.
+    let admin = env.hub_admin(h);
+    let s = dp_status(&admin).await.unwrap();
+    for n in ["gw-a", "gw-b"] {
+        assert!(dp_has_peer(&s, n), "{n} must be served: {s:?}");
+    }
+    for n in ["bad-zero", "bad-twin"] {
+        assert!(!dp_has_peer(&s, n), "{n} must not be served");
+        let c = cond(&env.peers.get(n).await.unwrap(), "Connected");
+        assert!(c.as_ref().is_none_or(|c| !c.0), "{n}: {c:?}");
+    }
+    wait_connected(&env, &["gw-a", "gw-b"]).await;
+    let payload = env.dir.join("payload.bin");
+    let want = write_random(&payload, 2 << 20);
+    let got = tcp_transfer(
+        &env.dir,
+        &env.members[0],
+        &env.members[1],
+        &b_addr,
+        &payload,
+    )
+    .await;
+    assert_eq!(got, want, "bytes changed on the way\n{}", env.logs());
+    let hub_log = env.hubs[h].proc.as_ref().unwrap().log();
+    assert!(
+        !hub_log.contains("applying the hub dataplane config"),
+        "the hub dataplane refused a config:\n{hub_log}"
+    );
+    // Several hub passes (every 2 s) with the bad Peers present.
+    let hold = Duration::from_secs(10);
+    if let Some(rest) = hold.checked_sub(watch_from.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    wait_connected(&env, &["gw-a", "gw-b"]).await;
+    let bad_phase = watch_from.elapsed();
+    let gap_bad = longest_gap(&pinger.log(), None);
+
+    // 3. The hub restarts with the bad Peers present: the new leader starts its dataplane
+    // and serves the healthy members.
+    let restart = Instant::now();
+    let restart_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    env.kill_hub(h);
+    env.start_hub(h);
+    eventually(
+        "the restarted hub serves gw-a and gw-b",
+        DEADLINE,
+        Duration::from_millis(100),
+        || async {
+            let s = dp_status(&admin).await.ok();
+            Ok(
+                s.filter(|s| dp_has_peer(s, "gw-a") && dp_has_peer(s, "gw-b"))
+                    .map(|_| ()),
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    let served_after = restart.elapsed();
+    eventually("gw-a and gw-b talk again", DEADLINE, POLL, || async {
+        Ok(connected(&env).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    let traffic_after = restart.elapsed();
+    wait_connected(&env, &["gw-a", "gw-b"]).await;
+    let s = dp_status(&admin).await.unwrap();
+    assert!(!dp_has_peer(&s, "bad-zero") && !dp_has_peer(&s, "bad-twin"));
+    for (n, reason) in [
+        ("bad-zero", "InvalidEndpoint"),
+        ("bad-twin", "PublicKeyPrefixCollision"),
+    ] {
+        env.wait_ready_reason(n, reason).await;
+    }
+    let log = pinger.log();
+    let gap_restart = longest_gap(&log, Some(restart_unix));
+    drop(pinger);
+    eprintln!(
+        "malformed Peers: over {bad_phase:.1?} with them published, the longest gap between \
+         gw-a -> gw-b ping replies (every 200 ms) was {gap_bad:.2?}; hub restarted with them \
+         present: healthy members served after {served_after:.2?}, traffic back after \
+         {traffic_after:.2?} (longest reply gap across the restart {gap_restart:.2?})"
+    );
+    // Nobody was disconnected while the bad Peers were published: a reply at least every
+    // 2 s (10 pings) on a busy CI machine.
+    assert!(
+        gap_bad < Duration::from_secs(2),
+        "healthy members lost connectivity for {gap_bad:?}\n{log}"
+    );
+}
+
+/// Waits until every Peer in `names` has `Connected=True`.
+async fn wait_connected(env: &Env, names: &[&str]) {
+    for n in names {
+        let what = format!("{n} Connected");
+        eventually(&what, DEADLINE, POLL, || async {
+            let p = env.peers.get(n).await?;
+            Ok(cond(&p, "Connected").is_some_and(|c| c.0).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    }
+}
+
+/// The longest time between two consecutive replies in `ping -D` output (counted from
+/// `since`, a UNIX time, when given), including from the last reply to now.
+fn longest_gap(ping_log: &str, since: Option<f64>) -> Duration {
+    let mut times: Vec<f64> = ping_log
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    if let Some(t) = since {
+        times.retain(|x| *x >= t);
+        times.insert(0, t);
+    }
+    times.push(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64(),
+    );
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    Duration::from_secs_f64(gap)
+}
+
 /// A plain `fleetboard dataplane` member in its own namespace, configured from what the hub
 /// published.
 struct Member {
@@ -719,86 +996,9 @@ async fn traffic_through_the_hub(transport: Transport) {
     let h = env.add_hub("hub-0", 2, &[]);
     env.start_hub(h);
     let hub = env.hub_peer().await;
-    let hub_key = hub.spec.public_key.clone().unwrap();
-    let hub_fp = hub.spec.cert_fingerprint.clone().unwrap();
-    let hub_port = match transport {
-        Transport::Wg => hub.spec.port,
-        Transport::Quic => fleetboard_control::embedded::quic_port(hub.spec.port),
-    };
-    let hub_ep = format!("{}:{hub_port}", hub.spec.endpoint.clone().unwrap());
-
+    let peers = env.peers.clone();
     for (i, name) in ["gw-a", "gw-b"].into_iter().enumerate() {
-        let ip = format!("198.18.0.{}", 10 + i);
-        let ns = Netns::new(name).unwrap();
-        env.underlay
-            .attach(&ns, "eth0", &[&format!("{ip}/24")])
-            .unwrap();
-        let key = random_key();
-        let dir = env.dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (qkey, qcert, fp) = fleetboard_dataplane::quic::generate_identity_pem(name).unwrap();
-        std::fs::write(dir.join("quic.key"), qkey).unwrap();
-        std::fs::write(dir.join("quic.crt"), qcert).unwrap();
-        let t = match transport {
-            Transport::Wg => "wg",
-            Transport::Quic => "quic",
-        };
-        // gw-a is public (the hub dials it too), gw-b is private (only it dials the hub).
-        let mut extra = json!({ "transport": t, "certFingerprint": fp.to_hex(), "port": 31820 });
-        if i == 0 {
-            merge(&mut extra, json!({ "endpoint": ip, "isPublic": true }));
-        }
-        env.create_peer(name, &key, extra).await;
-        let p = env.wait_ready_reason(name, "Allocated").await;
-        let block = allocated(&p)[0];
-        let pool: IpNet = hub.spec.cidrs[0].parse().unwrap();
-        let address = block.hosts().next().unwrap();
-        let config = DataplaneConfig {
-            interface: InterfaceConfig {
-                name: "fb0".into(),
-                mtu: 1420,
-                addresses: vec![IpNet::new(address, pool.prefix_len()).unwrap()],
-                routes: Vec::new(),
-            },
-            private_key: key,
-            listen_port: 31820,
-            listen_address: None,
-            transport,
-            peers: vec![PeerConfig {
-                public_key: hub_key.parse_key(),
-                name: Some("hub".into()),
-                endpoint: Some(hub_ep.parse().unwrap()),
-                allowed_ips: hub.spec.cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-                persistent_keepalive: Some(5),
-                transport: Some(transport),
-                fingerprint: Some(hub_fp.clone()),
-                via: None,
-            }],
-            routes: vec![],
-            services: vec![],
-            local: vec![],
-            relay: false,
-            admin: AdminConfig {
-                socket: dir.join("dataplane.sock"),
-            },
-            metrics_address: None,
-            quic: serde_json::from_value(json!({
-                "certificate": dir.join("quic.crt"), "private_key": dir.join("quic.key"),
-            }))
-            .unwrap(),
-        };
-        let cfg_path = dir.join("dataplane.json");
-        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let mut cmd = ns.command(bin("fleetboard").to_str().unwrap());
-        cmd.args(["dataplane", "--config", cfg_path.to_str().unwrap()])
-            .env("RUST_LOG", "info");
-        let proc = ChildGuard::spawn(name, cmd, &dir.join("dataplane.log")).unwrap();
-        env.members.push(Member {
-            name: name.into(),
-            ns,
-            proc: Some(proc),
-            address,
-        });
+        start_member(&mut env, &peers, &hub, name, i, transport).await;
     }
 
     let (a, b) = (&env.members[0], &env.members[1]);
@@ -833,6 +1033,98 @@ async fn traffic_through_the_hub(transport: Transport) {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
     }
+}
+
+/// Starts a plain `fleetboard dataplane` member `name` (underlay `198.18.0.<10+i>`; `i == 0`
+/// is public, the hub dials it too) whose Peer is created through `api`; configured from
+/// what the hub published once its block is allocated. Returns its key.
+async fn start_member(
+    env: &mut Env,
+    api: &Api<Peer>,
+    hub: &Peer,
+    name: &str,
+    i: usize,
+    transport: Transport,
+) -> SecretKey {
+    let hub_key = hub.spec.public_key.clone().unwrap();
+    let hub_fp = hub.spec.cert_fingerprint.clone().unwrap();
+    let hub_port = match transport {
+        Transport::Wg => hub.spec.port,
+        Transport::Quic => fleetboard_control::embedded::quic_port(hub.spec.port),
+    };
+    let hub_ep = format!("{}:{hub_port}", hub.spec.endpoint.clone().unwrap());
+    let ip = format!("198.18.0.{}", 10 + i);
+    let ns = Netns::new(name).unwrap();
+    env.underlay
+        .attach(&ns, "eth0", &[&format!("{ip}/24")])
+        .unwrap();
+    let key = random_key();
+    let dir = env.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (qkey, qcert, fp) = fleetboard_dataplane::quic::generate_identity_pem(name).unwrap();
+    std::fs::write(dir.join("quic.key"), qkey).unwrap();
+    std::fs::write(dir.join("quic.crt"), qcert).unwrap();
+    let t = match transport {
+        Transport::Wg => "wg",
+        Transport::Quic => "quic",
+    };
+    // gw-a is public (the hub dials it too), gw-b is private (only it dials the hub).
+    let mut extra = json!({ "transport": t, "certFingerprint": fp.to_hex(), "port": 31820 });
+    if i == 0 {
+        merge(&mut extra, json!({ "endpoint": ip, "isPublic": true }));
+    }
+    create_peer_as(api, name, &key, extra).await;
+    let p = env.wait_ready_reason(name, "Allocated").await;
+    let block = allocated(&p)[0];
+    let pool: IpNet = hub.spec.cidrs[0].parse().unwrap();
+    let address = block.hosts().next().unwrap();
+    let config = DataplaneConfig {
+        interface: InterfaceConfig {
+            name: "fb0".into(),
+            mtu: 1420,
+            addresses: vec![IpNet::new(address, pool.prefix_len()).unwrap()],
+            routes: Vec::new(),
+        },
+        private_key: key.clone(),
+        listen_port: 31820,
+        listen_address: None,
+        transport,
+        peers: vec![PeerConfig {
+            public_key: hub_key.parse_key(),
+            name: Some("hub".into()),
+            endpoint: Some(hub_ep.parse().unwrap()),
+            allowed_ips: hub.spec.cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            persistent_keepalive: Some(5),
+            transport: Some(transport),
+            fingerprint: Some(hub_fp.clone()),
+            via: None,
+        }],
+        routes: vec![],
+        services: vec![],
+        local: vec![],
+        relay: false,
+        admin: AdminConfig {
+            socket: dir.join("dataplane.sock"),
+        },
+        metrics_address: None,
+        quic: serde_json::from_value(json!({
+            "certificate": dir.join("quic.crt"), "private_key": dir.join("quic.key"),
+        }))
+        .unwrap(),
+    };
+    let cfg_path = dir.join("dataplane.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let mut cmd = ns.command(bin("fleetboard").to_str().unwrap());
+    cmd.args(["dataplane", "--config", cfg_path.to_str().unwrap()])
+        .env("RUST_LOG", "info");
+    let proc = ChildGuard::spawn(name, cmd, &dir.join("dataplane.log")).unwrap();
+    env.members.push(Member {
+        name: name.into(),
+        ns,
+        proc: Some(proc),
+        address,
+    });
+    key
 }
 
 trait ParseKey {
