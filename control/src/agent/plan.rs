@@ -180,7 +180,11 @@ fn peer_endpoint(
         Transport::Wg => spec.port,
         Transport::Quic => crate::embedded::quic_port(spec.port),
     };
-    Some(SocketAddr::new(ip, port))
+    // An endpoint nobody can be reached at (a hostile Peer's `0.0.0.0`) is no endpoint: the
+    // dataplane would refuse the whole config with it.
+    let ep = SocketAddr::new(ip, port);
+    fleetboard_dataplane::core::check_endpoint(ep).ok()?;
+    Some(ep)
 }
 
 fn base_config(local: &LocalSettings, key: SecretKey, address: IpNet) -> DataplaneConfig {
@@ -619,6 +623,25 @@ mod tests {
         assert!(c.peers[1].endpoint.is_some() && c.peers[1].via.is_none());
         assert_eq!(c.peers[2].via, Some(key(9).public_key()));
         assert_eq!(c.peers[2].endpoint, None);
+    }
+
+    #[test]
+    fn a_public_member_with_an_unreachable_endpoint_is_no_direct_peer() {
+        let mut l = local("n1");
+        l.is_public = true;
+        let mut peers = vec![
+            peer("hub", true, 9, &["100.64.0.0/10"], &[]),
+            peer("a", false, 7, &[], &["100.65.0.0/16"]),
+            peer("b", false, 8, &[], &["100.66.0.0/16"]),
+        ];
+        // b held a block before it turned its endpoint into 0.0.0.0.
+        peers[2].spec.is_public = true;
+        peers[2].spec.endpoint = Some("0.0.0.0".into());
+        let nodes = vec![node("n1", "1", None, 1, "198.18.0.1")];
+        let c = gateway_of(&l, &peers, &nodes);
+        c.validate().unwrap();
+        assert_eq!(c.peers[1].name.as_deref(), Some("b"));
+        assert_eq!(c.peers[1].via, Some(key(9).public_key()), "through the hub");
     }
 
     #[test]

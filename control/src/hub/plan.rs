@@ -708,10 +708,8 @@ mod tests {
 
     #[test]
     fn anything_the_dataplane_refuses_costs_that_peer_only() {
-        // A member whose endpoint the planner accepts but the hub dataplane refuses (here,
-        // forced past validation by a block held in status that another member holds in
-        // `spec.cidrs` form is impossible: so emulate a rule the planner does not know by a
-        // port-0 quic endpoint, 65535 + 1 wrapping, which `quic_port` maps to 1).
+        // The net under the planner: a peer the dataplane refuses for a rule the planner
+        // would not know (emulated by breaking a planned peer) is left out alone.
         let h = hub(&[("100.64.0.0/10", 16)]);
         let mut p = plan(
             &h,
