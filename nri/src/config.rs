@@ -246,6 +246,19 @@ impl NriArgs {
     }
 }
 
+/// Parses `--metrics-address`: `IP:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` unbracketed (the
+/// last colon separates the port), so the chart can pass `$(POD_IP):PORT` for either family.
+pub fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || format!("{s:?}: expected IP:PORT (e.g. 127.0.0.1:9092 or [::1]:9092)");
+    let (ip, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,17 +310,4 @@ mod tests {
         // Neither flag: clap refuses.
         assert!(Cli::try_parse_from(["x", "--tunnel-cidr", "100.64.0.0/10"]).is_err());
     }
-}
-
-/// Parses `--metrics-address`: `IP:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` unbracketed (the
-/// last colon separates the port), so the chart can pass `$(POD_IP):PORT` for either family.
-pub fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
-        return Ok(a);
-    }
-    let bad = || format!("{s:?}: expected IP:PORT (e.g. 127.0.0.1:9092 or [::1]:9092)");
-    let (ip, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    Ok(std::net::SocketAddr::new(ip, port))
 }
