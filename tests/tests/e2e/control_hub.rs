@@ -1184,3 +1184,121 @@ async fn tcp_transfer(dir: &Path, from: &Member, to: &Member, to_ip: &str, file:
     .unwrap();
     sha256(&recv_path)
 }
+
+/// Fencing (docs/SECURITY.md): the leader is frozen (SIGSTOP) past its Lease, the standby
+/// takes over and writes, the old leader runs again (SIGCONT) while Peers keep changing. The
+/// API server's audit log shows every Peer write with the writer's user agent
+/// (`fleetboard/<identity>`, the fenced client's): after the new leader's first write, the old
+/// one writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_that_runs_again_never_writes_beside_the_new_one() {
+    let mut env = Env::new().await;
+    let a = env.add_hub("hub-a", 2, &[]);
+    let b = env.add_hub("hub-b", 3, &[]);
+    env.start_hub(a);
+    env.start_hub(b);
+    env.create_peer("m1", &random_key(), json!({ "endpoint": "198.18.0.51" }))
+        .await;
+    env.wait_ready_reason("m1", "Allocated").await;
+    let holder = env.lease_holder().await.expect("a leader");
+    let (leader, standby) = if holder == "hub-a" { (a, b) } else { (b, a) };
+    let (old, new) = (
+        env.hubs[leader].identity.clone(),
+        env.hubs[standby].identity.clone(),
+    );
+
+    let frozen = Instant::now();
+    env.hubs[leader]
+        .proc
+        .as_ref()
+        .unwrap()
+        .signal("STOP")
+        .unwrap();
+    eventually("the standby holds the Lease", DEADLINE, POLL, || async {
+        Ok((env.lease_holder().await.as_deref() == Some(new.as_str())).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    let took_over = frozen.elapsed();
+    // Work for the new leader while the old one is frozen: a Peer to allocate.
+    env.create_peer("m2", &random_key(), json!({ "endpoint": "198.18.0.52" }))
+        .await;
+    env.wait_ready_reason("m2", "Allocated").await;
+
+    // The old leader runs again, and Peers change under it at once.
+    env.hubs[leader]
+        .proc
+        .as_ref()
+        .unwrap()
+        .signal("CONT")
+        .unwrap();
+    env.create_peer("m3", &random_key(), json!({ "endpoint": "198.18.0.53" }))
+        .await;
+    env.delete_peer("m1").await;
+    env.wait_ready_reason("m3", "Allocated").await;
+    // Until the old leader knows it lost (it reports standby on /ready).
+    eventually("the old leader stands by", DEADLINE, POLL, || async {
+        Ok((env.probe(leader, "/ready") == Some(503)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    // A few more renew intervals for any late write to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let events = env.cluster.audit_events();
+    let writes = |who: &str| -> Vec<(String, String, u64)> {
+        events
+            .iter()
+            .filter(|e| {
+                e["userAgent"] == format!("fleetboard/{who}")
+                    && e["objectRef"]["resource"] == "peers"
+            })
+            .filter_map(|e| {
+                let code = e["responseStatus"]["code"].as_u64()?;
+                Some((
+                    e["stageTimestamp"].as_str()?.to_string(),
+                    format!(
+                        "{} {}{}",
+                        e["verb"].as_str().unwrap_or("?"),
+                        e["objectRef"]["name"].as_str().unwrap_or("?"),
+                        e["objectRef"]["subresource"]
+                            .as_str()
+                            .map(|s| format!("/{s}"))
+                            .unwrap_or_default()
+                    ),
+                    code,
+                ))
+            })
+            .filter(|(_, _, code)| *code < 400)
+            .collect()
+    };
+    let (old_writes, new_writes) = (writes(&old), writes(&new));
+    assert!(
+        !old_writes.is_empty(),
+        "the first leader's writes are in the audit log"
+    );
+    let first_new = new_writes
+        .iter()
+        .map(|w| w.0.clone())
+        .min()
+        .expect("the new leader wrote (m2's block)");
+    let late: Vec<_> = old_writes.iter().filter(|w| w.0 > first_new).collect();
+    let refused = env.hubs[leader]
+        .proc
+        .as_ref()
+        .unwrap()
+        .log()
+        .matches("write refused: not the leader")
+        .count();
+    eprintln!(
+        "fencing: {old} frozen, {new} led after {took_over:.1?}; writes by {old}: {} (none after {first_new}: {}), by {new}: {}; {old} refused {refused} writes after it ran again",
+        old_writes.len(),
+        late.is_empty(),
+        new_writes.len()
+    );
+    assert!(
+        late.is_empty(),
+        "{old} wrote after {new} led (from {first_new}): {late:#?}\n{}",
+        env.logs()
+    );
+}
