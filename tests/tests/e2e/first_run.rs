@@ -1,6 +1,8 @@
-//! The README's run command (`scripts/demo.sh` = the `fleetboard-first-run` binary) works:
-//! three clusters, charts installed with helm, hub and agents joined, `kubectl peers` shows
-//! both members, traffic flows between them and a throughput is printed.
+//! The demo's process-only setup (`scripts/demo.sh --processes` = `fleetboard-first-run
+//! --processes`) works: three clusters, charts installed with helm, hub and agents joined as
+//! processes, `kubectl peers` shows both members, traffic flows between them and a throughput
+//! is printed. The default demo (real nodes) is the setup `kube_fleet::` tests; `scripts/demo.sh
+//! --exit` runs it end to end.
 //!
 //! Needs root, the workspace binaries (`cargo build --workspace --bins`) and the Kubernetes
 //! test tools (`tests/k8s/tools ensure`).
@@ -14,7 +16,7 @@ use fleetboard_tests::netns::require_net_admin;
 fn first_run_brings_up_a_cluster_set_and_moves_traffic() {
     require_net_admin();
     let out = Command::new(bin("fleetboard-first-run"))
-        .args(["--exit", "--seconds", "2"])
+        .args(["--processes", "--exit", "--seconds", "2"])
         .env("FLEETBOARD_BIN_DIR", bin("fleetboard").parent().unwrap())
         .output()
         .expect("running fleetboard-first-run");
