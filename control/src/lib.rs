@@ -11,3 +11,4 @@ pub mod ipam;
 pub mod keys;
 pub mod leader;
 pub mod mcs;
+pub mod membership;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use fleetboard_control::agent::{AgentConfig, HubAccess, run};
+use fleetboard_control::agent::{AgentConfig, HubAccess, run, token};
 use fleetboard_control::crd::peer::Transport;
 use ipnet::IpNet;
 
@@ -18,6 +18,24 @@ pub enum TransportArg {
     Wg,
     /// QUIC datagrams.
     Quic,
+}
+
+/// `--hub-token`'s value: shown redacted by `Debug`.
+#[derive(Clone)]
+struct InlineToken(String);
+
+impl std::fmt::Debug for InlineToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for InlineToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(InlineToken(s.to_string()))
+    }
 }
 
 /// `fleetboard agent` flags (every flag also from `FLEETBOARD_<FLAG>`).
@@ -57,16 +75,33 @@ pub struct AgentArgs {
     /// Prefix length of each node's sub-block of the cluster block.
     #[arg(long, env = "FLEETBOARD_NODE_BLOCK_PREFIX", default_value_t = 24)]
     node_block_prefix: u8,
-    /// Hub apiserver URL (with --hub-token).
-    #[arg(long, env = "FLEETBOARD_HUB_URL", conflicts_with = "hub_kubeconfig")]
+    /// Hub apiserver URL (with --hub-token-secret or --hub-token).
+    #[arg(long, env = "FLEETBOARD_HUB_URL")]
     hub_url: Option<String>,
-    /// Bootstrap token for the hub (`<id>.<secret>`).
+    /// The member's hub token itself (what `kubectl peers join` prints), never renewed: for
+    /// processes and tests (instead of --hub-token-secret).
     #[arg(long, env = "FLEETBOARD_HUB_TOKEN", hide_env_values = true)]
-    hub_token: Option<String>,
+    hub_token: Option<InlineToken>,
+    /// Secret of --namespace whose key `token` holds the member's hub token: every agent
+    /// follows it, the gateway renews it before it expires (instead of --hub-token).
+    #[arg(long, env = "FLEETBOARD_HUB_TOKEN_SECRET")]
+    hub_token_secret: Option<String>,
+    /// Lifetime in seconds of the tokens the gateway requests when it renews the hub token
+    /// (600 at least).
+    #[arg(
+        long,
+        env = "FLEETBOARD_HUB_TOKEN_LIFETIME",
+        default_value_t = token::DEFAULT_TOKEN_LIFETIME.as_secs()
+    )]
+    hub_token_lifetime: u64,
+    /// For tests: renew the hub token once it is this many seconds old instead of at half
+    /// its life.
+    #[arg(long, env = "FLEETBOARD_HUB_TOKEN_RENEW_AFTER")]
+    hub_token_renew_after: Option<u64>,
     /// CA certificate (PEM) of the hub apiserver.
     #[arg(long, env = "FLEETBOARD_HUB_CA_FILE")]
     hub_ca_file: Option<PathBuf>,
-    /// Kubeconfig for the hub (instead of --hub-url/--hub-token).
+    /// Kubeconfig for the hub (instead of --hub-url and its token).
     #[arg(long, env = "FLEETBOARD_HUB_KUBECONFIG")]
     hub_kubeconfig: Option<PathBuf>,
     /// Shared namespace in the hub.
@@ -100,21 +135,13 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     fn into_config(self) -> anyhow::Result<AgentConfig> {
-        let hub = match (self.hub_kubeconfig, self.hub_url) {
-            (Some(k), _) => HubAccess::Kubeconfig(k),
-            (None, Some(url)) => HubAccess::Token {
-                url,
-                token: self.hub_token.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--hub-token (or FLEETBOARD_HUB_TOKEN) is required with --hub-url"
-                    )
-                })?,
-                ca_file: self.hub_ca_file,
-            },
-            (None, None) => {
-                anyhow::bail!("--hub-url with --hub-token, or --hub-kubeconfig, is required")
-            }
-        };
+        let hub = HubAccess::from_flags(
+            self.hub_url,
+            self.hub_token.map(|t| t.0),
+            self.hub_token_secret,
+            self.hub_ca_file,
+            self.hub_kubeconfig,
+        )?;
         Ok(AgentConfig {
             namespace: self.namespace,
             cluster_id: self.cluster_id,
@@ -131,6 +158,8 @@ impl AgentArgs {
             node_block_prefix: self.node_block_prefix,
             hub,
             hub_namespace: self.hub_namespace,
+            hub_token_lifetime: Duration::from_secs(self.hub_token_lifetime),
+            hub_token_renew_after: self.hub_token_renew_after.map(Duration::from_secs),
             tun_name: self.local.tun_name,
             state_dir: self.local.state_dir,
             metrics_address: self.local.metrics_address,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -98,8 +98,6 @@ pub struct Hub {
     pub replicas: Vec<HubReplica>,
     /// Hub service-account kubeconfig.
     pub kubeconfig: PathBuf,
-    /// The bootstrap token members join with.
-    pub token: String,
 }
 
 /// One `fleetboard hub` replica.
@@ -149,16 +147,17 @@ pub struct Fleet {
     pub underlay: Underlay,
 }
 
-/// A bootstrap token `<6>.<16>` of lowercase letters and digits, from /dev/urandom.
-pub fn bootstrap_token() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 22];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("urandom");
-    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let s: String = b.iter().map(|x| ALPHA[*x as usize % 36] as char).collect();
-    format!("{}.{}", &s[..6], &s[6..])
+/// The member Secret holding its hub token (the agent chart's name; agents read it, the
+/// gateway renews it).
+pub const HUB_TOKEN_SECRET: &str = "fleetboard-hub-token";
+
+/// Joins member `id` to `hub` as `kubectl peers join` does; returns its first token.
+pub async fn join_member(hub: &Cluster, id: &str) -> anyhow::Result<String> {
+    let opts = fleetboard_control::membership::JoinOptions::new(NAMESPACE, id);
+    let joined = fleetboard_control::membership::join(&hub.client(), &opts)
+        .await
+        .with_context(|| format!("joining member {id}"))?;
+    Ok(joined.token.token)
 }
 
 async fn create<K>(api: &Api<K>, obj: serde_json::Value) -> anyhow::Result<()>
@@ -199,46 +198,14 @@ pub async fn install_crds(
     Ok(())
 }
 
-/// The hub's install-time objects: namespace, bootstrap token Secret, Role
-/// `fleetboard-member` bound to `system:bootstrappers:fleetboard`, and the hub's service
-/// account with its Role. Returns the hub kubeconfig (service-account token).
-pub async fn prepare_hub(hub: &Cluster, token: &str) -> anyhow::Result<PathBuf> {
+/// The hub's install-time objects as the hub chart makes them: namespace, the members' Role
+/// `fleetboard-member` and ClusterRoles `fleetboard-member-own` and `fleetboard-member-read`
+/// (each member is bound to them by [`fleetboard_control::membership::join`]), and the hub's
+/// service account with its Role. Returns the hub kubeconfig (service-account token).
+pub async fn prepare_hub(hub: &Cluster) -> anyhow::Result<PathBuf> {
     let client = hub.client();
     ensure_namespace(&client, NAMESPACE).await?;
-    let (id, secret) = token.split_once('.').context("token id.secret")?;
-    create(
-        &Api::<Secret>::namespaced(client.clone(), "kube-system"),
-        json!({
-            "metadata": { "name": format!("bootstrap-token-{id}"), "namespace": "kube-system" },
-            "type": "bootstrap.kubernetes.io/token",
-            "stringData": {
-                "token-id": id, "token-secret": secret,
-                "usage-bootstrap-authentication": "true",
-                "auth-extra-groups": "system:bootstrappers:fleetboard",
-            },
-        }),
-    )
-    .await?;
-    let all = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
-    create(
-        &Api::<Role>::namespaced(client.clone(), NAMESPACE),
-        json!({
-            "metadata": { "name": "fleetboard-member", "namespace": NAMESPACE },
-            "rules": [{ "apiGroups": ["fleetboard.io"], "resources": ["peers", "exportedservices"], "verbs": all }],
-        }),
-    )
-    .await?;
-    create(
-        &Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE),
-        json!({
-            "metadata": { "name": "fleetboard-member", "namespace": NAMESPACE },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fleetboard-member" },
-            "subjects": [{ "kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:bootstrappers:fleetboard" }],
-        }),
-    )
-    .await?;
+    create_member_roles(&client).await?;
     let sa_token = hub
         .service_account_token(NAMESPACE, "fleetboard-hub")
         .await?;
@@ -250,7 +217,6 @@ pub async fn prepare_hub(hub: &Cluster, token: &str) -> anyhow::Result<PathBuf> 
         "fleetboard-hub",
         json!([
             { "apiGroups": ["fleetboard.io"], "resources": ["peers", "peers/status"], "verbs": every },
-            { "apiGroups": ["fleetboard.io"], "resources": ["exportedservices"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"] },
             { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
             { "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"] },
@@ -301,12 +267,48 @@ pub async fn prepare_member(member: &Cluster, nodes: &[&str]) -> anyhow::Result<
             NAMESPACE,
             "fleetboard-agent",
             json!([
-                { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"] },
+                { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "patch"] },
                 { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"] },
             ]),
         )
         .await?;
     member.token_kubeconfig("fleetboard-agent", &sa_token)
+}
+
+/// The hub chart's Role and ClusterRoles that [`fleetboard_control::membership::join`] binds
+/// each member to (namespace [`NAMESPACE`] must exist).
+pub async fn create_member_roles(client: &kube::Client) -> anyhow::Result<()> {
+    let all = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    create(
+        &Api::<Role>::namespaced(client.clone(), NAMESPACE),
+        json!({
+            "metadata": { "name": "fleetboard-member", "namespace": NAMESPACE },
+            "rules": [{ "apiGroups": ["fleetboard.io"], "resources": ["peers"], "verbs": all }],
+        }),
+    )
+    .await?;
+    create(
+        &Api::<ClusterRole>::all(client.clone()),
+        json!({
+            "metadata": { "name": "fleetboard-member-own" },
+            "rules": [
+                { "apiGroups": ["fleetboard.io"], "resources": ["exportedservices"], "verbs": all },
+                { "apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": ["member"], "verbs": ["create"] },
+            ],
+        }),
+    )
+    .await?;
+    create(
+        &Api::<ClusterRole>::all(client.clone()),
+        json!({
+            "metadata": { "name": "fleetboard-member-read" },
+            "rules": [{ "apiGroups": ["fleetboard.io"], "resources": ["exportedservices"], "verbs": ["get", "list", "watch"] }],
+        }),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Node objects (no kubelet runs: the test plays the nodes).
@@ -382,9 +384,9 @@ impl Fleet {
         }
         let mut clusters = Cluster::start_all(all_opts).await?;
         let hub_cluster = clusters.remove(0);
-        let (token, hub_kubeconfig) = if opts.helm {
+        let hub_kubeconfig = if opts.helm {
             let endpoint = "198.18.0.2";
-            let token = crate::helm_install::install_hub_chart(
+            crate::helm_install::install_hub_chart(
                 &hub_cluster,
                 NAMESPACE,
                 endpoint,
@@ -395,12 +397,10 @@ impl Fleet {
             let sa = hub_cluster
                 .service_account_token(NAMESPACE, "fleetboard-hub")
                 .await?;
-            (token, hub_cluster.token_kubeconfig("fleetboard-hub", &sa)?)
+            hub_cluster.token_kubeconfig("fleetboard-hub", &sa)?
         } else {
-            let token = bootstrap_token();
             install_crds(&hub_cluster.client(), crds).await?;
-            let kubeconfig = prepare_hub(&hub_cluster, &token).await?;
-            (token, kubeconfig)
+            prepare_hub(&hub_cluster).await?
         };
 
         let mut members = Vec::new();
@@ -411,6 +411,8 @@ impl Fleet {
                 .map(|n| format!("{id}{n}"))
                 .collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            // The member's own identity on the hub, as `kubectl peers join` makes it.
+            let token = join_member(&hub_cluster, &id).await?;
             let kubeconfig = if opts.helm {
                 crate::helm_install::install_agent_chart(
                     &cluster,
@@ -427,7 +429,16 @@ impl Fleet {
                     .await?;
                 cluster.token_kubeconfig("fleetboard-agent", &sa)?
             } else {
-                prepare_member(&cluster, &refs).await?
+                let kubeconfig = prepare_member(&cluster, &refs).await?;
+                create(
+                    &Api::<Secret>::namespaced(cluster.client(), NAMESPACE),
+                    json!({
+                        "metadata": { "name": HUB_TOKEN_SECRET, "namespace": NAMESPACE },
+                        "stringData": { "token": token },
+                    }),
+                )
+                .await?;
+                kubeconfig
             };
             for (n, name) in names.iter().enumerate() {
                 let ns = Netns::new(&format!("n{name}"))?;
@@ -472,7 +483,6 @@ impl Fleet {
                 cp: hub_cp,
                 replicas,
                 kubeconfig: hub_kubeconfig,
-                token,
             },
             members,
             nodes,
@@ -539,7 +549,7 @@ impl Fleet {
                 &format!("127.0.0.1:{AGENT_METRICS_PORT}"),
             ])
             .args(&self.agent_flags)
-            .env("FLEETBOARD_HUB_TOKEN", &self.hub.token)
+            .env("FLEETBOARD_HUB_TOKEN_SECRET", HUB_TOKEN_SECRET)
             .env("RUST_LOG", "info");
         node.agent = Some(ChildGuard::spawn(&node.name, cmd, &node.log)?);
         Ok(())

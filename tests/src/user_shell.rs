@@ -63,9 +63,9 @@ impl UserShell {
             .with_context(|| format!("in the user's shell: {script}"))
     }
 
-    /// Runs the member install the hub's `notes` print, as printed: the collecting lines with
-    /// the hub's kubeconfig, then `helm install` with the member's (see
-    /// [`notes_member_install`]). Returns helm's output (the agent chart's NOTES).
+    /// Joins member `cluster_id` as the hub's `notes` say (`kubectl peers join`, with the
+    /// hub's kubeconfig), then runs the `helm install` that join printed, as printed, with the
+    /// member's. Returns helm's output (the agent chart's NOTES).
     pub fn install_member_from_notes(
         &self,
         notes: &str,
@@ -73,14 +73,19 @@ impl UserShell {
         member_kubeconfig: &Path,
         cluster_id: &str,
     ) -> anyhow::Result<String> {
-        let (collect, install) = notes_member_install(notes, cluster_id)?;
-        let script = format!(
-            "set -euo pipefail\nexport KUBECONFIG='{}'\n{collect}\nexport KUBECONFIG='{}'\n{install}\n",
-            hub_kubeconfig.display(),
-            member_kubeconfig.display()
+        let join = notes_join_command(notes, cluster_id)?;
+        let install = self
+            .run(hub_kubeconfig, &join)
+            .with_context(|| format!("joining {cluster_id} as the hub NOTES say"))?;
+        anyhow::ensure!(
+            install
+                .trim_start()
+                .starts_with("helm install fleetboard-agent"),
+            "{join} printed no helm install:\n{install}"
         );
+        let script = format!("set -euo pipefail\n{install}\n");
         run(self.command(member_kubeconfig).arg("-c").arg(&script))
-            .with_context(|| format!("the NOTES' member install for {cluster_id}:\n{script}"))
+            .with_context(|| format!("the member install join printed for {cluster_id}"))
     }
 
     /// The bare command (`bash`), with the user's environment and `kubeconfig`.
@@ -104,42 +109,13 @@ impl UserShell {
     }
 }
 
-/// The member install of the hub chart's NOTES, ready to run: the lines that collect the hub's
-/// URL, token and CA (run against the hub), then the `helm install` command with its
-/// continuation lines (run against the member), `<member-cluster-id>` replaced by `cluster_id`.
-/// Nothing else is changed.
-pub fn notes_member_install(notes: &str, cluster_id: &str) -> anyhow::Result<(String, String)> {
-    let collect: Vec<&str> = notes
+/// The join command of the hub chart's NOTES (`kubectl peers join <member-cluster-id> ...`),
+/// `<member-cluster-id>` replaced by `cluster_id`. Nothing else is changed.
+pub fn notes_join_command(notes: &str, cluster_id: &str) -> anyhow::Result<String> {
+    notes
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            ["HUB_URL=", "HUB_TOKEN=", "HUB_CA="]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .collect();
-    anyhow::ensure!(
-        collect.len() == 3,
-        "NOTES: expected the HUB_URL, HUB_TOKEN and HUB_CA lines:\n{notes}"
-    );
-    let mut install = Vec::new();
-    let mut lines = notes.lines().map(str::trim);
-    for l in lines.by_ref() {
-        if l.starts_with("helm install fleetboard-agent") {
-            install.push(l);
-            break;
-        }
-    }
-    anyhow::ensure!(!install.is_empty(), "NOTES: no helm install line:\n{notes}");
-    while install.last().is_some_and(|l| l.ends_with('\\')) {
-        install.push(
-            lines
-                .next()
-                .context("NOTES: the helm install command is cut")?,
-        );
-    }
-    let install = install
-        .join("\n")
-        .replace("<member-cluster-id>", cluster_id);
-    Ok((collect.join("\n"), install))
+        .find(|l| l.starts_with("kubectl peers join <member-cluster-id>"))
+        .map(|l| l.replace("<member-cluster-id>", cluster_id))
+        .with_context(|| format!("NOTES: no `kubectl peers join` line:\n{notes}"))
 }

@@ -19,15 +19,6 @@ app.kubernetes.io/component: hub
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
-{{/* Id of the bootstrap token: set, or derived from the release (stable across upgrades). */}}
-{{- define "fleetboard.tokenID" -}}
-{{- if .Values.bootstrapToken.id -}}
-{{ .Values.bootstrapToken.id }}
-{{- else -}}
-{{ printf "%s/%s" .Release.Namespace .Release.Name | sha256sum | trunc 6 }}
-{{- end -}}
-{{- end }}
-
 {{/* The public tunnel endpoint, required. */}}
 {{- define "fleetboard.endpoint" -}}
 {{ required "tunnel.endpoint is required: the public host name or IP address members reach the hub's UDP port at (--set tunnel.endpoint=...)" .Values.tunnel.endpoint }}

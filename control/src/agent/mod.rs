@@ -17,6 +17,7 @@ pub mod hub;
 mod mcs;
 pub mod plan;
 mod reconcile;
+pub mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use hub::{HubAccess, HubError};
+pub use hub::{HubAccess, HubError, TokenSource};
 pub use reconcile::run;
 
 use crate::crd::peer::Transport;
@@ -73,6 +74,12 @@ pub struct AgentConfig {
     pub hub: HubAccess,
     /// Shared namespace in the hub.
     pub hub_namespace: String,
+    /// Lifetime the gateway asks for when it renews the hub token (`--hub-token-lifetime`;
+    /// only with [`TokenSource::Secret`]).
+    pub hub_token_lifetime: Duration,
+    /// Renew once the hub token is this old instead of at half its life
+    /// (`--hub-token-renew-after`, for tests).
+    pub hub_token_renew_after: Option<Duration>,
     /// TUN device name.
     pub tun_name: String,
     /// Folder for the admin socket and QUIC identity files.
@@ -158,6 +165,19 @@ impl AgentConfig {
         if self.tun_name.is_empty() || self.tun_name.len() > 15 {
             return bad("--tun-name", "must be 1 to 15 bytes".into());
         }
+        if self.hub_token_lifetime < crate::membership::MIN_TOKEN_LIFETIME {
+            return bad(
+                "--hub-token-lifetime",
+                format!(
+                    "{} s is below the API server's minimum token lifetime ({} s)",
+                    self.hub_token_lifetime.as_secs(),
+                    crate::membership::MIN_TOKEN_LIFETIME.as_secs()
+                ),
+            );
+        }
+        if self.hub_token_renew_after.is_some_and(|d| d.is_zero()) {
+            return bad("--hub-token-renew-after", "must be above zero".into());
+        }
         if self.renew_interval.is_zero() || self.renew_interval * 3 >= self.lease_duration * 2 {
             return bad(
                 "--renew-interval",
@@ -212,6 +232,8 @@ mod tests {
             node_block_prefix: 24,
             hub: HubAccess::Kubeconfig("/dev/null".into()),
             hub_namespace: "fleetboard-system".into(),
+            hub_token_lifetime: token::DEFAULT_TOKEN_LIFETIME,
+            hub_token_renew_after: None,
             tun_name: "fb0".into(),
             state_dir: "/run/fleetboard".into(),
             metrics_address: None,
@@ -240,5 +262,39 @@ mod tests {
         assert!(e.contains("--service-cidr"), "{e}");
         c.mcs = false;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn hub_token_lifetime_is_ten_minutes_at_least() {
+        let mut c = config();
+        c.hub_token_lifetime = Duration::from_secs(600);
+        c.validate().unwrap();
+        c.hub_token_lifetime = Duration::from_secs(599);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--hub-token-lifetime") && e.contains("599"),
+            "{e}"
+        );
+        c.hub_token_lifetime = token::DEFAULT_TOKEN_LIFETIME;
+        c.hub_token_renew_after = Some(Duration::from_secs(5));
+        c.validate().unwrap();
+        c.hub_token_renew_after = Some(Duration::ZERO);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("--hub-token-renew-after"), "{e}");
+    }
+
+    #[test]
+    fn debug_of_the_config_hides_the_token() {
+        let mut c = config();
+        c.hub = HubAccess::Token {
+            url: "https://198.18.0.1:6443".into(),
+            token: TokenSource::Inline("eyJhbGciOiJSUzI1NiJ9.secret.sig".into()),
+            ca_file: None,
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("eyJ") && !shown.contains("secret.sig"),
+            "{shown}"
+        );
     }
 }

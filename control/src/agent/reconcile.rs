@@ -63,7 +63,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         .await?;
     }
     let member = member_client(&cfg).await?;
-    let (hub, hub_url) = cfg.hub.client().await?;
+    let (hub, hub_url, hub_token) = super::token::hub_client(&member, &cfg).await?;
     tokio::pin!(shutdown);
     // An unreachable hub (its apiserver or load balancer not up yet) is waited for, live and
     // not ready; a hub that refuses the token or lacks the CRD is a configuration error.
@@ -174,6 +174,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         peers,
         services,
         controllers: Controllers::default(),
+        hub_token,
         assigned: HashMap::new(),
         dataplane: None,
         was_leading: false,
@@ -394,6 +395,8 @@ struct Agent {
     services: Option<ServiceView>,
     /// The MCS controllers (running while this node is the gateway).
     controllers: Controllers,
+    /// The hub token file, and its renewal (running while this node is the gateway).
+    hub_token: super::token::TokenKeeper,
     /// Blocks this gateway wrote and the Node store may not show yet.
     assigned: HashMap<String, IpNet>,
     dataplane: Option<Running>,
@@ -408,6 +411,7 @@ impl Agent {
         election: tokio::task::JoinHandle<Result<(), crate::leader::LeaderError>>,
     ) -> Result<(), AgentError> {
         self.controllers.stop();
+        self.hub_token.stop_renewal();
         let _ = stop_election.send(());
         match tokio::time::timeout(Duration::from_secs(5), election).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway election ended with an error"),
@@ -445,6 +449,11 @@ impl Agent {
             );
         } else if self.controllers.running() {
             self.controllers.stop();
+        }
+        if leading {
+            self.hub_token.ensure_renewal(&self.gw_member, &self.gw_hub);
+        } else {
+            self.hub_token.stop_renewal();
         }
         let mut nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| node_info(n)).collect();
         for n in &mut nodes {
@@ -612,7 +621,7 @@ impl Agent {
                 kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
                     AgentError::Hub(super::HubError::Refused {
                         url: "hub".into(),
-                        flag: "--hub-token",
+                        flag: self.cfg.hub.auth_flag(),
                         message: s.message,
                     })
                 }

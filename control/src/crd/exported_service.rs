@@ -1,6 +1,7 @@
 //! `ExportedService` (fleetboard.io/v1alpha1): the MCS carrier in the hub. One object per
-//! exporting cluster and Service, named `<cluster>.<namespace>.<service>`, in the hub's shared
-//! namespace; written by that cluster's MCS-Syncer, read by every member's.
+//! exporting cluster and Service, named `<cluster>.<namespace>.<service>`, in that cluster's own
+//! namespace on the hub (`fleetboard-member-<cluster>`, see [`crate::membership`]); written by
+//! that cluster's MCS-Syncer, read by every member's.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -43,8 +44,12 @@ pub struct ExportedServiceSpec {
     /// The Service's session affinity (`None` or `ClientIP`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
-    /// Creation time of the ServiceExport: the oldest export wins conflicts.
-    pub export_creation_time: Time,
+    /// When the export began, for conflict resolution (the oldest export wins). Set by the
+    /// hub, never by a member: readers take the ExportedService's own
+    /// `metadata.creationTimestamp` (the hub API server's clock), and the hub's admission
+    /// policy refuses a member that sets this field, so nobody can claim an older export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_creation_time: Option<Time>,
     /// The endpoints (parallel addresses of the Service's pods).
     #[serde(default)]
     pub endpoints: ExportedEndpoints,

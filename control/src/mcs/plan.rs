@@ -51,7 +51,6 @@ pub fn exported_spec(
     cluster_id: &str,
     type_: ServiceImportType,
     svc: &Service,
-    export_created: Time,
     parallel: &[&EndpointSlice],
 ) -> ExportedServiceSpec {
     let spec = svc.spec.clone().unwrap_or_default();
@@ -100,7 +99,7 @@ pub fn exported_spec(
         type_,
         ports,
         session_affinity: spec.session_affinity.filter(|s| s != "None"),
-        export_creation_time: export_created,
+        export_creation_time: None,
         endpoints: ExportedEndpoints {
             addresses: eps.iter().map(|e| e.0.clone()).collect(),
             ready: eps.iter().map(|e| e.1).collect(),
@@ -127,11 +126,16 @@ pub struct Resolution {
     pub conflict: Option<(String, String)>,
 }
 
-/// Resolves the exports of one Service (the oldest export wins; ties by cluster id).
+/// Resolves the exports of one Service (the oldest export wins; ties by cluster id; an export
+/// without a creation time, not yet seen by the hub, counts as the youngest).
 pub fn resolve(exports: &[&ExportedServiceSpec]) -> Option<Resolution> {
     let mut sorted: Vec<&ExportedServiceSpec> = exports.to_vec();
     sorted.sort_by(|a, b| {
-        (a.export_creation_time.0, &a.cluster_id).cmp(&(b.export_creation_time.0, &b.cluster_id))
+        let key = |e: &ExportedServiceSpec| {
+            let t = e.export_creation_time.as_ref().map(|t| t.0);
+            (t.is_none(), t)
+        };
+        (key(a), &a.cluster_id).cmp(&(key(b), &b.cluster_id))
     });
     let winner = *sorted.first()?;
     let mut ports: BTreeMap<String, ServicePort> = BTreeMap::new();
@@ -386,7 +390,7 @@ mod tests {
                 })
                 .collect(),
             session_affinity: None,
-            export_creation_time: Time(Timestamp::from_second(secs).unwrap()),
+            export_creation_time: Some(Time(Timestamp::from_second(secs).unwrap())),
             endpoints: ExportedEndpoints {
                 addresses: vec!["100.64.1.5".into(), "fd00::5".into()],
                 ready: vec![true, false],

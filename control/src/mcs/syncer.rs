@@ -35,6 +35,7 @@ use crate::crd::mcs::{
     ServiceImportType,
 };
 use crate::crd::peer::Peer;
+use crate::membership::member_namespace;
 
 /// Field manager of everything the syncer writes.
 pub const FIELD_MANAGER: &str = "fleetboard.io/mcs-syncer";
@@ -90,11 +91,8 @@ pub async fn run_syncer(member: Client, hub: Client, cfg: SyncerConfig) -> Resul
             Some(&format!("{LABEL_SLICE_MANAGED_BY}={MCS_MANAGED_BY}")),
             &wake,
         ),
-        hub_exports: trigger::cache(
-            Api::namespaced(hub.clone(), &cfg.hub_namespace),
-            None,
-            &wake,
-        ),
+        // Every member's exports, each in its own namespace on the hub.
+        hub_exports: trigger::cache(Api::all(hub.clone()), None, &wake),
         peers: cfg.require_peer.then(|| {
             trigger::cache(
                 Api::namespaced(hub.clone(), &cfg.hub_namespace),
@@ -129,6 +127,14 @@ pub async fn run_syncer(member: Client, hub: Client, cfg: SyncerConfig) -> Resul
             trigger::next_pass(&wake).await;
         }
     }
+}
+
+/// An export's spec with the creation time the hub's API server gave its object (conflict
+/// resolution trusts no time a member states).
+fn with_hub_time(h: &ExportedService) -> ExportedServiceSpec {
+    let mut spec = h.spec.clone();
+    spec.export_creation_time = h.metadata.creation_timestamp.clone();
+    spec
 }
 
 struct Syncer {
@@ -184,12 +190,7 @@ impl Syncer {
                         })
                         .map(|s| s.as_ref())
                         .collect();
-                    let created = se
-                        .metadata
-                        .creation_timestamp
-                        .clone()
-                        .unwrap_or_else(|| now.clone());
-                    let spec = plan::exported_spec(me, type_, svc, created, &slices);
+                    let spec = plan::exported_spec(me, type_, svc, &slices);
                     mine.insert(ExportedService::object_name(me, &key.0, &key.1), spec);
                     validity.insert(key, Ok(()));
                 }
@@ -198,9 +199,18 @@ impl Syncer {
                 }
             }
         }
-        let hub_api: Api<ExportedService> =
-            Api::namespaced(self.hub.clone(), &self.cfg.hub_namespace);
-        let hub_have = c.hub_exports.state();
+        let own_namespace = member_namespace(me);
+        let hub_api: Api<ExportedService> = Api::namespaced(self.hub.clone(), &own_namespace);
+        // Only what each member wrote in its own namespace under its own id counts (the hub's
+        // admission policy refuses anything else from members; this also ignores stray objects).
+        let hub_have: Vec<Arc<ExportedService>> = c
+            .hub_exports
+            .state()
+            .into_iter()
+            .filter(|h| {
+                h.namespace().as_deref() == Some(member_namespace(&h.spec.cluster_id).as_str())
+            })
+            .collect();
         let mut pushed: BTreeSet<Key> = BTreeSet::new();
         for (name, spec) in &mine {
             let same = hub_have
@@ -208,10 +218,19 @@ impl Syncer {
                 .any(|h| &h.name_any() == name && &h.spec == spec);
             let ok = same || {
                 let mut obj = ExportedService::new(name, spec.clone());
-                obj.metadata.namespace = Some(self.cfg.hub_namespace.clone());
+                obj.metadata.namespace = Some(own_namespace.clone());
                 obj.metadata.labels = Some(BTreeMap::from([(LABEL_CLUSTER.into(), me.into())]));
                 match hub_api.patch(name, &self.pp, &Patch::Apply(&obj)).await {
                     Ok(_) => true,
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        tracing::warn!(
+                            namespace = %own_namespace,
+                            "the hub has no namespace for this member's exports: was it joined \
+                             (kubectl peers join {me})?"
+                        );
+                        failures += 1;
+                        false
+                    }
                     Err(e) => {
                         log_err("pushing an ExportedService to the hub", &e, &mut failures);
                         false
@@ -251,13 +270,19 @@ impl Syncer {
             groups
                 .entry((h.spec.namespace.clone(), h.spec.service.clone()))
                 .or_default()
-                .push(h.spec.clone());
+                .push(with_hub_time(h));
         }
-        for spec in mine.values() {
+        for (name, spec) in &mine {
+            // The time the hub first saw this export (every member resolves by the same times).
+            let mut spec = spec.clone();
+            spec.export_creation_time = hub_have
+                .iter()
+                .find(|h| h.spec.cluster_id == me && &h.name_any() == name)
+                .and_then(|h| h.metadata.creation_timestamp.clone());
             groups
                 .entry((spec.namespace.clone(), spec.service.clone()))
                 .or_default()
-                .push(spec.clone());
+                .push(spec);
         }
         let resolved: BTreeMap<Key, (Resolution, Vec<ExportedServiceSpec>)> = groups
             .into_iter()

@@ -141,12 +141,13 @@ impl QuicLink {
                 .as_deref()
                 .and_then(|f| f.parse::<Fingerprint>().ok());
             // The name is the CA-issued certificate's DNS name; pinned peers need none, so a
-            // key-derived one stands in when the label is not a DNS name.
+            // key-derived one stands in when the label is not a DNS name. The transport keys
+            // its peers by name: the stand-in carries 29 of the key's 32 bytes (a DNS label
+            // holds 63 characters), so two keys never share one (a short prefix could be
+            // ground out by a member to take another's place).
             let name = match &p.config.name {
                 Some(n) if name_is_dns(n) => n.clone(),
-                _ => format!("peer-{}", &p.config.public_key.to_base64()[..8])
-                    .replace(['+', '/', '='], "x")
-                    .to_ascii_lowercase(),
+                _ => key_name(&p.config.public_key.0),
             };
             self.keys.push((p.config.public_key, p.id));
             list.push(QuicPeerConfig {
@@ -258,5 +259,32 @@ impl QuicLink {
     /// The underlying transport (per-peer and endpoint statistics).
     pub fn transport(&self) -> &QuicTransport<PeerId> {
         &self.transport
+    }
+}
+
+/// The stand-in QUIC peer name of a key: `p-` and the hex of its first 29 bytes (63
+/// characters, a DNS label).
+fn key_name(key: &[u8; 32]) -> String {
+    let mut name = String::with_capacity(63);
+    name.push_str("p-");
+    for b in &key[..29] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_are_dns_labels_that_keys_do_not_share() {
+        let a = [7u8; 32];
+        let mut b = a;
+        b[28] ^= 1;
+        let (na, nb) = (key_name(&a), key_name(&b));
+        assert_eq!(na.len(), 63);
+        assert!(name_is_dns(&na), "{na}");
+        assert_ne!(na, nb, "keys equal in their first 28 bytes share no name");
     }
 }

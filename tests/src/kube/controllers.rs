@@ -320,6 +320,36 @@ impl Cluster {
         Ok(path)
     }
 
+    /// kube-controller-manager running only `controllers` (e.g. `resourcequota`: without it
+    /// nobody computes a ResourceQuota's usage and the API server admits past every quota), as
+    /// a process of the host namespace: for clusters on a host address
+    /// ([`ClusterOptions::loopback`], [`ClusterOptions::on`]); a cluster with nodes runs every
+    /// controller already. The process stops when the guard is dropped.
+    pub fn run_controllers(&self, controllers: &[&str]) -> anyhow::Result<ChildGuard> {
+        let kc = self.client_cert_kubeconfig(
+            "kube-controller-manager-only",
+            "system:kube-controller-manager",
+            &[],
+        )?;
+        let mut kcm = std::process::Command::new(Tool::KubeControllerManager.path()?);
+        kcm.arg(format!("--kubeconfig={}", kc.display()))
+            .arg(format!("--authentication-kubeconfig={}", kc.display()))
+            .arg(format!("--authorization-kubeconfig={}", kc.display()))
+            .args(["--leader-elect=false", "--secure-port=0"])
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                self.pki.sa_key.display()
+            ))
+            .arg(format!("--root-ca-file={}", self.pki.ca_cert.display()))
+            .arg("--use-service-account-credentials=true")
+            .arg(format!("--controllers={}", controllers.join(",")));
+        ChildGuard::spawn(
+            "kube-controller-manager",
+            kcm,
+            &self.dir.join("kube-controller-manager-only.log"),
+        )
+    }
+
     /// Writes to `path` a self-contained admin kubeconfig against [`Cluster::internal_url`],
     /// the CA and the client certificate embedded (`*-data`), as a cloud hands one out: what a
     /// user's shell on the test internet ([`crate::internet::Internet`]) uses, and what

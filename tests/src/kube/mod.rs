@@ -420,9 +420,6 @@ impl Start<'_> {
                 self.pki.sa_key.display()
             ))
             .arg("--authorization-mode=Node,RBAC")
-            // Members join a hub with a bootstrap token (a `bootstrap.kubernetes.io/token`
-            // Secret in kube-system, generated at install time by the hub chart).
-            .arg("--enable-bootstrap-token-auth")
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
             .arg("--profiling=false");
         // Who wrote which FleetBoard object, when ([`Cluster::audit_events`]).

@@ -1,12 +1,13 @@
 //! The hub chart (`charts/fleetboard`) and the member chart (`charts/fleetboard-agent`):
 //! `helm lint` and `helm template` with every values file of `tests/charts-values/` (valid ones
 //! render, invalid ones fail naming the bad value), and `helm install` into a real apiserver:
-//! objects created, CRDs Established, a random bootstrap token that survives `helm upgrade`
-//! and lets a member manage Peers but not read Secrets, and RBAC that allows the hub and the
-//! agent exactly what they need (`kubectl auth can-i`). No controller-manager or kubelet runs
+//! objects created, CRDs Established, no shared member credential: a member joined with its own
+//! identity manages its own Peer but reads no Secret, and is revoked by removal; RBAC allows
+//! the hub, the agent and a member exactly what they need (`kubectl auth can-i`, `--list`). No controller-manager or kubelet runs
 //! in the fixture, so pods never start: the tests check objects, not pods.
 
 mod least_privilege;
+mod member_identity;
 mod probes;
 mod repo;
 
@@ -14,6 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use fleetboard_control::crd::peer::Peer;
+use fleetboard_control::membership;
 use fleetboard_tests::charts::{
     AGENT_CHART, HUB_CHART, ValuesFile, chart_crds, chart_dir, helm_offline, values_files,
     wait_established,
@@ -234,22 +236,18 @@ fn check_hub_render(docs: &[serde_json::Value], values: &serde_json::Value) {
     if let Some(sel) = values.get("nodeSelector") {
         assert_eq!(&pod["nodeSelector"], sel);
     }
-    // The bootstrap token: right type and groups, a random secret of the right shape.
-    let token = docs
-        .iter()
-        .find(|d| d["kind"] == "Secret" && d["type"] == "bootstrap.kubernetes.io/token")
-        .expect("bootstrap token Secret rendered");
-    assert_eq!(token["metadata"]["namespace"], "kube-system");
-    let data = |k: &str| decode(token["data"][k].as_str().unwrap_or_default());
-    let id = data("token-id");
-    assert_eq!(token["metadata"]["name"], format!("bootstrap-token-{id}"));
-    assert!(is_token_part(&id, 6), "{id}");
-    assert!(is_token_part(&data("token-secret"), 16));
-    assert_eq!(data("auth-extra-groups"), "system:bootstrappers:fleetboard");
-    assert_eq!(data("usage-bootstrap-authentication"), "true");
-    if let Some(want) = values["bootstrapToken"]["id"].as_str() {
-        assert_eq!(id, want);
-    }
+    // No bootstrap token any more: each member gets its own identity (`kubectl peers join`).
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "Secret" && d["type"] == "bootstrap.kubernetes.io/token"),
+        "the hub chart renders a shared bootstrap token"
+    );
+    let own = find(docs, "ClusterRole", "fleetboard-member-own");
+    assert_eq!(
+        own["rules"][1],
+        json!({"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": ["member"], "verbs": ["create"]})
+    );
 }
 
 fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
@@ -264,12 +262,9 @@ fn check_agent_render(docs: &[serde_json::Value], values: &serde_json::Value) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == "FLEETBOARD_HUB_TOKEN")
-        .expect("FLEETBOARD_HUB_TOKEN env");
-    assert_eq!(
-        token_env["valueFrom"]["secretKeyRef"],
-        json!({"name": "fleetboard-hub-token", "key": "token"})
-    );
+        .find(|e| e["name"] == "FLEETBOARD_HUB_TOKEN_SECRET")
+        .expect("FLEETBOARD_HUB_TOKEN_SECRET env");
+    assert_eq!(token_env["value"], "fleetboard-hub-token");
     // The NRI plugin rides along (unless turned off), reading its sub-block from the Node.
     let nri = pod["containers"]
         .as_array()
@@ -441,12 +436,6 @@ fn decode(b64: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn is_token_part(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
 /// Both the schema (bad CIDR, transport, cluster id, token, URL, unknown key) and the
 /// templates (`required` values) refuse invalid values with a message naming the value.
 #[test]
@@ -566,42 +555,10 @@ fn install_hub(cluster: &Cluster, extra: &[&str]) -> String {
         .args(extra))
 }
 
-/// The bootstrap token `<id>.<secret>` stored in the cluster's kube-system Secrets by the chart.
-async fn bootstrap_token(cluster: &Cluster) -> (String, String) {
-    let secrets: Api<Secret> = Api::namespaced(cluster.client(), "kube-system");
-    let list = secrets
-        .list(&ListParams::default().labels("fleetboard.io/bootstrap-token=fleetboard"))
-        .await
-        .unwrap();
-    assert_eq!(list.items.len(), 1, "one bootstrap token Secret");
-    let s = &list.items[0];
-    assert_eq!(s.type_.as_deref(), Some("bootstrap.kubernetes.io/token"));
-    let data = s.data.clone().unwrap_or_default();
-    let field =
-        |k: &str| String::from_utf8(data.get(k).map(|b| b.0.clone()).unwrap_or_default()).unwrap();
-    assert_eq!(field("usage-bootstrap-authentication"), "true");
-    assert_eq!(
-        field("auth-extra-groups"),
-        "system:bootstrappers:fleetboard"
-    );
-    let (id, secret) = (field("token-id"), field("token-secret"));
-    assert!(
-        is_token_part(&id, 6) && is_token_part(&secret, 16),
-        "{id}.{secret}"
-    );
-    assert_eq!(
-        s.metadata.name.as_deref(),
-        Some(format!("bootstrap-token-{id}").as_str())
-    );
-    (s.metadata.name.clone().unwrap(), format!("{id}.{secret}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_members() {
-    let clusters = Cluster::start_many(2).await.unwrap();
-    let (hub, other) = (&clusters[0], &clusters[1]);
+async fn hub_chart_installs_upgrades_and_joins_each_member_with_its_own_identity() {
+    let hub = &Cluster::start().await.unwrap();
     let notes = install_hub(hub, &[]);
-    install_hub(other, &[]);
     let client = hub.client();
 
     // CRDs from crds/ (the Peer CRD, and whatever else the chart ships) are Established.
@@ -663,7 +620,11 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
         .get("fleetboard-hub")
         .await
         .unwrap();
-    for name in ["fleetboard-hub", "fleetboard-member"] {
+    Api::<Role>::namespaced(client.clone(), NS)
+        .get("fleetboard-member")
+        .await
+        .unwrap();
+    for name in ["fleetboard-hub"] {
         Api::<Role>::namespaced(client.clone(), NS)
             .get(name)
             .await
@@ -673,39 +634,32 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
             .await
             .unwrap();
     }
-    let binding = Api::<RoleBinding>::namespaced(client.clone(), NS)
-        .get("fleetboard-member")
+    // Nothing cluster-wide is granted to the hub, nor to anyone before a member joins.
+    let fleetboard_crbs = |client: kube::Client| async move {
+        Api::<ClusterRoleBinding>::all(client)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|b| {
+                b.subjects.iter().flatten().any(|s| {
+                    s.name.starts_with("fleetboard")
+                        || s.namespace
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with("fleetboard"))
+                })
+            })
+            .filter_map(|b| b.metadata.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fleetboard_crbs(client.clone()).await, Vec::<String>::new());
+    // No shared credential: no bootstrap token Secret.
+    let tokens = Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .list(&ListParams::default().fields("type=bootstrap.kubernetes.io/token"))
         .await
         .unwrap();
-    let subject = &binding.subjects.unwrap()[0];
-    assert_eq!(
-        (subject.kind.as_str(), subject.name.as_str()),
-        ("Group", "system:bootstrappers:fleetboard")
-    );
-    // Nothing cluster-wide is granted to the hub.
-    let crbs = Api::<ClusterRoleBinding>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    assert!(
-        !crbs.items.iter().any(|b| b
-            .subjects
-            .iter()
-            .flatten()
-            .any(
-                |s| s.name.starts_with("fleetboard") || s.name.contains("bootstrappers:fleetboard")
-            )),
-        "a ClusterRoleBinding for fleetboard"
-    );
-
-    // The token: generated at install time, so two installs differ; kept by an upgrade.
-    let (secret_name, token) = bootstrap_token(hub).await;
-    let (_, other_token) = bootstrap_token(other).await;
-    assert_ne!(
-        token.split('.').nth(1),
-        other_token.split('.').nth(1),
-        "two installs share a token secret"
-    );
+    assert!(tokens.items.is_empty(), "a bootstrap token: {tokens:?}");
     ok(hub
         .helm()
         .unwrap()
@@ -717,8 +671,6 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
             "--set",
             "replicaCount=3",
         ]));
-    let (_, after) = bootstrap_token(hub).await;
-    assert_eq!(after, token, "helm upgrade changed the bootstrap token");
     let deploy = Api::<Deployment>::namespaced(client.clone(), NS)
         .get("fleetboard-hub")
         .await
@@ -729,44 +681,22 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
         "the upgrade applied"
     );
 
-    // NOTES print the member install command with the token's Secret and the hub's values.
+    // NOTES say how a member joins.
     for want in [
-        "helm install fleetboard-agent",
-        "--set cluster.clusterID=<member-cluster-id>",
-        "--set hub.hubURL=",
-        "--set hub.token=",
-        "--set hub.caData=",
-        secret_name.as_str(),
-        "kubectl peers",
+        "kubectl peers join <member-cluster-id> -n fleetboard-system",
+        "kubectl peers remove <member-cluster-id>",
+        "kubectl peers -n fleetboard-system",
         "WireGuard 31820/UDP and QUIC 31821/UDP",
     ] {
         assert!(notes.contains(want), "NOTES lack {want:?}:\n{notes}");
     }
-    // The NOTES' token command, run against the hub, prints exactly the token.
-    let line = notes
-        .lines()
-        .find(|l| l.trim_start().starts_with("HUB_TOKEN=$("))
-        .unwrap();
-    let inner = line
-        .trim()
-        .trim_start_matches("HUB_TOKEN=$(")
-        .trim_end_matches(')');
-    let printed = ok(Command::new("sh").arg("-c").arg(inner.replacen(
-        "kubectl",
-        &format!(
-                "{} --kubeconfig {}",
-                fleetboard_tests::kube::Tool::Kubectl
-                    .path()
-                    .unwrap()
-                    .display(),
-                hub.kubeconfig().display()
-            ),
-        1,
-    )));
-    assert_eq!(printed.trim(), token);
 
-    // A member authenticated with the token manages Peers in the shared namespace...
-    let member = hub.client_with_token(&token).await.unwrap();
+    // A joined member's own token manages its own Peer in the shared namespace...
+    let joined = membership::join(&client, &membership::JoinOptions::new(NS, "member-a"))
+        .await
+        .unwrap();
+    assert_eq!(joined.namespace, "fleetboard-member-member-a");
+    let member = hub.client_with_token(&joined.token.token).await.unwrap();
     let peers: Api<Peer> = Api::namespaced(member.clone(), NS);
     let p: Peer = serde_json::from_value(json!({
         "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
@@ -777,8 +707,8 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
     eventually("the member creates its Peer", DEADLINE, POLL, || async {
         match peers.create(&PostParams::default(), &p).await {
             Ok(_) => Ok(Some(())),
-            // 404 until the CRD is served, 401 until the apiserver's token cache has the Secret.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 401 => Ok(None),
+            // 404 until the CRD is served.
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(e.into()),
         }
     })
@@ -793,8 +723,13 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
         .filter_map(|p| p.metadata.name)
         .collect();
     assert_eq!(names, ["member-a"]);
+    assert_eq!(
+        fleetboard_crbs(client.clone()).await,
+        ["fleetboard-member-member-a"],
+        "join binds the member's read access, nothing else cluster-wide"
+    );
     // ...and nothing else: no Secrets anywhere, no Peers outside the shared namespace, no status.
-    for ns in [NS, "kube-system", "default"] {
+    for ns in [NS, "kube-system", "default", joined.namespace.as_str()] {
         let err = Api::<Secret>::namespaced(member.clone(), ns)
             .list(&ListParams::default())
             .await
@@ -804,14 +739,6 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
             "list secrets in {ns}: {err:?}"
         );
     }
-    let err = Api::<Secret>::namespaced(member.clone(), "kube-system")
-        .get(&secret_name)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, kube::Error::Api(s) if s.code == 403),
-        "{err:?}"
-    );
     let err = Api::<Peer>::namespaced(member.clone(), "default")
         .list(&ListParams::default())
         .await
@@ -846,15 +773,44 @@ async fn hub_chart_installs_with_a_random_token_that_survives_upgrade_and_joins_
         "{err:?}"
     );
 
-    // Uninstalling revokes the token.
-    ok(hub
-        .helm()
-        .unwrap()
-        .args(["uninstall", "fleetboard", "--namespace", NS]));
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    // Removing the member revokes its token and its Peer, at once.
+    let removed_at = std::time::Instant::now();
+    let removed = membership::remove(&client, NS, "member-a").await.unwrap();
     assert!(
-        secrets.get_opt(&secret_name).await.unwrap().is_none(),
-        "token Secret left after uninstall"
+        removed
+            .deleted
+            .iter()
+            .any(|d| d.starts_with("serviceaccount/member"))
+            && removed
+                .deleted
+                .iter()
+                .any(|d| d.starts_with("peer/member-a")),
+        "{removed:?}"
+    );
+    eventually(
+        "the removed member's token is refused",
+        DEADLINE,
+        POLL,
+        || async {
+            match peers.list(&ListParams::default()).await {
+                Err(kube::Error::Api(s)) if s.code == 401 => Ok(Some(())),
+                _ => Ok(None),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "member removed: its token refused {:.2} s after kubectl peers remove began",
+        removed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        Api::<Peer>::namespaced(client.clone(), NS)
+            .get_opt("member-a")
+            .await
+            .unwrap()
+            .is_none(),
+        "the removed member's Peer is left"
     );
 }
 
@@ -950,7 +906,13 @@ const NONE: &[&str] = &[];
 async fn hub_and_agent_get_exactly_the_rights_they_need() {
     let cluster = Cluster::start().await.unwrap();
     install_hub(&cluster, &[]);
-    let token = bootstrap_token(&cluster).await.1;
+    let joined = membership::join(
+        &cluster.client(),
+        &membership::JoinOptions::new(NS, "member-a"),
+    )
+    .await
+    .unwrap();
+    let token = joined.token.token;
     let ca = std::fs::read(cluster.ca_cert()).unwrap();
     let ca_b64 = ok(Command::new("base64").arg("-w0").arg(cluster.ca_cert()));
     assert!(!ca.is_empty());
@@ -1043,9 +1005,6 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         allowed.push((verb, "peers.fleetboard.io", ns, NONE));
         allowed.push((verb, "peers.fleetboard.io", ns, status));
     }
-    for verb in ["get", "list", "watch"] {
-        allowed.push((verb, "exportedservices.fleetboard.io", ns, NONE));
-    }
     allowed.extend([
         ("create", "leases.coordination.k8s.io", ns, NONE),
         ("get", "leases.coordination.k8s.io/fleetboard-hub", ns, NONE),
@@ -1072,6 +1031,7 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ("deletecollection", "peers.fleetboard.io", ns, NONE),
         ("create", "peers.fleetboard.io", Some("default"), NONE),
         ("list", "peers.fleetboard.io", None, NONE),
+        ("get", "exportedservices.fleetboard.io", ns, NONE),
         ("create", "exportedservices.fleetboard.io", ns, NONE),
         ("delete", "exportedservices.fleetboard.io", ns, NONE),
         ("get", "secrets", ns, NONE),
@@ -1128,6 +1088,11 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ("create", "events", Some("default"), NONE),
         ("get", "secrets/fleetboard-cluster-keys", ns, NONE),
         ("update", "secrets/fleetboard-cluster-keys", ns, NONE),
+        // The member's hub token: read and followed by every agent, renewed by the gateway.
+        ("get", "secrets/fleetboard-hub-token", ns, NONE),
+        ("watch", "secrets/fleetboard-hub-token", ns, NONE),
+        ("update", "secrets/fleetboard-hub-token", ns, NONE),
+        ("patch", "secrets/fleetboard-hub-token", ns, NONE),
         ("create", "leases.coordination.k8s.io", ns, NONE),
         (
             "get",
@@ -1178,9 +1143,10 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
         ),
         ("list", "secrets", ns, NONE),
         ("delete", "secrets", ns, NONE),
-        // Only the cluster keys, by name: no other Secret, no new ones.
+        // Only the cluster keys and the hub token, by name: no other Secret, no new ones.
         ("get", "secrets", ns, NONE),
-        ("get", "secrets/fleetboard-hub-token", ns, NONE),
+        ("get", "secrets/other", ns, NONE),
+        ("delete", "secrets/fleetboard-hub-token", ns, NONE),
         ("create", "secrets", ns, NONE),
         ("update", "secrets", ns, NONE),
         ("get", "secrets", Some("kube-system"), NONE),
@@ -1225,37 +1191,116 @@ async fn hub_and_agent_get_exactly_the_rights_they_need() {
     ];
     check_rights(&cluster, &dns, &allowed, &denied);
 
-    // The member identity (bootstrap token group) in the hub: its Role and nothing else.
-    let member_args: &[&str] = &[
-        "--as-group",
-        "system:bootstrappers",
-        "--as-group",
-        "system:bootstrappers:fleetboard",
-    ];
-    let who = "system:bootstrap:abcdef";
+    // A member's own identity in the hub (`kubectl peers join member-a`): Peers in the shared
+    // namespace (the admission policy narrows writes to its own), its exports and its own
+    // tokens in its namespace, everyone's exports to read, nothing else.
+    let who = membership::member_user("member-a");
+    let own = Some("fleetboard-member-member-a");
+    let other = Some("fleetboard-member-member-b");
     let mut allowed: Vec<(&str, &str, Option<&str>, &[&str])> = Vec::new();
     for verb in [
         "get", "list", "watch", "create", "update", "patch", "delete",
     ] {
-        allowed.push((verb, "peers.fleetboard.io", ns, member_args));
-        allowed.push((verb, "exportedservices.fleetboard.io", ns, member_args));
+        allowed.push((verb, "peers.fleetboard.io", ns, NONE));
+        allowed.push((verb, "exportedservices.fleetboard.io", own, NONE));
     }
+    for verb in ["get", "list", "watch"] {
+        allowed.push((verb, "exportedservices.fleetboard.io", None, NONE));
+    }
+    let token_sub: &[&str] = &["--subresource=token"];
+    allowed.push(("create", "serviceaccounts/member", own, token_sub));
     let denied: Vec<(&str, &str, Option<&str>, &[&str])> = vec![
-        ("deletecollection", "peers.fleetboard.io", ns, member_args),
+        ("deletecollection", "peers.fleetboard.io", ns, NONE),
+        ("update", "peers.fleetboard.io", ns, status),
+        ("patch", "peers.fleetboard.io", ns, status),
+        ("create", "exportedservices.fleetboard.io", ns, NONE),
+        ("create", "exportedservices.fleetboard.io", other, NONE),
+        ("delete", "exportedservices.fleetboard.io", other, NONE),
         (
-            "update",
-            "peers.fleetboard.io",
-            ns,
-            &[
-                "--as-group",
-                "system:bootstrappers:fleetboard",
-                "--subresource=status",
+            "deletecollection",
+            "exportedservices.fleetboard.io",
+            own,
+            NONE,
+        ),
+        ("create", "serviceaccounts/member", other, token_sub),
+        ("create", "serviceaccounts/fleetboard-hub", ns, token_sub),
+        ("create", "serviceaccounts/other", own, token_sub),
+        ("get", "serviceaccounts", own, NONE),
+        ("delete", "serviceaccounts/member", own, NONE),
+        ("update", "resourcequotas", own, NONE),
+        ("delete", "namespaces", None, NONE),
+        ("get", "secrets", ns, NONE),
+        ("get", "secrets", own, NONE),
+        ("get", "peers.fleetboard.io", Some("default"), NONE),
+        ("get", "leases.coordination.k8s.io", ns, NONE),
+        ("list", "nodes", None, NONE),
+        ("create", "rolebindings", own, NONE),
+        ("*", "*", None, NONE),
+    ];
+    check_rights(&cluster, &who, &allowed, &denied);
+    // `kubectl auth can-i --list` in each namespace shows exactly that (beside the self-review
+    // rules every authenticated user has).
+    for (namespace, want) in [
+        (
+            NS,
+            vec!["peers.fleetboard.io [] [get list watch create update patch delete]"],
+        ),
+        (
+            "fleetboard-member-member-a",
+            vec![
+                "exportedservices.fleetboard.io [] [get list watch create update patch delete]",
+                "serviceaccounts/token [member] [create]",
             ],
         ),
-        ("get", "secrets", ns, member_args),
-        ("get", "peers.fleetboard.io", Some("default"), member_args),
-        ("get", "leases.coordination.k8s.io", ns, member_args),
-        ("list", "nodes", None, member_args),
-    ];
-    check_rights(&cluster, who, &allowed, &denied);
+        (
+            "default",
+            vec!["exportedservices.fleetboard.io [] [get list watch]"],
+        ),
+    ] {
+        let mut got = can_i_list(&cluster, &who, namespace);
+        got.retain(|r| {
+            r != "exportedservices.fleetboard.io [] [get list watch]" || namespace == "default"
+        });
+        assert_eq!(
+            got, want,
+            "kubectl auth can-i --list --as {who} -n {namespace}"
+        );
+    }
+}
+
+/// `kubectl auth can-i --list -n ns --as who`: each resource rule as
+/// "<resource> [<names>] [<verbs>]", without the self-review rules of every authenticated user
+/// and without non-resource URLs.
+fn can_i_list(cluster: &Cluster, who: &str, ns: &str) -> Vec<String> {
+    let mut cmd = cluster.kubectl().unwrap();
+    cmd.args(["auth", "can-i", "--list", "--as", who, "-n", ns])
+        .arg("--cache-dir")
+        .arg(cluster.dir().join("kubectl-cache"));
+    let out = ok(&mut cmd);
+    let mut rows: Vec<String> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // Resources  Non-Resource URLs  Resource Names  Verbs: a resource row has the
+            // resource first; non-resource rows start with "[".
+            let resource = *cols.first()?;
+            if resource.starts_with('[') || resource.starts_with("selfsubject") {
+                return None;
+            }
+            let rest = l[l.find(resource)? + resource.len()..].trim();
+            // rest: "[] [names...] [verbs...]"
+            let groups: Vec<&str> = rest
+                .split(']')
+                .map(|g| g.trim().trim_start_matches('['))
+                .collect();
+            Some(format!(
+                "{resource} [{}] [{}]",
+                groups.get(1)?.trim(),
+                groups.get(2)?.trim()
+            ))
+        })
+        .collect();
+    rows.sort();
+    rows
 }

@@ -1,6 +1,6 @@
 //! The control plane end to end: a hub and two member clusters (three real apiservers),
 //! `fleetboard hub` and one `fleetboard agent` per node as processes in network namespaces.
-//! Members join with a bootstrap token, get blocks, allocate node sub-blocks, elect a
+//! Members join with their own identity (`kubectl peers join`), get blocks, allocate node sub-blocks, elect a
 //! gateway; node TUN addresses of member a reach member b's through the hub (ping and a TCP
 //! transfer with intact bytes), over wg and over quic. Restarted agents keep CIDR and keys;
 //! a killed gateway is replaced and traffic resumes; so does a killed hub leader (the standby

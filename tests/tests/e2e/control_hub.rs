@@ -24,7 +24,6 @@ use fleetboard_tests::process::ChildGuard;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -237,45 +236,16 @@ impl Env {
         create_peer_as(&self.peers, name, key, extra).await
     }
 
-    /// A client with the identity members join with: a bootstrap token in the group
-    /// `system:bootstrappers:fleetboard`, bound to the member Role of the hub chart (every
-    /// verb on `peers`, nothing on their status).
+    /// A client with one member's own identity (as `kubectl peers join attacker` makes it:
+    /// the hub chart's member roles, every verb on `peers`, nothing on their status). No
+    /// admission policy is installed here: this identity may write any Peer, so the hub's own
+    /// validation is what is tested.
     async fn member_client(&self) -> kube::Client {
         let client = self.cluster.client();
-        let token = fleetboard_tests::fleet::bootstrap_token();
-        let (id, secret) = token.split_once('.').unwrap();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
-        let s: Secret = serde_json::from_value(json!({
-            "metadata": { "name": format!("bootstrap-token-{id}"), "namespace": "kube-system" },
-            "type": "bootstrap.kubernetes.io/token",
-            "stringData": {
-                "token-id": id, "token-secret": secret,
-                "usage-bootstrap-authentication": "true",
-                "auth-extra-groups": "system:bootstrappers:fleetboard",
-            },
-        }))
-        .unwrap();
-        secrets.create(&PostParams::default(), &s).await.unwrap();
-        let verbs = [
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ];
-        let role: Role = serde_json::from_value(json!({
-            "metadata": { "name": "fleetboard-member", "namespace": NS },
-            "rules": [{ "apiGroups": ["fleetboard.io"], "resources": ["peers"], "verbs": verbs }],
-        }))
-        .unwrap();
-        Api::<Role>::namespaced(client.clone(), NS)
-            .create(&PostParams::default(), &role)
+        fleetboard_tests::fleet::create_member_roles(&client)
             .await
             .unwrap();
-        let binding: RoleBinding = serde_json::from_value(json!({
-            "metadata": { "name": "fleetboard-member", "namespace": NS },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fleetboard-member" },
-            "subjects": [{ "kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:bootstrappers:fleetboard" }],
-        }))
-        .unwrap();
-        Api::<RoleBinding>::namespaced(client, NS)
-            .create(&PostParams::default(), &binding)
+        let token = fleetboard_tests::fleet::join_member(&self.cluster, "attacker")
             .await
             .unwrap();
         let member = self.cluster.client_with_token(&token).await.unwrap();

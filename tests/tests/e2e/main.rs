@@ -9,6 +9,7 @@ mod mcs_support;
 mod charts;
 mod control_cluster;
 mod control_hub;
+mod control_membership;
 mod control_peer_crd;
 mod dataplane_admin;
 mod dataplane_mtu;

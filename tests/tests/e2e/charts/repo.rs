@@ -1,7 +1,7 @@
 //! The charts as a user installs them: packaged into a chart repository
 //! (`scripts/chart-repo.sh`) served over HTTP on the loopback address, `helm repo add`, the hub
-//! install of the original FleetBoard's docs, then the member install exactly as the hub's
-//! NOTES print it. No kubelet here (the objects are checked); the real-node suite
+//! install of the original FleetBoard's docs, then the member joined and installed exactly as
+//! the hub's NOTES say (`kubectl peers join` prints the member's `helm install`). No kubelet here (the objects are checked); the real-node suite
 //! (`kube_fleet`) runs the same commands on clusters with nodes and checks the pods.
 
 use std::time::Duration;
@@ -11,6 +11,7 @@ use fleetboard_tests::kube::{Cluster, eventually};
 use fleetboard_tests::netns::unique_token;
 use fleetboard_tests::user_shell::UserShell;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
@@ -49,7 +50,7 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
         )
         .unwrap();
     assert!(
-        notes.contains("helm install fleetboard-agent fleetboard/fleetboard-agent --version 0.1.0"),
+        notes.contains("kubectl peers join <member-cluster-id> -n fleetboard-system --version 0.1.0 --transport wg"),
         "{notes}"
     );
     assert!(notes.contains("tunnel CIDR 100.96.0.0/12"), "{notes}");
@@ -61,7 +62,7 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
         repo.served()
     );
 
-    // The member's agents got the hub's URL and the hub's bootstrap token, nothing by hand.
+    // The member's agents got the hub's URL and the member's own token, nothing by hand.
     let ds = Api::<DaemonSet>::namespaced(member.client(), NS)
         .get("fleetboard-agent")
         .await
@@ -76,9 +77,6 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
         args.contains(&"--cluster-id=member-a".to_string()),
         "{args:?}"
     );
-    let token = fleetboard_tests::helm_install::bootstrap_token(&hub.client())
-        .await
-        .unwrap();
     let secrets: Api<Secret> = Api::namespaced(member.client(), NS);
     let secret = eventually(
         "the agent's hub token Secret",
@@ -88,6 +86,20 @@ async fn charts_install_from_the_chart_repository_as_the_notes_say() {
     )
     .await
     .unwrap();
-    assert_eq!(secret.data.unwrap()["token"].0, token.as_bytes());
+    // The hub's API server knows that token as member-a's own identity.
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let as_member = hub.client_with_token(&token).await.unwrap();
+    let review = Api::<SelfSubjectReview>::all(as_member)
+        .create(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+    let user = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username);
+    assert_eq!(
+        user.as_deref(),
+        Some(fleetboard_control::membership::member_user("member-a").as_str())
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

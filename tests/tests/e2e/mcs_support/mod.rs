@@ -115,8 +115,15 @@ impl Fleet {
         }));
     }
 
-    /// Creates the hub Peer of cluster `id` (its liveness for the syncers).
+    /// Creates the hub Peer of cluster `id` (its liveness for the syncers) and the hub
+    /// namespace its exports go to (`kubectl peers join` makes it; the syncers here run with
+    /// admin credentials, so nothing else of a join matters).
     pub async fn add_peer(&self, id: &str) {
+        let ns = fleetboard_control::membership::member_namespace(id);
+        let nss: Api<Namespace> = Api::all(self.hub.client());
+        if nss.get_opt(&ns).await.unwrap().is_none() {
+            create_namespace(&self.hub.client(), &ns).await;
+        }
         let peers: Api<Peer> = Api::namespaced(self.hub.client(), HUB_NS);
         let spec: PeerSpec = serde_json::from_value(json!({ "clusterId": id })).unwrap();
         let mut p = Peer::new(id, spec);
