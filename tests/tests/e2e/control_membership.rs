@@ -13,7 +13,7 @@ use fleetboard_tests::fleet::{DEADLINE, Fleet, FleetOptions, HUB_TOKEN_SECRET, N
 use fleetboard_tests::kube::eventually;
 use fleetboard_tests::process::wait_for;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 
 /// The member's hub token, as its Secret holds it now.
 async fn member_token(f: &Fleet, m: usize) -> String {
@@ -114,51 +114,78 @@ async fn tokens_renew_and_a_removed_member_loses_the_hub_and_its_tunnel() {
     let hub_socket = f.hub.replicas[0].socket();
     let start = Instant::now();
     let removed = membership::remove(&hub_api, NAMESPACE, "b").await.unwrap();
-    println!("kubectl peers remove b: {:?}", removed.deleted);
-    let refused = eventually(
-        "b's token refused",
-        DEADLINE,
-        Duration::from_millis(100),
-        || async {
-            Ok(match as_b_peers.list(&ListParams::default()).await {
-                Err(kube::Error::Api(s)) if s.code == 401 => Some(start.elapsed()),
-                _ => None,
-            })
-        },
-    )
-    .await
+    println!(
+        "kubectl peers remove b took {:.2} s: {:?}",
+        start.elapsed().as_secs_f64(),
+        removed.deleted
+    );
+    // The three ends, each timed on its own: every condition is polled each round.
+    let (mut refused, mut hub_forgot, mut cut) = (None, None, None);
+    let mut denied = None;
+    let b_again: Peer = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fleetboard.io/v1alpha1", "kind": "Peer",
+        "metadata": { "name": "b", "namespace": NAMESPACE },
+        "spec": { "clusterId": "b" },
+    }))
     .unwrap();
-    let hub_forgot = eventually(
-        "the hub forgets b",
-        DEADLINE,
-        Duration::from_millis(100),
-        || async {
-            let show = f.dataplane_show(&hub_socket)?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while refused.is_none() || hub_forgot.is_none() || cut.is_none() || denied.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "after {DEADLINE:?}: token refused {refused:?}, hub without b {hub_forgot:?}, \
+             tunnel ended {cut:?}\n{}",
+            f.logs()
+        );
+        if refused.is_none()
+            && matches!(
+                as_b_peers.list(&ListParams::default()).await,
+                Err(kube::Error::Api(s)) if s.code == 401
+            )
+        {
+            refused = Some(start.elapsed());
+        }
+        // b's agents writing their Peer back (a dry run: it must not succeed for real).
+        if denied.is_none()
+            && matches!(
+                as_b_peers.create(&dry_run, &b_again).await,
+                Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403
+            )
+        {
+            denied = Some(start.elapsed());
+        }
+        if hub_forgot.is_none() {
+            let show = f.dataplane_show(&hub_socket).unwrap();
             let has_b = show["peers"]
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|p| p["name"] == "b"));
-            Ok((!has_b).then_some(start.elapsed()))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
-    let cut = wait_for(
-        "a1 no longer reaches b1",
-        DEADLINE,
-        Duration::from_millis(100),
-        || Ok((!a1.ping_once(&b1_ip)).then_some(start.elapsed())),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+            if !has_b {
+                hub_forgot = Some(start.elapsed());
+            }
+        }
+        if cut.is_none() && !a1.ping_once(&b1_ip) {
+            cut = Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (refused, hub_forgot, cut) = (refused.unwrap(), hub_forgot.unwrap(), cut.unwrap());
+    let denied = denied.unwrap();
     println!(
-        "member removed: token refused after {:.2} s, hub dataplane without it after {:.2} s, \
-         tunnel from a ended after {:.2} s",
+        "member removed: its writes refused after {:.2} s, its token refused after {:.2} s, \
+         hub dataplane without it after {:.2} s, tunnel from a ended after {:.2} s",
+        denied.as_secs_f64(),
         refused.as_secs_f64(),
         hub_forgot.as_secs_f64(),
         cut.as_secs_f64()
     );
     assert!(
-        refused < Duration::from_secs(30) && hub_forgot < Duration::from_secs(30),
-        "revocation took {refused:?} (API) / {hub_forgot:?} (hub dataplane)"
+        denied < Duration::from_secs(30)
+            && refused < Duration::from_secs(30)
+            && hub_forgot < Duration::from_secs(30),
+        "revocation took {denied:?} (writes) / {refused:?} (token) / {hub_forgot:?} (hub dataplane)"
     );
     // b's agents still run and retry, but cannot put their Peer back.
     tokio::time::sleep(Duration::from_secs(5)).await;
