@@ -262,11 +262,11 @@ impl QuicLink {
     }
 }
 
-/// The stand-in QUIC peer name of a key: `p-` and the hex of its first 29 bytes (63
+/// The stand-in QUIC peer name of a key: `peer-` and the hex of its first 29 bytes (63
 /// characters, a DNS label).
 fn key_name(key: &[u8; 32]) -> String {
     let mut name = String::with_capacity(63);
-    name.push_str("p-");
+    name.push_str("peer-");
     for b in &key[..29] {
         name.push_str(&format!("{b:02x}"));
     }
