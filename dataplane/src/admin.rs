@@ -235,7 +235,7 @@ pub async fn serve_listener(
 
 /// One request line read from `r`: `Ok(None)` at the end of the stream, `Err` for a line
 /// longer than [`MAX_REQUEST`] (at most `MAX_REQUEST + 1` bytes are read of it).
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<Result<(), String>>> {
@@ -286,7 +286,8 @@ async fn serve_conn(stream: UnixStream, calls: mpsc::Sender<AdminCall>) -> std::
     }
 }
 
-async fn request_reply(line: &[u8], calls: &mpsc::Sender<AdminCall>) -> Response {
+/// The reply to one request line: parsed here, answered by the driver behind `calls`.
+pub async fn request_reply(line: &[u8], calls: &mpsc::Sender<AdminCall>) -> Response {
     match serde_json::from_slice::<Request>(line) {
         Err(e) => Response::Error(format!("bad request: {e}")),
         Ok(req) => {
