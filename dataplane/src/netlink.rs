@@ -6,6 +6,10 @@
 //!   forwards; a pod's network namespace starts with forwarding off unless the host's initial
 //!   namespace has it on, and a container cannot write `/proc/sys` (read-only), so the global
 //!   `net.ipv4.ip_forward` is out of reach.
+//! - No IPv6 link-local address (`IFLA_INET6_ADDR_GEN_MODE` = none, set while the device is
+//!   still down): the kernel would otherwise give the TUN one and send router solicitations
+//!   and MLD reports from it for ever (backing off), packets no peer routes, each counted as
+//!   a `no_route` drop on every dataplane. Configured IPv6 addresses are unaffected.
 //! - Routes through the device for blocks its addresses' prefixes do not cover
 //!   (`interface.routes`, e.g. the MCS service block beside a tunnel CIDR that does not hold
 //!   it), replaced if present.
@@ -20,7 +24,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute, LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, LinkAttribute, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -36,6 +40,19 @@ pub fn enable_ipv4_forwarding(index: u32) -> io::Result<()> {
         .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
             AfSpecInet::DevConfRequest(conf),
         ])]));
+    request(RouteNetlinkMessage::SetLink(link), 0)
+}
+
+/// Stops the kernel from generating an IPv6 link-local address for the interface with
+/// index `index` (and so from soliciting routers and joining multicast groups from it).
+/// Takes effect when the device comes up: call it while the device is down.
+pub fn disable_ipv6_link_local(index: u32) -> io::Result<()> {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
     request(RouteNetlinkMessage::SetLink(link), 0)
 }
 

@@ -181,6 +181,13 @@ impl TunIo {
         }
         // Packets written to the TUN for pods on this node are forwarded to their veths.
         let index = dev.if_index()?;
+        // Built down: no link-local address, then up (see crate::netlink). A kernel without
+        // IPv6 refuses the setting; then there is nothing to turn off.
+        if let Err(e) = crate::netlink::disable_ipv6_link_local(index) {
+            tracing::debug!(error = %e, "TUN IPv6 address generation unchanged");
+        }
+        dev.enabled(true)
+            .map_err(|e| io::Error::new(e.kind(), format!("bringing the TUN device up: {e}")))?;
         crate::netlink::enable_ipv4_forwarding(index).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -261,7 +268,8 @@ fn build(c: &DataplaneConfig, offload: bool) -> io::Result<AsyncDevice> {
     let mut b = DeviceBuilder::new()
         .name(c.interface.name.clone())
         .mtu(c.interface.mtu)
-        .offload(offload);
+        .offload(offload)
+        .enable(false);
     for a in &c.interface.addresses {
         b = match a {
             ipnet::IpNet::V4(n) => b.ipv4(n.addr(), n.prefix_len(), None),

@@ -37,7 +37,7 @@ async fn peer(f: &Fleet, name: &str) -> Option<Peer> {
 }
 
 /// Waits until every node has a TUN address; returns them by node name.
-async fn tun_ips(f: &Fleet) -> Vec<(String, String)> {
+pub(crate) async fn tun_ips(f: &Fleet) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for n in &f.nodes {
         let ip = eventually(
@@ -53,12 +53,12 @@ async fn tun_ips(f: &Fleet) -> Vec<(String, String)> {
     out
 }
 
-fn ip_of<'a>(ips: &'a [(String, String)], node: &str) -> &'a str {
+pub(crate) fn ip_of<'a>(ips: &'a [(String, String)], node: &str) -> &'a str {
     &ips.iter().find(|(n, _)| n == node).unwrap().1
 }
 
 /// Pings until answered.
-fn wait_ping(f: &Fleet, from: &str, to: &str, deadline: Duration) {
+pub(crate) fn wait_ping(f: &Fleet, from: &str, to: &str, deadline: Duration) {
     let node = &f.nodes[f.node(from)];
     wait_for(&format!("{from} ping {to}"), deadline, POLL, || {
         Ok(node.ping_once(to).then_some(()))
@@ -68,7 +68,7 @@ fn wait_ping(f: &Fleet, from: &str, to: &str, deadline: Duration) {
 
 /// Sends random bytes from node `from` to a socat listener on node `to` (address `to_ip`)
 /// and checks they arrive intact.
-fn tcp_transfer(f: &Fleet, from: &str, to: &str, to_ip: &str) {
+pub(crate) fn tcp_transfer(f: &Fleet, from: &str, to: &str, to_ip: &str) {
     let src = f.dir.join(format!("tx-{from}-{to}.bin"));
     let dst = f.dir.join(format!("rx-{from}-{to}.bin"));
     let mut data = vec![0u8; TRANSFER_BYTES];
@@ -106,7 +106,7 @@ fn tcp_transfer(f: &Fleet, from: &str, to: &str, to_ip: &str) {
 }
 
 /// Everything a user sees after joining: blocks, node sub-blocks, traffic both ways.
-async fn joined(f: &Fleet) -> Vec<(String, String)> {
+pub(crate) async fn joined(f: &Fleet) -> Vec<(String, String)> {
     for id in ["a", "b"] {
         eventually(
             &format!("Peer {id} gets a block"),

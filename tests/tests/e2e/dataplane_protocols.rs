@@ -61,4 +61,23 @@ fn icmp_udp_ipv6(transport: Transport) {
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", t.logs()));
     }
+
+    // The TUN carries only the configured IPv6 addresses: no link-local one, from which the
+    // kernel would solicit routers for ever (packets no peer routes, counted as drops).
+    for node in [&t.hub, &t.a, &t.b] {
+        let dev = &node.config.interface.name;
+        let v6 = node.ns.ip(&["-6", "addr", "show", "dev", dev]).unwrap();
+        assert!(
+            !v6.contains("fe80"),
+            "{}: link-local on {dev}:\n{v6}",
+            node.name
+        );
+    }
+    let b_v6 =
+        t.b.ns
+            .ip(&["-6", "addr", "show", "dev", &t.b.config.interface.name]);
+    assert!(
+        b_v6.unwrap().contains(B_V6),
+        "gw-b keeps its configured IPv6 address"
+    );
 }

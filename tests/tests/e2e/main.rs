@@ -29,3 +29,4 @@ mod mcs_conformance;
 mod mcs_dataplane;
 mod netns_support;
 mod nri_dataplane;
+mod soak;
