@@ -97,10 +97,14 @@ pub struct HealthError {
     pub source: std::io::Error,
 }
 
+/// Renders a process's own counters (Prometheus text) for `/metrics`.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
     health: Health,
     admin_socket: Option<PathBuf>,
+    own: Option<RenderMetrics>,
 }
 
 /// Binds `addr` and serves `/live`, `/ready` and `/metrics` in a background task until the
@@ -112,6 +116,27 @@ pub async fn start(
     health: Health,
     admin_socket: Option<PathBuf>,
 ) -> Result<SocketAddr, HealthError> {
+    serve(flag, addr, health, admin_socket, None).await
+}
+
+/// [`start`], with the process's own counters (`render`) appended to `/metrics`.
+pub async fn start_with_metrics(
+    flag: &'static str,
+    addr: SocketAddr,
+    health: Health,
+    admin_socket: Option<PathBuf>,
+    render: RenderMetrics,
+) -> Result<SocketAddr, HealthError> {
+    serve(flag, addr, health, admin_socket, Some(render)).await
+}
+
+async fn serve(
+    flag: &'static str,
+    addr: SocketAddr,
+    health: Health,
+    admin_socket: Option<PathBuf>,
+    own: Option<RenderMetrics>,
+) -> Result<SocketAddr, HealthError> {
     let err = |source| HealthError { flag, addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
@@ -122,6 +147,7 @@ pub async fn start(
         .with_state(AppState {
             health,
             admin_socket,
+            own,
         });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -143,7 +169,7 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let body = match &s.admin_socket {
+    let mut body = match &s.admin_socket {
         // No dataplane (not leading, not configured yet): nothing to expose.
         Some(sock) if sock.exists() => match AdminClient::new(sock.clone()).status().await {
             Ok(status) => fleetboard_dataplane::metrics::render(&status),
@@ -151,6 +177,9 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         },
         _ => String::new(),
     };
+    if let Some(render) = &s.own {
+        body.push_str(&render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

@@ -10,8 +10,10 @@
 //! - Any other name in the zone: NXDOMAIN; a known name without the asked type: NOERROR
 //!   with no answer; names outside the zone: REFUSED.
 
+pub mod metrics;
 pub mod records;
 pub mod server;
 
+pub use metrics::DnsMetrics;
 pub use records::{Answer, Records};
 pub use server::{DnsArgs, DnsConfig, DnsError, main, run, serve};

@@ -19,6 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
+use crate::metrics::DnsMetrics;
 use crate::records::Records;
 
 /// TTL of every answer: short, endpoints move.
@@ -58,14 +59,26 @@ pub enum DnsError {
 #[derive(Clone)]
 pub struct Handler {
     records: Arc<RwLock<Arc<Records>>>,
+    metrics: Arc<DnsMetrics>,
 }
 
 impl Handler {
     /// A handler serving `records` (replaced with [`Handler::set`]).
     pub fn new(records: Records) -> Self {
+        Self::with_metrics(records, Arc::default())
+    }
+
+    /// A handler serving `records` that counts its responses in `metrics`.
+    pub fn with_metrics(records: Records, metrics: Arc<DnsMetrics>) -> Self {
         Self {
             records: Arc::new(RwLock::new(Arc::new(records))),
+            metrics,
         }
+    }
+
+    /// What it answered so far.
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
     }
 
     /// Swaps in new records.
@@ -88,10 +101,20 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response: R,
+        response: R,
     ) -> ResponseInfo {
+        let info = self.answer(request, response).await;
+        self.metrics.response(info.response_code);
+        info
+    }
+}
+
+impl Handler {
+    /// Answers one request; a response that could not be sent is SERVFAIL (and counted).
+    async fn answer<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
         let builder = MessageResponseBuilder::from_message_request(request);
         let fail = |code: ResponseCode| {
+            self.metrics.send_failure();
             let mut m = Metadata::response_from_request(&request.metadata);
             m.response_code = code;
             ResponseInfo::from(hickory_server::proto::op::Header {
@@ -197,14 +220,20 @@ where
 /// Serves the zone on `cfg.listen` (UDP and TCP) from the member cluster's ServiceImports and
 /// MCS EndpointSlices until the server fails.
 /// `health`, when given, is told when the server is ready (see [`serve_reporting`]).
-pub async fn run(client: Client, cfg: DnsConfig, health: Option<Health>) -> Result<(), DnsError> {
+/// Every response is counted in `metrics`.
+pub async fn run(
+    client: Client,
+    cfg: DnsConfig,
+    health: Option<Health>,
+    metrics: Arc<DnsMetrics>,
+) -> Result<(), DnsError> {
     let udp = tokio::net::UdpSocket::bind(cfg.listen)
         .await
         .map_err(|e| DnsError::Bind(cfg.listen, e))?;
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| DnsError::Bind(cfg.listen, e))?;
-    serve_reporting(client, udp, tcp, &cfg.zone, health).await
+    serve_reporting(client, udp, tcp, &cfg.zone, health, metrics).await
 }
 
 /// Like [`run`] on sockets the caller bound (e.g. port 0 in tests).
@@ -214,17 +243,19 @@ pub async fn serve(
     tcp: tokio::net::TcpListener,
     zone: &str,
 ) -> Result<(), DnsError> {
-    serve_reporting(client, udp, tcp, zone, None).await
+    serve_reporting(client, udp, tcp, zone, None, Arc::default()).await
 }
 
 /// [`serve`], reporting readiness to `health`: ready once the ServiceImports and
-/// EndpointSlices have been listed (before that every name would be NXDOMAIN).
+/// EndpointSlices have been listed (before that every name would be NXDOMAIN); responses
+/// counted in `metrics`.
 pub async fn serve_reporting(
     client: Client,
     udp: tokio::net::UdpSocket,
     tcp: tokio::net::TcpListener,
     zone: &str,
     health: Option<Health>,
+    metrics: Arc<DnsMetrics>,
 ) -> Result<(), DnsError> {
     let cfg = DnsConfig {
         listen: udp
@@ -232,7 +263,7 @@ pub async fn serve_reporting(
             .map_err(|e| DnsError::Server(e.to_string()))?,
         zone: zone.to_string(),
     };
-    let handler = Handler::new(Records::build(&cfg.zone, &[], &[]));
+    let handler = Handler::with_metrics(Records::build(&cfg.zone, &[], &[]), metrics);
     let mut server = hickory_server::Server::new(handler.clone());
     server.register_socket(udp);
     server.register_listener(tcp, TCP_TIMEOUT, TCP_BUFFER);
@@ -283,8 +314,9 @@ pub struct DnsArgs {
     /// Kubeconfig of the member cluster (default: in-cluster / KUBECONFIG).
     #[arg(long, env = "FLEETBOARD_KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
-    /// Address of `/live` (200 from the start) and `/ready` (200 once the zone's
-    /// ServiceImports and EndpointSlices are listed); none if unset.
+    /// Address of `/live` (200 from the start), `/ready` (200 once the zone's
+    /// ServiceImports and EndpointSlices are listed) and `/metrics` (responses by code,
+    /// `fleetboard_dns_responses_total`); none if unset.
     #[arg(long, env = "FLEETBOARD_HEALTH_ADDRESS", value_parser = fleetboard_control::health::parse_listen_address)]
     pub health_address: Option<SocketAddr>,
 }
@@ -292,8 +324,17 @@ pub struct DnsArgs {
 /// Runs `fleetboard dns` with `args`.
 pub async fn main(args: DnsArgs) -> Result<(), DnsError> {
     let health = Health::new("listing ServiceImports and EndpointSlices");
+    let metrics = Arc::new(DnsMetrics::default());
     if let Some(addr) = args.health_address {
-        fleetboard_control::health::start("--health-address", addr, health.clone(), None).await?;
+        let render = metrics.clone();
+        fleetboard_control::health::start_with_metrics(
+            "--health-address",
+            addr,
+            health.clone(),
+            None,
+            Arc::new(move || render.render()),
+        )
+        .await?;
     }
     let client = match &args.kubeconfig {
         Some(path) => {
@@ -315,6 +356,7 @@ pub async fn main(args: DnsArgs) -> Result<(), DnsError> {
             zone: args.zone,
         },
         Some(health),
+        metrics,
     )
     .await
 }

@@ -1,6 +1,6 @@
 //! Property tests over the DNS query path (issue 18 item 7): arbitrary datagrams through
 //! hickory's request parser and our `Handler`, no panic, and every parsed query answered
-//! with one of the codes the handler documents. `PROPTEST_CASES` sets the cases per test.
+//! with one of the codes the handler documents, and counted once under that code. `PROPTEST_CASES` sets the cases per test.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -109,9 +109,12 @@ proptest! {
             return Ok(());
         };
         let capture = Capture::default();
+        let h = handler();
         let info = futures::executor::block_on(
-            handler().handle_request::<_, TokioTime>(&request, capture.clone()),
+            h.handle_request::<_, TokioTime>(&request, capture.clone()),
         );
+        // Counted once, under the code it was answered with (rejections included).
+        prop_assert_eq!(h.metrics().responses(info.response_code), 1);
         prop_assert!(
             matches!(
                 info.response_code,

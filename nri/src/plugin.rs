@@ -340,6 +340,18 @@ impl FleetPlugin {
     pub async fn address_of(&self, pod_id: &str) -> Option<std::net::Ipv4Addr> {
         self.state.lock().await.ipam.get(pod_id).map(|r| r.ip)
     }
+
+    /// The pod of a `what` request; a request without one is refused (INVALID_ARGUMENT) and
+    /// counted as malformed.
+    pub fn need_pod(&self, pod: Option<PodSandbox>, what: &str) -> ttrpc::Result<PodSandbox> {
+        pod.ok_or_else(|| {
+            Metrics::inc(&self.metrics.malformed_requests);
+            rpc_err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("{what} without a pod"),
+            )
+        })
+    }
 }
 
 fn check_pod_id(id: &str) -> Result<(), String> {
@@ -354,15 +366,6 @@ fn check_pod_id(id: &str) -> Result<(), String> {
 
 /// The ttrpc face of [`FleetPlugin`].
 pub struct PluginService(pub Arc<FleetPlugin>);
-
-fn need_pod(pod: Option<PodSandbox>, what: &str) -> ttrpc::Result<PodSandbox> {
-    pod.ok_or_else(|| {
-        rpc_err(
-            ttrpc::Code::INVALID_ARGUMENT,
-            format!("{what} without a pod"),
-        )
-    })
-}
 
 #[async_trait::async_trait]
 impl api_ttrpc::Plugin for PluginService {
@@ -413,7 +416,7 @@ impl api_ttrpc::Plugin for PluginService {
         _ctx: &TtrpcContext,
         req: api::RunPodSandboxRequest,
     ) -> ttrpc::Result<api::RunPodSandboxResponse> {
-        let pod = need_pod(req.pod.into_option(), "RunPodSandbox")?;
+        let pod = self.0.need_pod(req.pod.into_option(), "RunPodSandbox")?;
         self.0.handle_run(&pod).await?;
         Ok(api::RunPodSandboxResponse::default())
     }
@@ -423,7 +426,7 @@ impl api_ttrpc::Plugin for PluginService {
         _ctx: &TtrpcContext,
         req: api::StopPodSandboxRequest,
     ) -> ttrpc::Result<api::StopPodSandboxResponse> {
-        let pod = need_pod(req.pod.into_option(), "StopPodSandbox")?;
+        let pod = self.0.need_pod(req.pod.into_option(), "StopPodSandbox")?;
         self.0.handle_release(&pod).await?;
         Ok(api::StopPodSandboxResponse::default())
     }
@@ -433,7 +436,7 @@ impl api_ttrpc::Plugin for PluginService {
         _ctx: &TtrpcContext,
         req: api::RemovePodSandboxRequest,
     ) -> ttrpc::Result<api::RemovePodSandboxResponse> {
-        let pod = need_pod(req.pod.into_option(), "RemovePodSandbox")?;
+        let pod = self.0.need_pod(req.pod.into_option(), "RemovePodSandbox")?;
         self.0.handle_release(&pod).await?;
         Ok(api::RemovePodSandboxResponse::default())
     }
@@ -448,12 +451,12 @@ impl api_ttrpc::Plugin for PluginService {
         match event {
             Event::RUN_POD_SANDBOX => {
                 self.0
-                    .handle_run(&need_pod(req.pod.into_option(), "StateChange")?)
+                    .handle_run(&self.0.need_pod(req.pod.into_option(), "StateChange")?)
                     .await?
             }
             Event::STOP_POD_SANDBOX | Event::REMOVE_POD_SANDBOX => {
                 self.0
-                    .handle_release(&need_pod(req.pod.into_option(), "StateChange")?)
+                    .handle_release(&self.0.need_pod(req.pod.into_option(), "StateChange")?)
                     .await?
             }
             _ => {}

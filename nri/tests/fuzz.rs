@@ -99,6 +99,22 @@ fn podish() -> impl Strategy<Value = PodSandbox> {
 /// `handle_run` with INVALID_ARGUMENT and counted once; one it accepts is not counted.
 /// (A pod whose network namespace exists would get a real interface: only its target is
 /// checked.)
+/// A request without a pod is refused and counted, exactly once.
+fn check_no_pod() -> Result<(), TestCaseError> {
+    PLUGIN.with(|plugin| {
+        let before = plugin.metrics.malformed_requests.load(Ordering::Relaxed);
+        let Err(ttrpc::Error::RpcStatus(s)) = plugin.need_pod(None, "RunPodSandbox") else {
+            return Err(TestCaseError::fail("a request without a pod was accepted"));
+        };
+        prop_assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+        prop_assert_eq!(
+            plugin.metrics.malformed_requests.load(Ordering::Relaxed),
+            before + 1
+        );
+        Ok(())
+    })
+}
+
 fn check_pod(pod: &PodSandbox) -> Result<(), TestCaseError> {
     PLUGIN.with(|plugin| {
         let target = plugin.target(pod);
@@ -148,15 +164,16 @@ proptest! {
         let _ = api::StopPodSandboxRequest::parse_from_bytes(&data);
         let _ = api::RemovePodSandboxRequest::parse_from_bytes(&data);
         let _ = api::Empty::parse_from_bytes(&data);
-        if let Ok(r) = StateChangeEvent::parse_from_bytes(&data)
-            && let Some(pod) = r.pod.as_ref()
-        {
-            check_pod(pod)?;
-        }
-        if let Ok(r) = RunPodSandboxRequest::parse_from_bytes(&data)
-            && let Some(pod) = r.pod.as_ref()
-        {
-            check_pod(pod)?;
+        let pods = [
+            StateChangeEvent::parse_from_bytes(&data).ok().map(|r| r.pod.into_option()),
+            RunPodSandboxRequest::parse_from_bytes(&data).ok().map(|r| r.pod.into_option()),
+            api::StopPodSandboxRequest::parse_from_bytes(&data).ok().map(|r| r.pod.into_option()),
+        ];
+        for pod in pods.into_iter().flatten() {
+            match pod {
+                Some(pod) => check_pod(&pod)?,
+                None => check_no_pod()?,
+            }
         }
     }
 

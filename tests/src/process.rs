@@ -121,6 +121,12 @@ pub fn http_status_line(response: &str) -> Option<u16> {
 
 /// `GET path` on `127.0.0.1:port` (HTTP/1.0): the status code, or `None` when nothing answers.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_status_line(&http_get(port, path)?)
+}
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.0): the whole response (status line, headers,
+/// body), or `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -128,5 +134,5 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    http_status_line(&out)
+    Some(out)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::charts::{AGENT_CHART, HUB_CHART, chart_dir, helm_offline};
 use fleetboard_tests::netns::unique_token;
-use fleetboard_tests::process::{ChildGuard, http_status, wait_for};
+use fleetboard_tests::process::{ChildGuard, http_get, http_status, wait_for};
 
 use super::{NS, args_of, documents, ok, temp_home};
 
@@ -170,9 +170,10 @@ fn processes_are_live_before_they_lead_join_or_list() {
     let mut agent = ChildGuard::spawn("agent", cmd, &dir.join("agent.log")).unwrap();
 
     let dns_port = free_port();
+    let dns_listen = free_port();
     let mut cmd = std::process::Command::new(bin("fleetboard"));
     cmd.args(["dns", "--kubeconfig", kc])
-        .arg(format!("--listen=127.0.0.1:{}", free_port()))
+        .arg(format!("--listen=127.0.0.1:{dns_listen}"))
         .arg(format!("--health-address=127.0.0.1:{dns_port}"));
     let mut dns = ChildGuard::spawn("dns", cmd, &dir.join("dns.log")).unwrap();
 
@@ -196,5 +197,21 @@ fn processes_are_live_before_they_lead_join_or_list() {
         assert_eq!(http_status(port, "/live"), Some(200), "{what} /live");
         assert_eq!(http_status(port, "/ready"), Some(503), "{what} /ready");
     }
+    // DNS answers (and counts) even before its zone is listed: a name outside the zone is
+    // refused, and /metrics says so.
+    let mut sent = 0;
+    wait_for("dns counts refused queries", DEADLINE, POLL, || {
+        let out = std::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &dns_listen.to_string()])
+            .args(["+tries=1", "+time=2", "outside.example."])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout).contains("status: REFUSED") {
+            sent += 1;
+        }
+        let metrics = http_get(dns_port, "/metrics").unwrap_or_default();
+        let counted = format!("fleetboard_dns_responses_total{{rcode=\"REFUSED\"}} {sent}\n");
+        Ok((sent > 0 && metrics.contains(&counted)).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", dns.log()));
     let _ = std::fs::remove_dir_all(&dir);
 }
