@@ -228,6 +228,7 @@ impl Dataplane {
                     }
                     if pc.endpoint.is_some() && pc.endpoint != p.config.endpoint {
                         p.endpoint = pc.endpoint;
+                        p.handshake_due = pc.persistent_keepalive.is_some();
                     }
                     p.transport = transport;
                     p.config = pc.clone();
@@ -250,6 +251,7 @@ impl Dataplane {
                         last_rx: None,
                         last_forced_handshake: None,
                         handshake_rtt: HandshakeRtt::default(),
+                        handshake_due: pc.persistent_keepalive.is_some(),
                     });
                 }
             }
@@ -704,6 +706,10 @@ impl Dataplane {
                         tracing::debug!(peer = %peer.config.label(), "peer silent, new handshake");
                     }
                 }
+            }
+            if peer.handshake_due && !matches!(outputs[0], Some(SessionOutput::Network(..))) {
+                peer.handshake_due = false;
+                outputs[0] = peer.session.initiate(&mut self.scratch).ok();
             }
             if let Some(SessionOutput::Network(a, b)) = outputs[0] {
                 peer.handshake_rtt.sent(now, &self.scratch[a..b]);

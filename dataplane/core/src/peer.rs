@@ -75,6 +75,11 @@ pub struct PeerState {
     pub last_rx: Option<Instant>,
     /// When we last forced a handshake because it fell silent.
     pub last_forced_handshake: Option<Instant>,
+    /// A handshake is due at the next timer tick: the peer was added, or its endpoint
+    /// changed, with a persistent keepalive (as kernel WireGuard sends a keepalive at once
+    /// then). A gateway that took over its cluster's key, or a peer that moved, is reached in
+    /// one tick and a round trip instead of a keepalive interval.
+    pub handshake_due: bool,
     /// The round-trip time of its WireGuard handshakes, timed by this node.
     pub handshake_rtt: HandshakeRtt,
 }

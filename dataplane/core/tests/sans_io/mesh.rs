@@ -307,6 +307,30 @@ fn restarted_hub_is_reconnected_by_keepalive_peers() {
     assert_eq!(m.nodes[2].tun_out.last(), Some(&pkt));
 }
 
+/// A gateway move: another node starts with the cluster's key at another address, and sends
+/// nothing. It handshakes with the hub at its first timer tick (not after a keepalive
+/// interval), so the hub sends b's next packet to the new address.
+#[test]
+fn a_new_peer_with_keepalive_handshakes_at_the_first_tick() {
+    let mut m = Mesh::hub_and_spokes();
+    m.greet_hub();
+    let cfg = m.nodes[1].dp.config().clone();
+    m.nodes[1] = Node {
+        dp: Dataplane::new(cfg, m.now).unwrap(),
+        addr: "198.18.0.4:31820".parse().unwrap(),
+        tun_out: vec![],
+    };
+    m.tick(Duration::from_millis(250));
+    let pkt = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"to the new gateway");
+    m.send_tun(2, &pkt);
+    m.run();
+    assert_eq!(
+        m.nodes[1].tun_out.last(),
+        Some(&pkt),
+        "delivered within one tick"
+    );
+}
+
 #[test]
 fn removing_a_peer_at_runtime_stops_its_traffic_only() {
     let mut m = Mesh::hub_and_spokes();
