@@ -300,6 +300,20 @@ impl DataplaneDriver {
                     }
                 }
             }
+            // The probe interface's packets (probes, replies, echo replies) take the TUN path.
+            let now = Instant::now();
+            while let Some(a) = self.core.poll_probe(now, tx.out()) {
+                perform(
+                    a,
+                    Origin::Tun,
+                    &mut tx,
+                    &self.udp,
+                    &self.tun,
+                    &mut self.core,
+                    &mut self.quic,
+                )
+                .await;
+            }
             while let Some(t) = self.core.poll_transmit(tx.out()) {
                 tx.push(&self.udp, &mut self.core, t.dst, t.peer, t.len)
                     .await;
@@ -314,7 +328,7 @@ impl DataplaneDriver {
     fn handle_admin(&mut self, req: Request) -> Response {
         match req {
             Request::Status => {
-                let mut st = self.core.status();
+                let mut st = self.core.status_at(Instant::now());
                 if let Some(q) = &self.quic {
                     q.fill_status(&mut st);
                 }

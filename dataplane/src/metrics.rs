@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use fleetboard_dataplane_core::{DataplaneStatus, DropReason};
+use fleetboard_dataplane_core::{DataplaneStatus, DropReason, PeerStatus};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{AdminCall, Request, Response};
@@ -75,6 +75,7 @@ pub fn render(s: &DataplaneStatus) -> String {
             let _ = writeln!(o, "{name}{{{},reason=\"{}\"}} {v}", labels(p), r.as_str());
         }
     }
+    render_probes(&mut o, s);
     let name = "fleetboard_drops_total";
     let _ = writeln!(
         o,
@@ -109,6 +110,52 @@ pub fn render(s: &DataplaneStatus) -> String {
         crate::udp::GSO_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
     );
     o
+}
+
+/// Data-path probe figures per peer and the probe interface's counters.
+fn render_probes(o: &mut String, s: &DataplaneStatus) {
+    type Gauge = (&'static str, &'static str, fn(&PeerStatus) -> Option<f64>);
+    let gauges: [Gauge; 3] = [
+        (
+            "fleetboard_peer_probe_rtt_p50_seconds",
+            "Median round trip of the data-path probes in the window.",
+            |p| p.probe_rtt_p50_micros.map(|v| v as f64 / 1e6),
+        ),
+        (
+            "fleetboard_peer_probe_loss_ratio",
+            "Fraction of the data-path probes in the window that went unanswered.",
+            |p| p.probe_loss,
+        ),
+        (
+            "fleetboard_peer_probe_last_reply_seconds",
+            "Seconds since the last data-path probe reply.",
+            |p| p.probe_last_reply_millis_ago.map(|v| v as f64 / 1e3),
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in &s.peers {
+            if let Some(v) = f(p) {
+                let _ = writeln!(o, "{name}{{{}}} {v}", labels(p));
+            }
+        }
+    }
+    let name = "fleetboard_probe_packets_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Packets of the probe interface, by event.\n# TYPE {name} counter"
+    );
+    let c = &s.probes;
+    for (event, v) in [
+        ("request_sent", c.requests_sent),
+        ("reply", c.replies),
+        ("request_answered", c.requests_answered),
+        ("echo_request", c.echo_requests),
+        ("malformed", c.malformed),
+        ("unexpected", c.unexpected),
+    ] {
+        let _ = writeln!(o, "{name}{{event=\"{event}\"}} {v}");
+    }
 }
 
 fn labels(p: &fleetboard_dataplane_core::PeerStatus) -> String {

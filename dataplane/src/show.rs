@@ -29,6 +29,27 @@ fn rtt(micros: u64) -> String {
     }
 }
 
+/// `100.64.0.1: rtt p50 1.25 ms, loss 0%, last reply 0.3 s ago`.
+fn probe(p: &fleetboard_dataplane_core::PeerStatus, addr: std::net::IpAddr) -> String {
+    let mut s = format!("{addr}:");
+    match p.probe_rtt_p50_micros {
+        Some(r) => {
+            let _ = write!(s, " rtt p50 {},", rtt(r));
+        }
+        None => s.push_str(" no reply in the window,"),
+    }
+    if let Some(l) = p.probe_loss {
+        let _ = write!(s, " loss {:.0}%,", l * 100.0);
+    }
+    match p.probe_last_reply_millis_ago {
+        Some(ms) => {
+            let _ = write!(s, " last reply {:.1} s ago", ms as f64 / 1e3);
+        }
+        None => s.push_str(" never answered"),
+    }
+    s
+}
+
 /// Formats the status like `wg show`.
 pub fn format(s: &DataplaneStatus) -> String {
     let mut o = String::new();
@@ -36,6 +57,19 @@ pub fn format(s: &DataplaneStatus) -> String {
     let _ = writeln!(o, "  public key: {}", s.public_key);
     let _ = writeln!(o, "  listening port: {}", s.listen_port);
     let _ = writeln!(o, "  routes: {}", s.routes);
+    if let Some(a) = s.probe_address {
+        let c = &s.probes;
+        let _ = writeln!(
+            o,
+            "  probes on {a}: {} sent, {} replies, {} answered, {} echo, {} malformed, {} unexpected",
+            c.requests_sent,
+            c.replies,
+            c.requests_answered,
+            c.echo_requests,
+            c.malformed,
+            c.unexpected
+        );
+    }
     if s.relayed_packets > 0 {
         let _ = writeln!(
             o,
@@ -92,6 +126,9 @@ pub fn format(s: &DataplaneStatus) -> String {
         if let Some(r) = p.rtt_micros {
             // wg: the latest handshake's round trip; quic: the connection's estimate.
             let _ = writeln!(o, "  rtt: {}", rtt(r));
+        }
+        if let Some(a) = p.probe_address {
+            let _ = writeln!(o, "  probe: {}", probe(p, a));
         }
         let c = &p.counters;
         let _ = writeln!(

@@ -43,6 +43,7 @@ fn config() -> DataplaneConfig {
             transport: Some(Transport::Quic),
             fingerprint: None,
             via: None,
+            probe_address: None,
         }],
         routes: vec![],
         admin: AdminConfig::default(),
@@ -51,6 +52,7 @@ fn config() -> DataplaneConfig {
         services: vec![],
         local: vec![],
         relay: false,
+        probe: Default::default(),
     };
     c.quic.certificate = Some("/nonexistent/quic.crt".into());
     c.quic.private_key = Some("/nonexistent/quic.key".into());

@@ -210,6 +210,7 @@ fn base_config(local: &LocalSettings, key: SecretKey, address: IpNet) -> Datapla
         services: Vec::new(),
         local: vec![],
         relay: false,
+        probe: Default::default(),
         admin: AdminConfig {
             socket: local.admin_socket.clone(),
         },
@@ -291,6 +292,12 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
             transport: Some(dp_transport(local.transport)),
             fingerprint: hub.spec.cert_fingerprint.clone(),
             via: None,
+            // The hub answers probes on its tunnel address, the first host of its block.
+            probe_address: hub
+                .allocated
+                .iter()
+                .find(|b| b.addr().is_ipv4())
+                .map(|b| tun_address(*b, &tunnel).addr()),
         },
     );
     for n in i.nodes {
@@ -316,6 +323,7 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
                 transport: Some(DpTransport::Wg),
                 fingerprint: None,
                 via: None,
+                probe_address: Some(tun_address(block.cidr, &tunnel).addr()),
             },
         );
     }
@@ -347,6 +355,8 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
                     transport: Some(dp_transport(local.transport)),
                     fingerprint: p.spec.cert_fingerprint.clone(),
                     via: None,
+                    // Its gateway's tunnel address is not published: learned from its probes.
+                    probe_address: None,
                 },
             );
         }
@@ -407,6 +417,7 @@ fn push_relayed_members(
                 transport: Some(DpTransport::Wg),
                 fingerprint: None,
                 via: Some(hub_key),
+                probe_address: None,
             },
         );
     }
@@ -444,6 +455,7 @@ pub fn node_config(i: &NodeInputs<'_>) -> Option<DataplaneConfig> {
         return None;
     }
     c.local = vec![own_block];
+    let gateway_probe = gw.cidr.map(|b| tun_address(b, &tunnel).addr());
     c.peers.push(PeerConfig {
         public_key: cluster_key,
         name: Some("gateway".into()),
@@ -453,6 +465,7 @@ pub fn node_config(i: &NodeInputs<'_>) -> Option<DataplaneConfig> {
         transport: Some(DpTransport::Wg),
         fingerprint: None,
         via: None,
+        probe_address: gateway_probe,
     });
     Some(c)
 }

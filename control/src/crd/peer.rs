@@ -99,6 +99,13 @@ pub struct PeerStatus {
     /// Round-trip time to the hub in microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_micros: Option<u64>,
+    /// Median round trip of the hub's data-path probes to this peer's gateway (through the
+    /// tunnel), microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_rtt_micros: Option<u64>,
+    /// Percentage of the hub's recent data-path probes to this peer that went unanswered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_loss_percent: Option<u64>,
     /// Bytes received from this peer by the hub.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_bytes: Option<u64>,

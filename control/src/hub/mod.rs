@@ -522,7 +522,9 @@ impl<'a> Leader<'a> {
                 status::member_status(&current, m, &obs, p.metadata.generation, now, refresh);
             let volatile_changed = desired.rx_bytes != current.rx_bytes
                 || desired.tx_bytes != current.tx_bytes
-                || desired.rtt_micros != current.rtt_micros;
+                || desired.rtt_micros != current.rtt_micros
+                || desired.probe_rtt_micros != current.probe_rtt_micros
+                || desired.probe_loss_percent != current.probe_loss_percent;
             if self.write_status(p, desired).await {
                 if volatile_changed {
                     self.volatile_at.insert(uid, tokio::time::Instant::now());
@@ -688,6 +690,8 @@ fn status_patch(s: &PeerStatus) -> serde_json::Value {
             "allocatedCidrs",
             "lastHandshake",
             "rttMicros",
+            "probeRttMicros",
+            "probeLossPercent",
             "rxBytes",
             "txBytes",
             "observedGeneration",

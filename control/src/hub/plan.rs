@@ -398,6 +398,7 @@ pub fn plan(hub: &HubSettings, hub_allocated: &[IpNet], members: &[PeerInput]) -
         // Service VIPs (MCS ClusterSetIP) are fed by the MCS controllers when they run.
         services: Vec::new(),
         local: vec![],
+        probe: Default::default(),
         // wg members reach each other end to end through the hub: forward their ciphertext.
         relay: true,
         admin: AdminConfig {
@@ -471,6 +472,8 @@ fn member_peer(m: &PeerInput, blocks: &[IpNet]) -> Option<PeerConfig> {
         transport: Some(dp_transport(m.spec.transport)),
         fingerprint: m.spec.cert_fingerprint.clone(),
         via: None,
+        // The member gateway's tunnel address is learned from its own probes to the hub.
+        probe_address: None,
     })
 }
 

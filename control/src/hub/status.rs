@@ -37,6 +37,10 @@ pub struct Observed {
     pub last_handshake: Option<Timestamp>,
     /// RTT in microseconds.
     pub rtt_micros: Option<u64>,
+    /// Median data-path probe RTT in microseconds.
+    pub probe_rtt_micros: Option<u64>,
+    /// Data-path probe loss, percent.
+    pub probe_loss_percent: Option<u64>,
     /// Bytes from the peer.
     pub rx_bytes: u64,
     /// Bytes to the peer.
@@ -52,6 +56,8 @@ pub fn observe(dp: Option<&DpPeerStatus>, now: Timestamp) -> Observed {
             message: "the hub does not serve this peer (see the Ready condition)".into(),
             last_handshake: None,
             rtt_micros: None,
+            probe_rtt_micros: None,
+            probe_loss_percent: None,
             rx_bytes: 0,
             tx_bytes: 0,
         };
@@ -87,6 +93,10 @@ pub fn observe(dp: Option<&DpPeerStatus>, now: Timestamp) -> Observed {
         message,
         last_handshake,
         rtt_micros: p.rtt_micros,
+        probe_rtt_micros: p.probe_rtt_p50_micros,
+        probe_loss_percent: p
+            .probe_loss
+            .map(|l| (l * 100.0).round().clamp(0.0, 100.0) as u64),
         rx_bytes: p.counters.rx_bytes,
         tx_bytes: p.counters.tx_bytes,
     }
@@ -176,6 +186,8 @@ pub fn member_status(
         allocated_cidrs: plan.allocated.iter().map(|b| b.to_string()).collect(),
         last_handshake,
         rtt_micros: volatile(current.rtt_micros, obs.rtt_micros),
+        probe_rtt_micros: volatile(current.probe_rtt_micros, obs.probe_rtt_micros),
+        probe_loss_percent: volatile(current.probe_loss_percent, obs.probe_loss_percent),
         rx_bytes: volatile(current.rx_bytes, Some(obs.rx_bytes)),
         tx_bytes: volatile(current.tx_bytes, Some(obs.tx_bytes)),
         observed_generation: generation,
@@ -240,6 +252,10 @@ mod tests {
             persistent_keepalive: None,
             max_packet: None,
             counters: Default::default(),
+            probe_address: None,
+            probe_rtt_p50_micros: rtt.map(|r| r + 100),
+            probe_loss: rtt.map(|_| 0.25),
+            probe_last_reply_millis_ago: None,
         }
     }
 
@@ -254,6 +270,9 @@ mod tests {
         assert!(o.connected);
         assert_eq!(o.reason, "HandshakeCompleted");
         assert_eq!(o.rtt_micros, Some(850));
+        // Probe figures pass through, the loss as a percentage.
+        assert_eq!(o.probe_rtt_micros, Some(950));
+        assert_eq!(o.probe_loss_percent, Some(25));
         assert_eq!(
             o.last_handshake,
             Some(now().checked_sub(SignedDuration::from_secs(5)).unwrap())

@@ -93,6 +93,61 @@ pub struct DataplaneConfig {
     /// [`crate::relay`]). Off: relay messages for other nodes are dropped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relay: bool,
+    /// Data-path probes (see [`crate::probe`]): how often and over how many probes.
+    #[serde(default, skip_serializing_if = "ProbeSettings::is_default")]
+    pub probe: ProbeSettings,
+}
+
+/// Data-path probe settings: every peer with a `probe_address` (configured or learned from
+/// its own probes) gets a probe every `interval_ms`; figures are over the last `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// Milliseconds between two probes to one peer (0: send none; still answer).
+    #[serde(default = "default_probe_interval")]
+    pub interval_ms: u32,
+    /// Probes in the window the loss and median RTT are computed over.
+    #[serde(default = "default_probe_window")]
+    pub window: u16,
+    /// An unanswered probe counts as lost after this many milliseconds.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_ms: u32,
+}
+
+/// Default [`ProbeSettings::interval_ms`].
+pub const DEFAULT_PROBE_INTERVAL_MS: u32 = 1000;
+/// Default [`ProbeSettings::window`].
+pub const DEFAULT_PROBE_WINDOW: u16 = 30;
+/// Default [`ProbeSettings::timeout_ms`].
+pub const DEFAULT_PROBE_TIMEOUT_MS: u32 = 1000;
+/// Largest [`ProbeSettings::window`].
+pub const MAX_PROBE_WINDOW: u16 = 1024;
+
+fn default_probe_interval() -> u32 {
+    DEFAULT_PROBE_INTERVAL_MS
+}
+fn default_probe_window() -> u16 {
+    DEFAULT_PROBE_WINDOW
+}
+fn default_probe_timeout() -> u32 {
+    DEFAULT_PROBE_TIMEOUT_MS
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            window: DEFAULT_PROBE_WINDOW,
+            timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+        }
+    }
+}
+
+impl ProbeSettings {
+    /// True for the defaults (left out when serialised: older readers keep working).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_listen_port() -> u16 {
@@ -154,6 +209,10 @@ pub struct PeerConfig {
     /// unused. Both peers must use the wg transport.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<PublicKey>,
+    /// The peer's own tunnel address, where its dataplane answers probes (see
+    /// [`crate::probe`]); must be inside `allowed_ips`. None: probed once it probes us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_address: Option<IpAddr>,
 }
 
 /// An extra route: `cidr` goes to `peer` (also accepted as source from it).
@@ -403,6 +462,32 @@ impl DataplaneConfig {
                 }
             }
         }
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(a) = p.probe_address
+                && !p.allowed_ips.iter().any(|c| c.contains(&a))
+            {
+                err(
+                    format!("peers[{i}].probe_address"),
+                    format!("{a} is not inside the peer's allowed_ips"),
+                );
+            }
+        }
+        let pr = &self.probe;
+        if pr.interval_ms != 0 && pr.interval_ms < 10 {
+            err(
+                "probe.interval_ms".into(),
+                format!("must be 0 (off) or at least 10, got {}", pr.interval_ms),
+            );
+        }
+        if !(1..=MAX_PROBE_WINDOW).contains(&pr.window) {
+            err(
+                "probe.window".into(),
+                format!("must be in 1..={MAX_PROBE_WINDOW}, got {}", pr.window),
+            );
+        }
+        if pr.timeout_ms == 0 {
+            err("probe.timeout_ms".into(), "must be at least 1".into());
+        }
         for (i, c) in self.local.iter().enumerate() {
             if *c != c.trunc() {
                 err(
@@ -533,6 +618,7 @@ mod tests {
                 transport: None,
                 fingerprint: None,
                 via: None,
+                probe_address: None,
             }],
             routes: vec![],
             admin: AdminConfig::default(),
@@ -541,6 +627,7 @@ mod tests {
             services: vec![],
             local: vec![],
             relay: false,
+            probe: Default::default(),
         }
     }
 
@@ -681,6 +768,7 @@ mod tests {
             transport: None,
             fingerprint: None,
             via: None,
+            probe_address: None,
         }
     }
 

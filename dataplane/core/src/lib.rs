@@ -23,6 +23,7 @@ pub mod mss;
 pub mod mtu;
 pub mod node;
 pub mod peer;
+pub mod probe;
 pub mod quic_config;
 pub mod relay;
 pub mod route;

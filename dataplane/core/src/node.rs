@@ -16,6 +16,7 @@ use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
 use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
 use crate::peer::{HandshakeRtt, PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
+use crate::probe::{PeerProbe, ProbeCounters, Prober};
 use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex, RelayedHandshakes};
 use crate::route::RouteTable;
 use crate::service_nat::{self, ServiceNat};
@@ -108,6 +109,12 @@ pub struct DataplaneStatus {
     /// Bytes of those messages.
     #[serde(default)]
     pub relayed_bytes: u64,
+    /// The tunnel address this node answers probes on ([`crate::probe`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_address: Option<IpAddr>,
+    /// Counters of the probe interface.
+    #[serde(default)]
+    pub probes: ProbeCounters,
 }
 
 struct Queued {
@@ -141,6 +148,12 @@ pub struct Dataplane {
     relayed_bytes: u64,
     /// Initiations this relay forwarded, to route cookie replies back (see [`crate::relay`]).
     relayed_handshakes: RelayedHandshakes<PeerId>,
+    /// The probe interface (smoltcp) on this node's tunnel address.
+    prober: Prober,
+    /// Its address, for the one comparison per delivered packet (unspecified: none).
+    probe_ip: IpAddr,
+    /// The latest `now` the timers saw (probe figures in `status` are as of then).
+    last_now: Instant,
 }
 
 impl Dataplane {
@@ -167,6 +180,14 @@ impl Dataplane {
             relayed_packets: 0,
             relayed_bytes: 0,
             relayed_handshakes: RelayedHandshakes::default(),
+            prober: Prober::new(
+                probe_address(&config),
+                config.probe,
+                usize::from(config.interface.mtu),
+                now,
+            ),
+            probe_ip: UNSPECIFIED,
+            last_now: now,
         };
         dp.nat.handle_timeout(now);
         dp.config.peers.clear();
@@ -231,6 +252,8 @@ impl Dataplane {
                         p.handshake_due = pc.persistent_keepalive.is_some();
                     }
                     p.transport = transport;
+                    p.probe
+                        .reconfigure(pc.probe_address, usize::from(config.probe.window));
                     p.config = pc.clone();
                 }
                 None => {
@@ -252,6 +275,7 @@ impl Dataplane {
                         last_forced_handshake: None,
                         handshake_rtt: HandshakeRtt::default(),
                         handshake_due: pc.persistent_keepalive.is_some(),
+                        probe: PeerProbe::new(pc.probe_address, usize::from(config.probe.window)),
                     });
                 }
             }
@@ -300,6 +324,9 @@ impl Dataplane {
         }
         self.routes = routes;
         self.nat.apply(&config.services);
+        self.prober.set_address(probe_address(&config));
+        self.prober.set_settings(config.probe);
+        self.probe_ip = self.prober.address().unwrap_or(UNSPECIFIED);
         self.config = config;
         Ok(())
     }
@@ -668,6 +695,9 @@ impl Dataplane {
     /// and a fresh handshake to a keepalive peer that fell silent (e.g. a restarted hub).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.nat.handle_timeout(now);
+        self.last_now = now;
+        self.prober
+            .handle_timeout(now, &mut self.peers, &self.routes);
         if now >= self.next_limiter_reset {
             self.identity.tick();
             self.next_limiter_reset = now + LIMITER_WINDOW;
@@ -738,7 +768,39 @@ impl Dataplane {
 
     /// When [`Dataplane::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.next_tick.min(self.next_limiter_reset))
+        let t = self.next_tick.min(self.next_limiter_reset);
+        Some(self.prober.poll_timeout().map_or(t, |p| p.min(t)))
+    }
+
+    /// The next packet of the probe interface (a probe, a reply, an echo reply), routed and
+    /// encapsulated into `out` like a TUN packet; None when it has nothing to send. Call it
+    /// after every `handle_*` until None (see [`crate::probe`]).
+    pub fn poll_probe(&mut self, now: Instant, out: &mut [u8]) -> Option<Action> {
+        let packet = self.prober.pop_transmit()?;
+        let hdr = match IpHeader::parse(&packet) {
+            Ok(h) => h,
+            Err(r) => return Some(self.drop(None, r)),
+        };
+        let Some(id) = self
+            .routes
+            .lookup(hdr.dst)
+            .filter(|id| *id != PeerId::LOCAL)
+        else {
+            return Some(self.drop(None, DropReason::NoRoute));
+        };
+        Some(match send_to(&mut self.peers, id, now, &packet, out) {
+            Ok(a) => a,
+            Err(r) => self.drop(Some(id), r),
+        })
+    }
+
+    /// A packet from a peer to the probe address: the probe interface's, or (false) the
+    /// kernel's.
+    #[cold]
+    #[inline(never)]
+    fn divert_probe(&mut self, now: Instant, len: usize, out: &[u8]) -> bool {
+        self.prober
+            .receive(now, &out[..len], &mut self.peers, &self.routes)
     }
 
     /// The next queued control datagram, copied into `buf`.
@@ -784,9 +846,14 @@ impl Dataplane {
         &self.drops
     }
 
-    /// A snapshot for `show` and metrics.
+    /// A snapshot for `show` and metrics (probe figures as of the latest timer run).
     pub fn status(&self) -> DataplaneStatus {
-        DataplaneStatus {
+        self.status_at(self.last_now)
+    }
+
+    /// A snapshot with each peer's probe figures as of `now`.
+    pub fn status_at(&self, now: Instant) -> DataplaneStatus {
+        let mut st = DataplaneStatus {
             public_key: self.public_key(),
             listen_port: self.config.listen_port,
             interface: self.config.interface.name.clone(),
@@ -795,7 +862,22 @@ impl Dataplane {
             routes: self.routes.len(),
             relayed_packets: self.relayed_packets,
             relayed_bytes: self.relayed_bytes,
+            probe_address: self.prober.address(),
+            probes: self.prober.counters,
+        };
+        for (ps, p) in st.peers.iter_mut().zip(self.peers.iter()) {
+            if p.probe.target.is_none() {
+                continue;
+            }
+            let s = self.prober.summary(&p.probe, now);
+            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            ps.probe_rtt_p50_micros = s.rtt_p50.map(micros);
+            ps.probe_loss = s.loss;
+            ps.probe_last_reply_millis_ago = s
+                .last_reply_age
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         }
+        st
     }
 
     #[inline]
@@ -866,6 +948,9 @@ impl Dataplane {
                 }
             }
             _ => {
+                if dst == self.probe_ip && self.divert_probe(now, len, out) {
+                    return Action::None;
+                }
                 if self.nat.is_active()
                     && let Some(flow) = service_nat::parse_flow(&out[..len])
                     && let Some(rw) = self.nat.inbound(&flow)
@@ -882,6 +967,20 @@ impl Dataplane {
     pub fn service_flows(&self) -> usize {
         self.nat.flows()
     }
+}
+
+/// "No probe address": never the destination of a delivered packet.
+const UNSPECIFIED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// The address of the probe interface: the tunnel address (the first IPv4 interface
+/// address, else the first one).
+fn probe_address(config: &DataplaneConfig) -> Option<IpAddr> {
+    let addrs = &config.interface.addresses;
+    addrs
+        .iter()
+        .find(|a| a.addr().is_ipv4())
+        .or(addrs.first())
+        .map(|a| a.addr())
 }
 
 fn view(p: &PeerState) -> PeerView<'_> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{PeerConfig, Transport};
 use crate::drop::DropCounters;
 use crate::key::PublicKey;
+use crate::probe::PeerProbe;
 use crate::session::Session;
 
 /// Bits of a [`PeerId`] that select the slot; the rest (up to 24 bits, the WireGuard index
@@ -82,6 +83,8 @@ pub struct PeerState {
     pub handshake_due: bool,
     /// The round-trip time of its WireGuard handshakes, timed by this node.
     pub handshake_rtt: HandshakeRtt,
+    /// Its data-path probes ([`crate::probe`]).
+    pub probe: PeerProbe,
 }
 
 /// Handshake round trips longer than this are not samples: WireGuard retries an unanswered
@@ -299,6 +302,18 @@ pub struct PeerStatus {
     pub max_packet: Option<u32>,
     /// Counters.
     pub counters: PeerCounters,
+    /// Where its dataplane answers probes (configured or learned; see [`crate::probe`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_address: Option<std::net::IpAddr>,
+    /// Median round trip of the answered probes in the window, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_rtt_p50_micros: Option<u64>,
+    /// Fraction of the decided probes in the window that got no answer (0.0 to 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_loss: Option<f64>,
+    /// Milliseconds since its last probe reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_last_reply_millis_ago: Option<u64>,
 }
 
 impl PeerState {
@@ -323,6 +338,10 @@ impl PeerState {
             persistent_keepalive: self.config.persistent_keepalive,
             max_packet: None,
             counters: self.counters,
+            probe_address: self.probe.target,
+            probe_rtt_p50_micros: None,
+            probe_loss: None,
+            probe_last_reply_millis_ago: None,
         }
     }
 }

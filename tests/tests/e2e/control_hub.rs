@@ -1068,11 +1068,13 @@ async fn start_member(
             transport: Some(transport),
             fingerprint: Some(hub_fp.clone()),
             via: None,
+            probe_address: None,
         }],
         routes: vec![],
         services: vec![],
         local: vec![],
         relay: false,
+        probe: Default::default(),
         admin: AdminConfig {
             socket: dir.join("dataplane.sock"),
         },

@@ -13,6 +13,7 @@ mod control_membership;
 mod control_peer_crd;
 mod dataplane_admin;
 mod dataplane_mtu;
+mod dataplane_probes;
 mod dataplane_protocols;
 mod dataplane_relay;
 mod dataplane_resilience;

@@ -4,3 +4,4 @@
 mod fuzz;
 mod handshake_flood;
 mod mesh;
+mod probes;

@@ -51,6 +51,7 @@ pub(crate) fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConf
         services: vec![],
         local: vec![],
         relay: false,
+        probe: Default::default(),
     }
 }
 
@@ -64,6 +65,7 @@ pub(crate) fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig 
         transport: None,
         fingerprint: None,
         via: None,
+        probe_address: None,
     }
 }
 
@@ -157,6 +159,21 @@ impl Mesh {
         while let Some(t) = self.nodes[i].dp.poll_transmit(&mut self.buf) {
             self.wire
                 .push_back((from, t.dst, self.buf[..t.len].to_vec(), at));
+        }
+        // The probe interface's packets, encrypted like TUN packets.
+        while let Some(a) = self.nodes[i].dp.poll_probe(self.now, &mut self.buf) {
+            match a {
+                Action::SendUdp(t) => {
+                    self.wire
+                        .push_back((from, t.dst, self.buf[..t.len].to_vec(), at))
+                }
+                Action::None => {}
+                other => panic!("probe packet action {other:?}"),
+            }
+            while let Some(t) = self.nodes[i].dp.poll_transmit(&mut self.buf) {
+                self.wire
+                    .push_back((from, t.dst, self.buf[..t.len].to_vec(), at));
+            }
         }
     }
 

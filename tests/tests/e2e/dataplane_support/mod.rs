@@ -175,6 +175,7 @@ pub fn peer(name: &str, key: &SecretKey, endpoint: Option<&str>, cidrs: &[&str])
         transport: None,
         fingerprint: None,
         via: None,
+        probe_address: None,
     }
 }
 
@@ -239,6 +240,7 @@ fn base_config(dir: &Path, name: &str, key: SecretKey, v4: &str, v6: &str) -> Da
         services: vec![],
         local: vec![],
         relay: false,
+        probe: Default::default(),
     }
 }
 
