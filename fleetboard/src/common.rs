@@ -26,14 +26,18 @@ pub struct LocalArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`). kube-client logs every failed
+/// request at error level, though the caller gets the error and logs the outage once
+/// (`fleetboard_control::outage`): off unless `RUST_LOG` names `kube_client`.
 pub fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_client"))
+        && let Ok(quiet) = "kube_client::client::builder=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
 /// The two-worker tokio runtime `hub` and `agent` run on.
