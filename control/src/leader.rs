@@ -121,6 +121,31 @@ pub fn next_spec(
     spec
 }
 
+/// `action` for a candidate that regained contact with the API server `hold_off` ago less
+/// than a lease duration (none: it never lost contact): instead of taking over an expired
+/// Lease that someone holds, it follows for `hold_off` more, giving the holder, cut off by the
+/// same outage, time to renew. A free Lease is taken at once.
+pub fn hold_off_takeover(
+    action: Action,
+    current: Option<&LeaseSpec>,
+    now: Timestamp,
+    hold_off: Option<Duration>,
+) -> Action {
+    let holder = current
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty());
+    match (action, holder, hold_off) {
+        (Action::Acquire, Some(holder), Some(wait)) => {
+            let wait = SignedDuration::try_from(wait).unwrap_or_default();
+            Action::Follow {
+                holder: holder.to_string(),
+                expires: now.checked_add(wait).unwrap_or(now),
+            }
+        }
+        (action, _, _) => action,
+    }
+}
+
 /// The spec that gives the Lease up: no holder, expired at once.
 pub fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     let mut spec = current.clone();
@@ -317,13 +342,7 @@ impl LeaderElection {
             (Some(_), Action::Create) => Action::Acquire,
             (_, a) => a,
         };
-        let held = spec
-            .and_then(|s| s.holder_identity.as_deref())
-            .is_some_and(|h| !h.is_empty());
-        if let (Action::Acquire, true, Some(wait)) = (&action, held, hold_off) {
-            let wait = SignedDuration::try_from(wait).unwrap_or_default();
-            return Ok(Step::Following(now.checked_add(wait).unwrap_or(now)));
-        }
+        let action = hold_off_takeover(action, spec, now, hold_off);
         if let Action::Follow { expires, .. } = action {
             return Ok(Step::Following(expires));
         }
@@ -439,6 +458,53 @@ mod tests {
                 holder: "b".into(),
                 expires: t(15)
             }
+        );
+    }
+
+    #[test]
+    fn after_an_outage_an_expired_holder_gets_time_to_renew() {
+        let expired = held("b", 0, 15);
+        let act = decide(Some(&expired), t(100), "a");
+        assert_eq!(act, Action::Acquire);
+        assert_eq!(
+            hold_off_takeover(
+                act.clone(),
+                Some(&expired),
+                t(100),
+                Some(Duration::from_secs(4))
+            ),
+            Action::Follow {
+                holder: "b".into(),
+                expires: t(104)
+            },
+            "a candidate that just regained contact waits"
+        );
+        assert_eq!(
+            hold_off_takeover(act.clone(), Some(&expired), t(100), None),
+            Action::Acquire,
+            "one that never lost contact takes over as before"
+        );
+        let mut free = expired.clone();
+        free.holder_identity = None;
+        assert_eq!(
+            hold_off_takeover(
+                Action::Acquire,
+                Some(&free),
+                t(100),
+                Some(Duration::from_secs(4))
+            ),
+            Action::Acquire,
+            "a released Lease is taken at once"
+        );
+        assert_eq!(
+            hold_off_takeover(
+                Action::Renew,
+                Some(&held("a", 0, 15)),
+                t(100),
+                Some(Duration::from_secs(4))
+            ),
+            Action::Renew,
+            "the holder itself renews at once"
         );
     }
 

@@ -18,11 +18,11 @@ use tokio::time::Instant;
 const WATCH_MIN_DELAY: Duration = Duration::from_millis(500);
 /// Longest delay between a watcher's retries (kube-runtime's default is 30 s: a watch could
 /// stay down that long after the API is back).
-const WATCH_MAX_DELAY: Duration = Duration::from_secs(4);
+const WATCH_MAX_DELAY: Duration = Duration::from_secs(2);
 /// A watch that has run this long without an error starts its backoff from the beginning.
 const WATCH_RESET_AFTER: Duration = Duration::from_secs(60);
 
-/// The backoff of the watchers (`WatchStreamExt::backoff`): exponential from 0.5 s to 4 s,
+/// The backoff of the watchers (`WatchStreamExt::backoff`): exponential from 0.5 s to 2 s,
 /// with jitter, reset after a minute without errors.
 pub fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     let builder = backon::ExponentialBuilder::default()

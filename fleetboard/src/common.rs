@@ -13,7 +13,8 @@ pub struct LocalArgs {
     /// TUN device name.
     #[arg(long, env = "FLEETBOARD_TUN_NAME", default_value = "fb0")]
     pub tun_name: String,
-    /// Folder for the admin socket and the QUIC identity files.
+    /// Folder for the admin socket and the QUIC identity files (the agent also keeps the
+    /// node's keys, the hub token and its last dataplane config there).
     #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
     pub state_dir: PathBuf,
     /// Address for /metrics, /live, /ready (IP:PORT; an IPv6 address may be unbracketed).

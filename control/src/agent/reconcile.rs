@@ -175,7 +175,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         hub_token,
         assigned: HashMap::new(),
         dataplane: None,
-        was_leading: false,
+        was_gateway: false,
         health,
     };
 
@@ -327,7 +327,7 @@ struct Agent {
     /// Blocks this gateway wrote and the Node store may not show yet.
     assigned: HashMap<String, IpNet>,
     dataplane: Option<Running>,
-    was_leading: bool,
+    was_gateway: bool,
     health: Health,
 }
 
@@ -375,14 +375,14 @@ impl Agent {
     async fn pass(&mut self, leadership: Leadership) -> Result<(), AgentError> {
         let leading = leadership.is_leading();
         let gateway = leadership != Leadership::Following;
-        if gateway != self.was_leading {
+        if gateway != self.was_gateway {
             tracing::info!(
                 node = %self.cfg.node_name,
                 gateway,
                 "{}",
                 if gateway { "this node is now the gateway" } else { "this node is no longer the gateway" }
             );
-            self.was_leading = gateway;
+            self.was_gateway = gateway;
             self.assigned.clear();
         }
         if leading && self.cfg.mcs {

@@ -1,11 +1,13 @@
 //! The agent's start: the clients, joining the hub, publishing the node, the watched views,
 //! and the node's tunnel from its saved config while the API servers do not answer.
 //!
-//! Nothing here gives up because an API server does not answer: [`join`] retries (one warning
-//! per outage, [`crate::outage`]); only an answer that says the configuration is wrong (a
-//! refused token, no CRD) ends the agent. Meanwhile [`Offline`] starts the dataplane from the
-//! config this node saved last time ([`super::saved`]), so a restart during an outage does
-//! not take the node's traffic down with it.
+//! Nothing here gives up because an API call failed: [`join`] retries (one warning per
+//! outage, [`crate::outage`]). A refusal (401, 403, no CRD) is retried too, logged at error
+//! once: an API server that has just restarted refuses requests until its authorizer has
+//! synced, and a wrong token fixed in its Secret is picked up without a restart. Meanwhile
+//! [`Offline`] starts the dataplane from the config this node saved last time
+//! ([`super::saved`]), so a restart during an outage does not take the node's traffic down
+//! with it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,7 +72,8 @@ pub(super) struct Joined {
 pub(super) async fn join(member: &kube::Client, cfg: &AgentConfig) -> Result<Joined, AgentError> {
     let (hub, hub_url, hub_token) = super::token::hub_client(member, cfg).await?;
     // An unreachable hub (its apiserver or load balancer not up yet, or down) is waited for;
-    // a hub that refuses the token or lacks the CRD is a configuration error.
+    // so is one that refuses the token or lacks the CRD (logged at error: probably a
+    // configuration problem, possibly an API server that has just restarted).
     let mut outage = Outage::new("hub API");
     loop {
         match cfg.hub.check(&hub, &hub_url, &cfg.hub_namespace).await {
@@ -78,7 +81,11 @@ pub(super) async fn join(member: &kube::Client, cfg: &AgentConfig) -> Result<Joi
             Err(e @ HubError::Unreachable { .. }) => {
                 outage.failed(&e);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if outage.failed(&e) {
+                    tracing::error!(error = %e, "the hub refuses this member; retrying");
+                }
+            }
         }
         tokio::time::sleep(RETRY).await;
     }
@@ -90,9 +97,11 @@ pub(super) async fn join(member: &kube::Client, cfg: &AgentConfig) -> Result<Joi
     loop {
         match publish_node(member, cfg, &node_keys).await {
             Ok(()) => break,
-            // No answer: retry. An answer (RBAC, no such Node) is a configuration error.
-            Err(AgentError::Member { what, source }) if !crate::outage::is_refusal(&source) => {
-                outage.failed(&format!("{what}: {source}"));
+            Err(AgentError::Member { what, source }) => {
+                let refused = crate::outage::is_refusal(&source);
+                if outage.failed(&format!("{what}: {source}")) && refused {
+                    tracing::error!(error = %source, "the member API refuses to annotate this node; retrying");
+                }
             }
             Err(e) => return Err(e),
         }
@@ -192,6 +201,8 @@ where
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
+                // Emitted before each (re)list, answered or not: no sign of the API.
+                Ok(watcher::Event::Init) => {}
                 Ok(_) => {
                     outage.ok();
                     notify.notify_one();

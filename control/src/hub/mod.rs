@@ -228,6 +228,8 @@ pub async fn run(
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
+                    // Emitted before each (re)list, answered or not: no sign of the API.
+                    Ok(watcher::Event::Init) => {}
                     Ok(_) => {
                         outage.ok();
                     }
