@@ -244,11 +244,8 @@ pub(super) async fn hub_client(
                     })?;
                 }
                 Ok(None) => return Err(bad(format!("{what} does not exist"))),
-                // The API answered: RBAC or another configuration problem.
-                Err(e) if crate::outage::is_refusal(&e) => {
-                    return Err(bad(format!("reading {what}: {e}")));
-                }
-                // The member API does not answer: the token this node saved last time, if
+                // The member API does not answer (or refuses, as a freshly restarted one may
+                // until its authorizer has synced): the token this node saved last time, if
                 // any (the watch below catches up with the Secret once the API is back).
                 Err(e) => {
                     if let Some(saved) = std::fs::read_to_string(&file)
