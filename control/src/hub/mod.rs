@@ -271,7 +271,7 @@ pub async fn run(
         let mut stopping = false;
         tokio::select! {
             _ = &mut shutdown => stopping = true,
-            _ = lost => tracing::warn!("lost leadership: stopping the hub dataplane"),
+            _ = lost => tracing::warn!("another replica holds the Lease: stopping the hub dataplane"),
             _ = leader.lead() => {}
         }
         leader.stop_dataplane().await;
