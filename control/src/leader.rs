@@ -14,6 +14,14 @@
 //!
 //! Expiry is judged on the Lease's `renewTime` against the local clock: replicas are expected
 //! to have synchronised clocks (NTP); a skew eats into the lease duration.
+//!
+//! API outages ([`Leadership`]): a holder that cannot renew because the API server does not
+//! answer closes its fence (no writes) but is [`Leadership::Unsure`], not following: nobody
+//! else can have taken a Lease nobody can write, so it keeps serving the data path on its last
+//! state, and renews as soon as the API answers (its own Lease, even expired, is renewed). A
+//! candidate that itself lost contact with the API waits one lease duration after contact
+//! returns before it takes over an expired Lease that someone holds: the holder gets that long
+//! to renew, so an outage does not end in a needless change of leader.
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,6 +36,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::fence::Fence;
+use crate::outage::Outage;
 
 /// Errors that stop the election loop.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +121,31 @@ pub fn next_spec(
     spec
 }
 
+/// `action` for a candidate that regained contact with the API server `hold_off` ago less
+/// than a lease duration (none: it never lost contact): instead of taking over an expired
+/// Lease that someone holds, it follows for `hold_off` more, giving the holder, cut off by the
+/// same outage, time to renew. A free Lease is taken at once.
+pub fn hold_off_takeover(
+    action: Action,
+    current: Option<&LeaseSpec>,
+    now: Timestamp,
+    hold_off: Option<Duration>,
+) -> Action {
+    let holder = current
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty());
+    match (action, holder, hold_off) {
+        (Action::Acquire, Some(holder), Some(wait)) => {
+            let wait = SignedDuration::try_from(wait).unwrap_or_default();
+            Action::Follow {
+                holder: holder.to_string(),
+                expires: now.checked_add(wait).unwrap_or(now),
+            }
+        }
+        (action, _, _) => action,
+    }
+}
+
 /// The spec that gives the Lease up: no holder, expired at once.
 pub fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     let mut spec = current.clone();
@@ -139,7 +173,27 @@ pub struct LeaderElection {
     pub fence: Fence,
 }
 
-fn set(leading: &watch::Sender<bool>, v: bool) {
+/// Where this candidate stands, as published by [`LeaderElection::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// We hold the Lease (renewed within the renew deadline): the fence is open, writes pass.
+    Leading,
+    /// We held the Lease and could not renew it in time (the API server does not answer):
+    /// the fence is closed, so nothing is written, but no other holder is known. Keep the
+    /// data path running on the last state; leading again once a renewal goes through.
+    Unsure,
+    /// Someone else holds the Lease, or we never held it.
+    Following,
+}
+
+impl Leadership {
+    /// True only while [`Leadership::Leading`] (writes are allowed).
+    pub fn is_leading(self) -> bool {
+        self == Leadership::Leading
+    }
+}
+
+fn set(leading: &watch::Sender<Leadership>, v: Leadership) {
     leading.send_if_modified(|cur| {
         let changed = *cur != v;
         *cur = v;
@@ -164,12 +218,12 @@ impl LeaderElection {
         self.lease_duration * 2 / 3
     }
 
-    /// Runs the election until `shutdown` completes: `leading` is true while we hold the
-    /// Lease. On shutdown a held Lease is released.
+    /// Runs the election until `shutdown` completes, publishing where we stand on `leading`
+    /// ([`Leadership`]). On shutdown a held Lease is released.
     pub async fn run(
         self,
         client: kube::Client,
-        leading: watch::Sender<bool>,
+        leading: watch::Sender<Leadership>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), LeaderError> {
         if self.renew_interval.is_zero() || self.renew_interval >= self.renew_deadline() {
@@ -188,30 +242,48 @@ impl LeaderElection {
         tokio::pin!(shutdown);
         // When the last successful renewal was *sent*: the Lease runs from about then.
         let mut last_renew: Option<Instant> = None;
+        // We held the Lease and could not renew it: [`Leadership::Unsure`].
+        let mut unsure = false;
+        let mut outage = Outage::new("lease");
+        // When reads of the Lease went through again after failing (see the module docs).
+        let mut contact_since: Option<Instant> = None;
         loop {
             let sent = Instant::now();
+            let hold_off = contact_since
+                .map(|t| self.lease_duration.saturating_sub(t.elapsed()))
+                .filter(|d| !d.is_zero());
             // Every read and write of the Lease is bounded: a hung request must not keep the
             // loop from stepping down in time.
-            let result = match tokio::time::timeout(self.renew_interval, self.step(&api)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {:?}", self.renew_interval)),
-            };
+            let result =
+                match tokio::time::timeout(self.renew_interval, self.step(&api, hold_off)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {:?}", self.renew_interval)),
+                };
+            if result.is_ok() && outage.ok() {
+                contact_since = Some(Instant::now());
+            }
             let wait = match result {
                 Ok(Step::Leading) => {
                     if last_renew.is_none() {
-                        tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
+                        if unsure {
+                            tracing::info!(lease = %self.name, identity = %self.identity, "renewed the lease again: leading");
+                        } else {
+                            tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
+                        }
                     }
                     last_renew = Some(sent);
+                    unsure = false;
                     self.fence.extend(sent + self.renew_deadline());
-                    set(&leading, true);
+                    set(&leading, Leadership::Leading);
                     self.renew_interval
                 }
                 Ok(Step::Following(expires)) => {
                     self.fence.close();
-                    if last_renew.take().is_some() {
+                    if last_renew.take().is_some() || unsure {
                         tracing::warn!(lease = %self.name, "lost the lease to another holder");
                     }
-                    set(&leading, false);
+                    unsure = false;
+                    set(&leading, Leadership::Following);
                     // Re-read when it expires (plus a little), or every interval meanwhile.
                     let left = expires.duration_since(Timestamp::now());
                     let left = Duration::try_from(left).unwrap_or_default();
@@ -219,17 +291,19 @@ impl LeaderElection {
                 }
                 Ok(Step::Raced) => Duration::from_millis(100),
                 Err(e) => {
-                    tracing::warn!(lease = %self.name, error = %e, "lease read/write failed");
+                    outage.failed(&e);
+                    contact_since = None;
                     self.renew_interval / 2
                 }
             };
             if let Some(t) = last_renew
                 && t.elapsed() > self.renew_deadline()
             {
-                tracing::warn!(lease = %self.name, "could not renew the lease in time: stepping down");
+                tracing::warn!(lease = %self.name, "could not renew the lease in time: no writes until it is renewed; the data path keeps its last state");
                 self.fence.close();
                 last_renew = None;
-                set(&leading, false);
+                unsure = true;
+                set(&leading, Leadership::Unsure);
             }
             // A standby wakes on any change of the Lease; the leader only on its timer (its
             // own renewals change the Lease too).
@@ -241,8 +315,8 @@ impl LeaderElection {
             }
         }
         self.fence.close();
-        if last_renew.is_some() {
-            set(&leading, false);
+        if last_renew.is_some() || unsure {
+            set(&leading, Leadership::Following);
             match self.release(&api).await {
                 Ok(()) => tracing::info!(lease = %self.name, "released the lease"),
                 Err(e) => {
@@ -253,7 +327,13 @@ impl LeaderElection {
         Ok(())
     }
 
-    async fn step(&self, api: &Api<Lease>) -> Result<Step, kube::Error> {
+    /// One read (and write) of the Lease. `hold_off`: we regained contact with the API this
+    /// recently; an expired Lease that someone holds is left to its holder that much longer.
+    async fn step(
+        &self,
+        api: &Api<Lease>,
+        hold_off: Option<Duration>,
+    ) -> Result<Step, kube::Error> {
         let current = api.get_opt(&self.name).await?;
         let now = Timestamp::now();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
@@ -262,6 +342,7 @@ impl LeaderElection {
             (Some(_), Action::Create) => Action::Acquire,
             (_, a) => a,
         };
+        let action = hold_off_takeover(action, spec, now, hold_off);
         if let Action::Follow { expires, .. } = action {
             return Ok(Step::Following(expires));
         }
@@ -326,7 +407,7 @@ impl Drop for AbortOnDrop {
 /// allows with `resourceNames`); errors back off and are retried by the watcher.
 async fn watch_lease(api: Api<Lease>, name: String, changed: std::sync::Arc<Notify>) {
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(api, cfg).default_backoff());
+    let mut events = std::pin::pin!(watcher(api, cfg).backoff(crate::outage::watch_backoff()));
     while let Some(ev) = events.next().await {
         match ev {
             Ok(_) => changed.notify_one(),
@@ -377,6 +458,53 @@ mod tests {
                 holder: "b".into(),
                 expires: t(15)
             }
+        );
+    }
+
+    #[test]
+    fn after_an_outage_an_expired_holder_gets_time_to_renew() {
+        let expired = held("b", 0, 15);
+        let act = decide(Some(&expired), t(100), "a");
+        assert_eq!(act, Action::Acquire);
+        assert_eq!(
+            hold_off_takeover(
+                act.clone(),
+                Some(&expired),
+                t(100),
+                Some(Duration::from_secs(4))
+            ),
+            Action::Follow {
+                holder: "b".into(),
+                expires: t(104)
+            },
+            "a candidate that just regained contact waits"
+        );
+        assert_eq!(
+            hold_off_takeover(act.clone(), Some(&expired), t(100), None),
+            Action::Acquire,
+            "one that never lost contact takes over as before"
+        );
+        let mut free = expired.clone();
+        free.holder_identity = None;
+        assert_eq!(
+            hold_off_takeover(
+                Action::Acquire,
+                Some(&free),
+                t(100),
+                Some(Duration::from_secs(4))
+            ),
+            Action::Acquire,
+            "a released Lease is taken at once"
+        );
+        assert_eq!(
+            hold_off_takeover(
+                Action::Renew,
+                Some(&held("a", 0, 15)),
+                t(100),
+                Some(Duration::from_secs(4))
+            ),
+            Action::Renew,
+            "the holder itself renews at once"
         );
     }
 

@@ -12,3 +12,4 @@ pub mod keys;
 pub mod leader;
 pub mod mcs;
 pub mod membership;
+pub mod outage;

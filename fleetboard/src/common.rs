@@ -13,7 +13,8 @@ pub struct LocalArgs {
     /// TUN device name.
     #[arg(long, env = "FLEETBOARD_TUN_NAME", default_value = "fb0")]
     pub tun_name: String,
-    /// Folder for the admin socket and the QUIC identity files.
+    /// Folder for the admin socket and the QUIC identity files (the agent also keeps the
+    /// node's keys, the hub token and its last dataplane config there).
     #[arg(long, env = "FLEETBOARD_STATE_DIR", default_value = "/run/fleetboard")]
     pub state_dir: PathBuf,
     /// Address for /metrics, /live, /ready (IP:PORT; an IPv6 address may be unbracketed).
@@ -26,14 +27,18 @@ pub struct LocalArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`). kube-client logs every failed
+/// request at error level, though the caller gets the error and logs the outage once
+/// (`fleetboard_control::outage`): off unless `RUST_LOG` names `kube_client`.
 pub fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_client"))
+        && let Ok(quiet) = "kube_client::client::builder=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
 /// The two-worker tokio runtime `hub` and `agent` run on.

@@ -27,4 +27,5 @@ pub mod netns;
 pub mod node;
 pub mod process;
 pub mod real_fleet;
+pub mod steady_stream;
 pub mod user_shell;

@@ -17,6 +17,8 @@ pub mod hub;
 mod mcs;
 pub mod plan;
 mod reconcile;
+mod saved;
+mod startup;
 pub mod token;
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,7 @@
 //! The agent's loop: watch Nodes, the gateway Lease and the hub's Peers; on every change
-//! re-plan and apply (annotations, the Peer, the dataplane).
+//! re-plan and apply (annotations, the Peer, the dataplane). Every config the dataplane
+//! accepts is saved ([`super::saved`]); API outages leave the views and the dataplane on
+//! their last state ([`crate::outage`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -8,38 +10,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetboard_dataplane::core::{DataplaneConfig, PublicKey};
-use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use super::mcs::{Controllers, ServiceView, mcs_slice_selector};
 use super::plan::{
     self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
 };
+use super::startup::{Joined, Offline, join, member_client, poll_gateway, watch_store};
 use super::{
-    AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE, HubError,
+    AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE,
     NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_CIDR_ANNOTATION, TUNNEL_IP_ANNOTATION,
+    saved,
 };
 use crate::crd::mcs::ServiceImport;
 use crate::crd::peer::{Peer, PeerSpec};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
 use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
-use crate::keys::{GatewayKeys, load_or_create, load_or_create_local};
-use crate::leader::LeaderElection;
+use crate::keys::{GatewayKeys, load_or_create};
+use crate::leader::{LeaderElection, Leadership};
+use crate::outage::Outage;
 
 /// Re-plan at least this often even without events (a missed event, a dataplane that died).
 const RESYNC: Duration = Duration::from_secs(10);
 /// Events closer together than this are handled in one pass (a burst of watch events).
 const DEBOUNCE: Duration = Duration::from_millis(100);
-/// How often non-gateway nodes read the gateway Lease (a moved gateway is followed within it).
-const LEASE_POLL: Duration = Duration::from_secs(1);
 /// Retry delay after a failed pass.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -63,30 +65,26 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         .await?;
     }
     let member = member_client(&cfg).await?;
-    let (hub, hub_url, hub_token) = super::token::hub_client(&member, &cfg).await?;
     tokio::pin!(shutdown);
-    // An unreachable hub (its apiserver or load balancer not up yet) is waited for, live and
-    // not ready; a hub that refuses the token or lacks the CRD is a configuration error.
-    loop {
-        match cfg.hub.check(&hub, &hub_url, &cfg.hub_namespace).await {
-            Ok(()) => break,
-            Err(e @ HubError::Unreachable { .. }) => {
-                tracing::warn!(error = %e, "hub not reachable yet; retrying");
-                health.set(false, &format!("joining the hub: {e}"));
+    // Until the API servers answer, the node's tunnel runs on its saved config (if any).
+    let mut offline = Offline::new(&cfg.state_dir, health.clone());
+    let joined = match offline.until(&mut shutdown, join(&member, &cfg)).await {
+        Some(j) => j?,
+        None => {
+            if let Some(r) = offline.take() {
+                let _ = r.dp.stop().await;
             }
-            Err(e) => return Err(e.into()),
+            return Ok(());
         }
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(RETRY) => {}
-        }
+    };
+    let Joined {
+        hub,
+        hub_token,
+        node_keys,
+    } = joined;
+    if !offline_reason(&health) {
+        health.set(false, "joined the hub; starting the dataplane");
     }
-    health.set(false, "joined the hub; starting the dataplane");
-    tracing::info!(hub = %hub_url, cluster = %cfg.cluster_id, node = %cfg.node_name, "joined the hub");
-
-    // The node's own keys stay on the node (the pod's state directory), never in a Secret.
-    let node_keys = load_or_create_local(&cfg.state_dir.join("node"), &cfg.node_name)?;
-    publish_node(&member, &cfg, &node_keys).await?;
 
     let notify = Arc::new(Notify::new());
     let nodes = watch_store(
@@ -121,7 +119,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         ),
     });
 
-    let (lead_tx, mut lead_rx) = watch::channel(false);
+    let (lead_tx, mut lead_rx) = watch::channel(Leadership::Following);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // What only the gateway writes goes through clients fenced by the gateway Lease.
     let fence = Fence::new();
@@ -177,28 +175,35 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         hub_token,
         assigned: HashMap::new(),
         dataplane: None,
-        was_leading: false,
+        was_gateway: false,
         health,
     };
 
     // Act only on complete views: an empty store before the first list would re-allocate.
-    tokio::select! {
-        _ = &mut shutdown => return agent.stop(stop_tx, election).await,
-        _ = agent.nodes.wait_until_ready() => {}
+    let (nodes, peers) = (agent.nodes.clone(), agent.peers.clone());
+    let views = async {
+        let _ = nodes.wait_until_ready().await;
+        let _ = peers.wait_until_ready().await;
+    };
+    let ready = offline.until(&mut shutdown, views).await;
+    agent.dataplane = offline.take();
+    if ready.is_none() {
+        return agent.stop(stop_tx, election).await;
     }
-    tokio::select! {
-        _ = &mut shutdown => return agent.stop(stop_tx, election).await,
-        _ = agent.peers.wait_until_ready() => {}
-    }
+    let mut outage = Outage::new("reconcile");
     loop {
-        let leading = *lead_rx.borrow_and_update();
-        let wait = match agent.pass(leading).await {
-            Ok(()) => RESYNC,
+        let leadership = *lead_rx.borrow_and_update();
+        let wait = match agent.pass(leadership).await {
+            Ok(()) => {
+                outage.ok();
+                RESYNC
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "reconcile failed; retrying");
+                outage.failed(&e);
                 RETRY
             }
         };
+        agent.report(leadership, outage.down_for().is_some());
         tokio::select! {
             _ = &mut shutdown => break,
             _ = notify.notified() => {}
@@ -210,91 +215,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     agent.stop(stop_tx, election).await
 }
 
-async fn member_client(cfg: &AgentConfig) -> Result<kube::Client, AgentError> {
-    let member_err = |what: &str, e: String| AgentError::Config {
-        flag: "--kubeconfig",
-        problem: format!("{what}: {e}"),
-    };
-    let config = match &cfg.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| member_err(&format!("reading {}", path.display()), e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| member_err("loading", e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| member_err("no in-cluster config or $KUBECONFIG", e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| member_err("client", e.to_string()))
-}
-
-/// Starts a reflector for `api` whose every event pokes `notify`.
-fn watch_store<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    notify: Arc<Notify>,
-    what: &'static str,
-) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                Err(e) => tracing::debug!(what, error = %e, "watch error (retrying)"),
-            }
-        }
-    });
-    store
-}
-
-/// Reads the gateway Lease every [`LEASE_POLL`] and publishes its holder, poking `notify` on
-/// a change. Polled rather than watched: agents may only get/create/update Leases.
-fn poll_gateway(api: Api<Lease>, notify: Arc<Notify>) -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        loop {
-            match api.get_opt(GATEWAY_LEASE).await {
-                Ok(lease) => {
-                    let holder = lease
-                        .and_then(|l| l.spec)
-                        .and_then(|s| s.holder_identity)
-                        .filter(|h| !h.is_empty());
-                    let changed = tx.send_if_modified(|cur| {
-                        let changed = *cur != holder;
-                        *cur = holder.clone();
-                        changed
-                    });
-                    if changed {
-                        tracing::info!(gateway = ?holder, "gateway Lease holder");
-                        notify.notify_one();
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "reading the gateway Lease"),
-            }
-            if tx.is_closed() {
-                break;
-            }
-            tokio::time::sleep(LEASE_POLL).await;
-        }
-    });
-    rx
-}
-
 /// Writes this node's `public-key` and `tunnel-ip` annotations.
-async fn publish_node(
+pub(super) async fn publish_node(
     member: &kube::Client,
     cfg: &AgentConfig,
     keys: &GatewayKeys,
@@ -371,9 +293,14 @@ fn peer_info(p: &Peer) -> PeerInfo {
 }
 
 /// A running dataplane and the config it runs.
-struct Running {
-    dp: EmbeddedDataplane,
-    config: DataplaneConfig,
+pub(super) struct Running {
+    pub(super) dp: EmbeddedDataplane,
+    pub(super) config: DataplaneConfig,
+}
+
+/// True while `/ready` says the dataplane runs on the saved config.
+fn offline_reason(health: &Health) -> bool {
+    health.get().reason == super::startup::RUNNING_SAVED
 }
 
 struct Agent {
@@ -400,7 +327,7 @@ struct Agent {
     /// Blocks this gateway wrote and the Node store may not show yet.
     assigned: HashMap<String, IpNet>,
     dataplane: Option<Running>,
-    was_leading: bool,
+    was_gateway: bool,
     health: Health,
 }
 
@@ -427,16 +354,35 @@ impl Agent {
         Ok(())
     }
 
-    /// One observe-plan-apply pass.
-    async fn pass(&mut self, leading: bool) -> Result<(), AgentError> {
-        if leading != self.was_leading {
+    /// `/ready` after a pass: a running dataplane stays ready whatever the API servers do;
+    /// the reason says when they do not answer.
+    fn report(&self, leadership: Leadership, failing: bool) {
+        if self.dataplane.is_none() {
+            return;
+        }
+        let reason = match (leadership, failing) {
+            (Leadership::Unsure, _) => {
+                "joined: dataplane up; member API unreachable (gateway Lease not renewed): running on the last known state, no writes"
+            }
+            (_, true) => "joined: dataplane up; API unreachable: running on the last known state",
+            _ => "joined: dataplane up",
+        };
+        self.health.set(true, reason);
+    }
+
+    /// One observe-plan-apply pass. A gateway that cannot renew its Lease
+    /// ([`Leadership::Unsure`]) keeps planning its dataplane from the views but writes nothing.
+    async fn pass(&mut self, leadership: Leadership) -> Result<(), AgentError> {
+        let leading = leadership.is_leading();
+        let gateway = leadership != Leadership::Following;
+        if gateway != self.was_gateway {
             tracing::info!(
                 node = %self.cfg.node_name,
-                gateway = leading,
+                gateway,
                 "{}",
-                if leading { "this node is now the gateway" } else { "this node is no longer the gateway" }
+                if gateway { "this node is now the gateway" } else { "this node is no longer the gateway" }
             );
-            self.was_leading = leading;
+            self.was_gateway = gateway;
             self.assigned.clear();
         }
         if leading && self.cfg.mcs {
@@ -466,8 +412,8 @@ impl Agent {
         let peers: Vec<PeerInfo> = self.peers.state().iter().map(|p| peer_info(p)).collect();
         self.check_own_annotations(&nodes).await?;
         self.publish_tunnel_cidr(&peers).await?;
-        let desired = if leading {
-            self.gateway_pass(&nodes, &peers).await?
+        let desired = if gateway {
+            self.gateway_pass(&nodes, &peers, leading).await?
         } else {
             self.node_pass(&nodes, &peers)
         };
@@ -525,10 +471,13 @@ impl Agent {
         Ok(())
     }
 
+    /// The gateway's dataplane config; `may_write` false (the Lease is not renewed): nothing
+    /// is written (the Peer, node sub-blocks), only what is already recorded is used.
     async fn gateway_pass(
         &mut self,
         nodes: &[NodeInfo],
         peers: &[PeerInfo],
+        may_write: bool,
     ) -> Result<Option<DataplaneConfig>, AgentError> {
         let keys = match &self.cluster_keys {
             Some(k) => k.clone(),
@@ -552,7 +501,9 @@ impl Agent {
                 private_key,
             });
         }
-        self.apply_peer(&keys, peers).await?;
+        if may_write {
+            self.apply_peer(&keys, peers).await?;
+        }
         let Some(own) = peers.iter().find(|p| p.name == self.cfg.cluster_id) else {
             tracing::info!("waiting for our Peer to appear in the hub");
             return Ok(None);
@@ -563,9 +514,13 @@ impl Agent {
         }
         let blocks = match plan::plan_node_blocks(&own.allocated, self.cfg.node_block_prefix, nodes)
         {
-            Ok((all, changed)) => {
-                for b in &changed {
-                    self.write_node_block(b).await?;
+            Ok((mut all, changed)) => {
+                if may_write {
+                    for b in &changed {
+                        self.write_node_block(b).await?;
+                    }
+                } else {
+                    all.retain(|b| !changed.contains(b));
                 }
                 all
             }
@@ -680,6 +635,7 @@ impl Agent {
                 match r.dp.apply(c.clone()).await {
                     Ok(()) => {
                         tracing::info!(peers = c.peers.len(), key = %c.private_key.public_key(), "dataplane config applied");
+                        saved::save(&self.cfg.state_dir, &c);
                         r.config = c;
                     }
                     Err(e) => tracing::warn!(error = %e, "dataplane refused the config"),
@@ -700,6 +656,7 @@ impl Agent {
                     key = %c.private_key.public_key(),
                     "dataplane started"
                 );
+                saved::save(&self.cfg.state_dir, &c);
                 self.dataplane = Some(Running { dp, config: c });
                 self.health.set(true, "joined: dataplane up");
             }

@@ -229,18 +229,39 @@ pub(super) async fn hub_client(
                 problem,
             })
         };
-        let secret = api
-            .get_opt(name)
-            .await
-            .map_err(|e| bad(format!("reading {what}: {e}")))?
-            .ok_or_else(|| bad(format!("{what} does not exist")))?;
-        let token = secret_token(&secret).ok_or_else(|| {
-            bad(format!(
-                "{what} has no usable key `{TOKEN_KEY}` (the member's hub token)"
-            ))
-        })?;
         let state_dir = std::path::absolute(&cfg.state_dir).unwrap_or(cfg.state_dir.clone());
         let file = state_dir.join(TOKEN_FILE);
+        let mut outage = crate::outage::Outage::new("member API (hub token Secret)");
+        let mut attempt = 0;
+        let token = loop {
+            match api.get_opt(name).await {
+                Ok(Some(secret)) => {
+                    outage.ok();
+                    break secret_token(&secret).ok_or_else(|| {
+                        bad(format!(
+                            "{what} has no usable key `{TOKEN_KEY}` (the member's hub token)"
+                        ))
+                    })?;
+                }
+                Ok(None) => return Err(bad(format!("{what} does not exist"))),
+                // The member API does not answer (or refuses, as a freshly restarted one may
+                // until its authorizer has synced): the token this node saved last time, if
+                // any (the watch below catches up with the Secret once the API is back).
+                Err(e) => {
+                    if let Some(saved) = std::fs::read_to_string(&file)
+                        .ok()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| token_is_valid(t))
+                    {
+                        tracing::warn!(error = %e, file = %file.display(), "member API unreachable: using the hub token saved by this node");
+                        break saved;
+                    }
+                    outage.failed(&format!("reading {what}: {e}"));
+                }
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt = attempt.saturating_add(1).min(3);
+        };
         write_token_file(&file, &token).map_err(|source| AgentError::StateDir {
             path: file.clone(),
             source,

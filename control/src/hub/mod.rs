@@ -33,7 +33,8 @@ use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
 use crate::ipam::BlockAllocator;
 use crate::keys::{self, GatewayKeys};
-use crate::leader::LeaderElection;
+use crate::leader::{LeaderElection, Leadership};
+use crate::outage::{Outage, watch_backoff};
 use plan::{HubSettings, PeerInput};
 use role::{PodRole, Role};
 
@@ -56,6 +57,11 @@ const STANDBY_LABELLED: &str =
     "standby: ready to take over (the Service selects the leader's pod by label)";
 /// `/ready` of the leader until its dataplane serves the tunnel.
 const LEADER_STARTING: &str = "leader: starting the tunnel";
+/// `/ready` of the leader while it serves the tunnel.
+const LEADER_SERVING: &str = "leader: serving the tunnel";
+/// `/ready` of a leader that cannot renew its Lease because the hub API does not answer:
+/// still ready (the Service must keep sending members here), nothing written meanwhile.
+const LEADER_API_UNREACHABLE: &str = "leader: hub API unreachable, serving the tunnel on the last known state (no writes until the Lease is renewed)";
 /// Resolved endpoint names are kept this long.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
@@ -187,7 +193,7 @@ pub async fn run(
         )
         .await?;
     }
-    let (lead_tx, mut lead_rx) = watch::channel(false);
+    let (lead_tx, mut lead_rx) = watch::channel(Leadership::Following);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     // The leader writes Peers only through a client fenced by the Lease: a leader frozen
     // past its renew deadline cannot write once it runs again ([`crate::fence`]).
@@ -216,17 +222,23 @@ pub async fn run(
     let watch_task = {
         let changed = changed.clone();
         let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
-            .default_backoff();
+            .backoff(watch_backoff());
         tokio::spawn(async move {
-            stream
-                .for_each(|ev| {
-                    if let Err(e) = ev {
-                        tracing::warn!(error = %e, "peer watch");
+            let mut outage = Outage::new("hub API (peer watch)");
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    // Emitted before each (re)list, answered or not: no sign of the API.
+                    Ok(watcher::Event::Init) => {}
+                    Ok(_) => {
+                        outage.ok();
                     }
-                    changed.notify_one();
-                    async {}
-                })
-                .await;
+                    Err(e) => {
+                        outage.failed(&e);
+                    }
+                }
+                changed.notify_one();
+            }
         })
     };
 
@@ -239,7 +251,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            r = lead_rx.wait_for(|l| *l) => if r.is_err() { break },
+            r = lead_rx.wait_for(|l| l.is_leading()) => if r.is_err() { break },
         }
         let mut leader = Leader::new(
             &config,
@@ -249,14 +261,17 @@ pub async fn run(
             changed.clone(),
             health.clone(),
             role.take(),
+            lead_rx.clone(),
         );
+        // Only another holder ends the term: a leader that cannot renew (the hub API does not
+        // answer) keeps the tunnel up and stops writing ([`Leadership::Unsure`]).
         let lost = async {
-            let _ = lead_rx.wait_for(|l| !*l).await;
+            let _ = lead_rx.wait_for(|l| *l == Leadership::Following).await;
         };
         let mut stopping = false;
         tokio::select! {
             _ = &mut shutdown => stopping = true,
-            _ = lost => tracing::warn!("lost leadership: stopping the hub dataplane"),
+            _ = lost => tracing::warn!("another replica holds the Lease: stopping the hub dataplane"),
             _ = leader.lead() => {}
         }
         leader.stop_dataplane().await;
@@ -297,9 +312,15 @@ struct Leader<'a> {
     health: Health,
     /// This replica's Pod label, set to leader once the dataplane serves.
     role: Option<PodRole>,
+    /// Where this replica stands in the election (passes run only while leading).
+    leadership: watch::Receiver<Leadership>,
+    /// The hub API as this term's passes see it (one warning per outage).
+    outage: Outage,
 }
 
 impl<'a> Leader<'a> {
+    // One argument per shared handle of the replica (its cache, health, Pod label, election).
+    #[allow(clippy::too_many_arguments)]
     fn new(
         config: &'a HubConfig,
         pools: Vec<BlockAllocator>,
@@ -308,6 +329,7 @@ impl<'a> Leader<'a> {
         changed: Arc<Notify>,
         health: Health,
         role: Option<PodRole>,
+        leadership: watch::Receiver<Leadership>,
     ) -> Self {
         Self {
             config,
@@ -324,6 +346,8 @@ impl<'a> Leader<'a> {
             dns: HashMap::new(),
             health,
             role,
+            leadership,
+            outage: Outage::new("hub API"),
         }
     }
 
@@ -343,8 +367,13 @@ impl<'a> Leader<'a> {
             )
             .await
             {
-                Ok(k) => break k,
-                Err(e) => tracing::warn!(error = %e, "hub keys"),
+                Ok(k) => {
+                    self.outage.ok();
+                    break k;
+                }
+                Err(e) => {
+                    self.outage.failed(&format!("hub keys: {e}"));
+                }
             }
             tokio::time::sleep(RETRY).await;
         };
@@ -374,6 +403,9 @@ impl<'a> Leader<'a> {
             return;
         }
         loop {
+            if !self.leadership.borrow().is_leading() {
+                self.ride_out_lease_outage().await;
+            }
             self.pass().await;
             tokio::select! {
                 _ = self.changed.notified() => {
@@ -382,6 +414,19 @@ impl<'a> Leader<'a> {
                 }
                 _ = tokio::time::sleep(PASS_EVERY) => {}
             }
+        }
+    }
+
+    /// While the Lease cannot be renewed: no passes (nothing may be written), the dataplane
+    /// keeps its last config, `/ready` says why. Returns once leading again (losing the Lease
+    /// to another holder ends the term in [`run`]).
+    async fn ride_out_lease_outage(&mut self) {
+        if self.dataplane.is_some() {
+            self.health.set(true, LEADER_API_UNREACHABLE);
+        }
+        let _ = self.leadership.wait_for(|l| l.is_leading()).await;
+        if self.dataplane.is_some() {
+            self.health.set(true, LEADER_SERVING);
         }
     }
 
@@ -568,6 +613,7 @@ impl<'a> Leader<'a> {
             .await
         {
             Ok(_) => {
+                self.outage.ok();
                 if current.allocated_cidrs != desired.allocated_cidrs {
                     tracing::info!(peer = %name, blocks = ?desired.allocated_cidrs, "allocation persisted");
                 }
@@ -586,7 +632,8 @@ impl<'a> Leader<'a> {
                 true
             }
             Err(e) => {
-                tracing::warn!(peer = %name, error = %e, "writing peer status");
+                self.outage
+                    .failed(&format!("writing the status of peer {name}: {e}"));
                 // Unchanged blocks are persisted already; new ones are not.
                 current.allocated_cidrs == desired.allocated_cidrs
             }
@@ -635,7 +682,9 @@ impl<'a> Leader<'a> {
             Ok(_) => {
                 tracing::info!(peer = %c.cluster_id, endpoint = ?c.endpoint, "published the hub peer")
             }
-            Err(e) => tracing::warn!(error = %e, "publishing the hub peer"),
+            Err(e) => {
+                self.outage.failed(&format!("publishing the hub peer: {e}"));
+            }
         }
     }
 
@@ -656,7 +705,7 @@ impl<'a> Leader<'a> {
                     tracing::info!(udp = %dp.local_addr(), peers = config.peers.len(), "hub dataplane started");
                     self.dataplane = Some(dp);
                     self.applied = Some(config);
-                    self.health.set(true, "leader: serving the tunnel");
+                    self.health.set(true, LEADER_SERVING);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "starting the hub dataplane");

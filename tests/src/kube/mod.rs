@@ -23,6 +23,7 @@
 mod accounts;
 mod controllers;
 mod forward;
+mod outage;
 pub mod pki;
 pub mod tools;
 mod util;
@@ -139,6 +140,9 @@ pub struct Cluster {
     client: kube::Client,
     forwarder: Option<Forwarder>,
     apiserver: ChildGuard,
+    /// How the apiserver was started (program, arguments, log): [`Cluster::start_apiserver`]
+    /// starts it again the same way.
+    apiserver_cmd: outage::ApiserverCommand,
     etcd: ChildGuard,
     dir: PathBuf,
     pki: pki::PkiFiles,
@@ -445,6 +449,7 @@ impl Start<'_> {
             }
         }
         let api_log = self.dir.join(format!("apiserver-{}.log", self.attempt));
+        let apiserver_cmd = outage::ApiserverCommand::of(&api_cmd, &api_log);
         let mut apiserver = ChildGuard::spawn("kube-apiserver", api_cmd, &api_log)?;
 
         let internal_url = format!("https://{}", secure_addr);
@@ -502,6 +507,7 @@ impl Start<'_> {
             client,
             forwarder,
             apiserver,
+            apiserver_cmd,
             etcd,
             dir: self.dir.to_path_buf(),
             pki: self.pki.clone(),

@@ -6,6 +6,7 @@
 mod dataplane_support;
 mod mcs_support;
 
+mod api_outage;
 mod charts;
 mod control_cluster;
 mod control_hub;

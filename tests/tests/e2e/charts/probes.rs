@@ -166,7 +166,9 @@ fn processes_are_live_before_they_lead_join_or_list() {
         .args(["--node-name", "n1", "--node-ip", "198.18.0.20"])
         .args(["--hub-url", &dead, "--hub-token", "abcdef.0123456789abcdef"])
         .args(["--state-dir", state])
-        .arg(format!("--metrics-address=127.0.0.1:{agent_port}"));
+        .arg(format!("--metrics-address=127.0.0.1:{agent_port}"))
+        // An outage is logged once at warn; each retry at debug.
+        .env("RUST_LOG", "info,fleetboard_control::outage=debug");
     let mut agent = ChildGuard::spawn("agent", cmd, &dir.join("agent.log")).unwrap();
 
     let dns_port = free_port();
@@ -185,7 +187,10 @@ fn processes_are_live_before_they_lead_join_or_list() {
     let agent_log = agent.log_path().to_path_buf();
     wait_for("the agent retries its hub", DEADLINE, POLL, || {
         let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
-        Ok((log.matches("hub not reachable yet").count() >= 2).then_some(()))
+        Ok(
+            (log.contains("API call failed") && log.matches("API still failing").count() >= 2)
+                .then_some(()),
+        )
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     for (what, proc, port) in [
