@@ -1,7 +1,8 @@
 //! Pod add/delete cycles through the real `fleetboard nri` plugin (the real NRI protocol; the
 //! test plays containerd) with SIGKILLs of the plugin at random moments of a RunPodSandbox,
 //! StopPodSandbox or RemovePodSandbox. After each kill the runtime reconnects the restarted
-//! plugin and synchronizes it with the pods it runs, as containerd does; then the IPAM file,
+//! plugin and synchronizes it with the pods it runs, as containerd does (a restart is itself
+//! killed now and then, while it loads its state or synchronizes); then the IPAM file,
 //! the pods' `eth-fleet` addresses and their `parallel_ip` annotations must agree: no address
 //! twice, no running pod without its address (or with a new one), nothing kept for a pod the
 //! runtime no longer has. At the end every address of the block can be handed out again.
@@ -36,6 +37,10 @@ const MAX_LIVE: usize = 12;
 const KILL_ONE_IN: (u32, u32) = (20, 10);
 /// Latest kill moment after an operation starts (setup takes a few ms to tens of ms).
 const KILL_WITHIN_MICROS: u64 = 30_000;
+/// One restart in this many is killed again while it starts.
+const KILL_AT_START_ONE_IN: u32 = 4;
+/// Latest moment of that kill after the restart (a debug build starts in ~100 ms).
+const KILL_AT_START_WITHIN_MICROS: u64 = 400_000;
 /// How long after a kill a call still in flight counts as answered (a dead plugin answers
 /// nothing; bytes already on the socket arrive well within this).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
@@ -54,6 +59,8 @@ struct Runtime {
     kubeconfig: std::path::PathBuf,
     running: Vec<Running>,
     kills: u32,
+    /// Kills of a restarted plugin while it starts and synchronizes.
+    kills_at_start: u32,
 }
 
 fn pod_object(name: &str) -> anyhow::Result<PodObject> {
@@ -93,14 +100,29 @@ impl Runtime {
     }
 
     /// After a kill: the runtime reconnects the restarted plugin and synchronizes it with the
-    /// pods it runs; then everything must agree.
-    async fn recover(&mut self) -> anyhow::Result<()> {
-        self.kills += 1;
-        self.node.kill_plugin();
-        self.start_plugin()?;
-        let sandboxes = self.running.iter().map(|r| r.pod.sandbox.clone()).collect();
-        self.conn = self.node.connect(sandboxes).await?;
-        self.check_consistent()
+    /// pods it runs; then everything must agree. One restart in [`KILL_AT_START_ONE_IN`] is
+    /// killed again at a random moment of its start (loading its state, Configure,
+    /// Synchronize, the frees and repairs after it) and restarted once more.
+    async fn recover(&mut self, rng: &mut fastrand::Rng) -> anyhow::Result<()> {
+        loop {
+            self.kills += 1;
+            self.node.kill_plugin();
+            self.start_plugin()?;
+            let sandboxes: Vec<_> = self.running.iter().map(|r| r.pod.sandbox.clone()).collect();
+            if rng.u32(0..KILL_AT_START_ONE_IN) != 0 {
+                self.conn = self.node.connect(sandboxes).await?;
+                return self.check_consistent();
+            }
+            self.kills_at_start += 1;
+            let after = Duration::from_micros(rng.u64(0..KILL_AT_START_WITHIN_MICROS));
+            let pid = self.node.plugin.as_ref().map(|p| p.id()).unwrap_or(0);
+            let killer = async {
+                tokio::time::sleep(after).await;
+                sigkill(pid);
+            };
+            let connect = tokio::time::timeout(after + ANSWER_GRACE, self.node.connect(sandboxes));
+            let _ = tokio::join!(connect, killer);
+        }
     }
 
     /// The IPAM file holds exactly the running pods, each with the address it was given, once;
@@ -255,6 +277,7 @@ async fn nri_pod_cycles_with_plugin_kills_keep_the_ipam_consistent() -> anyhow::
         kubeconfig,
         running: Vec::new(),
         kills: 0,
+        kills_at_start: 0,
     };
     let started = Instant::now();
     let kill_at = |rng: &mut fastrand::Rng| {
@@ -265,7 +288,7 @@ async fn nri_pod_cycles_with_plugin_kills_keep_the_ipam_consistent() -> anyhow::
         let kill = kill_at(&mut rng);
         rt.add(&format!("p{cycle}"), kill).await?;
         if kill.is_some() {
-            rt.recover().await?;
+            rt.recover(&mut rng).await?;
         }
         // Keep between 1 and MAX_LIVE pods running, at a level that wanders.
         let keep = rng.usize(1..=MAX_LIVE);
@@ -274,7 +297,7 @@ async fn nri_pod_cycles_with_plugin_kills_keep_the_ipam_consistent() -> anyhow::
             let i = rng.usize(..rt.running.len());
             rt.delete(i, kill).await?;
             if kill.is_some() {
-                rt.recover().await?;
+                rt.recover(&mut rng).await?;
             }
         }
         if cycle == cycles / 2 {
@@ -324,9 +347,10 @@ async fn nri_pod_cycles_with_plugin_kills_keep_the_ipam_consistent() -> anyhow::
     }
     assert!(rt.node.recorded()?.is_empty(), "every address freed");
     println!(
-        "nri crash safety: {cycles} pod add/delete cycles, {} plugin kills, 0 addresses twice, \
+        "nri crash safety: {cycles} pod add/delete cycles, {} plugin kills ({} of a restarting plugin), 0 addresses twice, \
          0 lost, 0 leaked ({USABLE}/{USABLE} reusable after), {:.1} s of cycles, {:.1} s in all",
         rt.kills,
+        rt.kills_at_start,
         churn.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
