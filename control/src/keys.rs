@@ -120,22 +120,13 @@ impl GatewayKeys {
     /// Writes `quic.key` (mode 0600) and `quic.crt` into `dir`; returns (cert, key) paths,
     /// what the dataplane config's `quic.certificate` / `quic.private_key` take.
     pub fn write_quic_files(&self, dir: &Path) -> Result<(PathBuf, PathBuf), KeysError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let w = |path: PathBuf, body: &str, mode: u32| -> Result<PathBuf, KeysError> {
             let err = |source| KeysError::Write {
                 path: path.clone(),
                 source,
             };
             std::fs::create_dir_all(dir).map_err(err)?;
-            let _ = std::fs::remove_file(&path);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&path)
-                .map_err(err)?;
-            f.write_all(body.as_bytes()).map_err(err)?;
+            crate::atomic_file::write(&path, body.as_bytes(), mode).map_err(err)?;
             Ok(path)
         };
         let key = w(dir.join(QUIC_KEY), &self.quic_key_pem, 0o600)?;
@@ -247,30 +238,19 @@ pub async fn load_or_create(
 /// written there (the private files mode 0600, the directory 0700). They live as long as
 /// the directory: the agent pod's state volume, so a new pod makes new keys and publishes
 /// the new public key on its Node.
+///
+/// Every file is written atomically and durably ([`crate::atomic_file`]), the WireGuard key
+/// last (its presence says the set is complete). A set that cannot be read or parsed all the
+/// same (a disk that lost writes) is replaced by fresh keys with a warning, as a missing one
+/// is: the agent publishes the new public key, while refusing to start would only restart
+/// the pod into the same refusal.
 pub fn load_or_create_local(dir: &Path, quic_name: &str) -> Result<GatewayKeys, KeysError> {
     use std::os::unix::fs::PermissionsExt as _;
     let wg = dir.join(WIREGUARD_KEY);
-    let read = |p: &Path| std::fs::read_to_string(p);
-    if let (Ok(k), Ok(qk), Ok(qc)) = (
-        read(&wg),
-        read(&dir.join(QUIC_KEY)),
-        read(&dir.join(QUIC_CERT)),
-    ) {
-        let invalid = |field: &'static str, problem: String| KeysError::Invalid {
-            namespace: "(local)".into(),
-            name: dir.display().to_string(),
-            field,
-            problem,
-        };
-        let private_key =
-            SecretKey::from_base64(k.trim()).map_err(|e| invalid(WIREGUARD_KEY, e.to_string()))?;
-        let id = Identity::from_pem(&qc, &qk).map_err(|e| invalid(QUIC_CERT, e.to_string()))?;
-        return Ok(GatewayKeys {
-            private_key,
-            quic_key_pem: qk,
-            quic_cert_pem: qc,
-            fingerprint: id.fingerprint.to_hex(),
-        });
+    match read_local(dir) {
+        Ok(Some(keys)) => return Ok(keys),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "the node's keys are unusable; making new ones"),
     }
     let keys = GatewayKeys::generate(quic_name)?;
     let err = |path: &Path| {
@@ -280,24 +260,37 @@ pub fn load_or_create_local(dir: &Path, quic_name: &str) -> Result<GatewayKeys, 
     std::fs::create_dir_all(dir).map_err(err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err(dir))?;
     keys.write_quic_files(dir)?;
-    // The WireGuard key last: its presence says the set is complete.
-    let tmp = dir.join(format!("{WIREGUARD_KEY}.tmp"));
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err(&tmp))?;
-        f.write_all(keys.private_key.to_base64().as_bytes())
-            .map_err(err(&tmp))?;
-    }
-    std::fs::rename(&tmp, &wg).map_err(err(&wg))?;
+    crate::atomic_file::write(&wg, keys.private_key.to_base64().as_bytes(), 0o600)
+        .map_err(err(&wg))?;
     tracing::info!(dir = %dir.display(), public_key = %keys.public_key_base64(), "created the node's keys");
     Ok(keys)
+}
+
+/// The complete key set in `dir`; `None` when a file is missing or unreadable.
+fn read_local(dir: &Path) -> Result<Option<GatewayKeys>, KeysError> {
+    let read = |p: &Path| std::fs::read_to_string(p);
+    let (Ok(k), Ok(qk), Ok(qc)) = (
+        read(&dir.join(WIREGUARD_KEY)),
+        read(&dir.join(QUIC_KEY)),
+        read(&dir.join(QUIC_CERT)),
+    ) else {
+        return Ok(None);
+    };
+    let invalid = |field: &'static str, problem: String| KeysError::Invalid {
+        namespace: "(local)".into(),
+        name: dir.display().to_string(),
+        field,
+        problem,
+    };
+    let private_key =
+        SecretKey::from_base64(k.trim()).map_err(|e| invalid(WIREGUARD_KEY, e.to_string()))?;
+    let id = Identity::from_pem(&qc, &qk).map_err(|e| invalid(QUIC_CERT, e.to_string()))?;
+    Ok(Some(GatewayKeys {
+        private_key,
+        quic_key_pem: qk,
+        quic_cert_pem: qc,
+        fingerprint: id.fingerprint.to_hex(),
+    }))
 }
 
 #[cfg(test)]
@@ -321,6 +314,32 @@ mod tests {
             "the same keys on restart"
         );
         assert_eq!(again.fingerprint, made.fingerprint);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn torn_local_keys_are_replaced_instead_of_failing_every_start() {
+        let dir = std::env::temp_dir().join(format!("fb-keys-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = load_or_create_local(&dir, "node-1").unwrap();
+        // What a node that lost power right after the write can find: the WireGuard key
+        // empty, or the certificate cut short.
+        for (file, torn) in [
+            (WIREGUARD_KEY, String::new()),
+            (QUIC_CERT, first.quic_cert_pem[..40].to_string()),
+        ] {
+            std::fs::write(dir.join(file), torn).unwrap();
+            let made = load_or_create_local(&dir, "node-1").unwrap();
+            assert_ne!(made.public_key(), first.public_key(), "{file}: fresh keys");
+            let again = load_or_create_local(&dir, "node-1").unwrap();
+            assert_eq!(
+                again.public_key(),
+                made.public_key(),
+                "{file}: kept from then on"
+            );
+            assert_eq!(again.fingerprint, made.fingerprint);
+        }
+        assert!(!dir.join(".wireguard.key.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

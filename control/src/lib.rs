@@ -2,6 +2,7 @@
 //! and agent controllers that turn these objects into dataplane configuration.
 
 pub mod agent;
+pub mod atomic_file;
 pub mod crd;
 pub mod embedded;
 pub mod fence;

@@ -12,8 +12,6 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -100,35 +98,11 @@ pub fn backoff(attempt: u32) -> Duration {
     half + half.mul_f64(fraction)
 }
 
-/// Writes `token` to `path` atomically: a temporary file beside it, created with mode 0600
-/// (never readable by others, not even for a moment), then renamed over `path`.
+/// Writes `token` to `path` atomically and durably ([`crate::atomic_file`]): a temporary
+/// file beside it, created with mode 0600 (never readable by others, not even for a moment),
+/// then renamed over `path`.
 pub fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the token file path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // The rename durable too (best effort: some filesystems refuse to sync a folder).
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
+    crate::atomic_file::write(path, token.as_bytes(), 0o600)
 }
 
 fn unix_now() -> i64 {

@@ -12,6 +12,7 @@ mod control_cluster;
 mod control_hub;
 mod control_membership;
 mod control_peer_crd;
+mod crash_safety;
 mod dataplane_admin;
 mod dataplane_mtu;
 mod dataplane_probes;
