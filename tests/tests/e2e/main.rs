@@ -12,6 +12,7 @@ mod control_hub;
 mod control_membership;
 mod control_peer_crd;
 mod dataplane_admin;
+mod dataplane_impaired;
 mod dataplane_mtu;
 mod dataplane_protocols;
 mod dataplane_relay;
