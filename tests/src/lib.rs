@@ -12,6 +12,10 @@
 //! - [`internet`], [`load_balancer`]: what a cloud gives clusters on real nodes: a shared
 //!   network with public API servers, NAT for everything leaving a cluster, and addresses for
 //!   `type: LoadBalancer` Services.
+//! - [`impaired_link`], [`link_impairment`]: a link with loss, delay, jitter, reordering,
+//!   duplication and a rate limit, in userspace (this kernel has no `tc netem`).
+//! - [`timed_transfer`]: one TCP transfer between namespaces with its goodput and longest
+//!   stall.
 //! - [`real_fleet`]: a hub and two member clusters on real nodes with both charts installed
 //!   from a chart repository, as a user does (the fleet test and the demo).
 
@@ -20,12 +24,15 @@ pub mod chart_repo;
 pub mod charts;
 pub mod fleet;
 pub mod helm_install;
+pub mod impaired_link;
 pub mod internet;
 pub mod kube;
+pub mod link_impairment;
 pub mod load_balancer;
 pub mod netns;
 pub mod node;
 pub mod process;
 pub mod real_fleet;
 pub mod steady_stream;
+pub mod timed_transfer;
 pub mod user_shell;

@@ -14,6 +14,7 @@ mod control_membership;
 mod control_peer_crd;
 mod crash_safety;
 mod dataplane_admin;
+mod dataplane_impaired;
 mod dataplane_mtu;
 mod dataplane_probes;
 mod dataplane_protocols;

@@ -14,6 +14,8 @@ use fleetboard_dataplane::core::{
     SecretKey, Transport,
 };
 use fleetboard_tests::binaries::bin;
+use fleetboard_tests::impaired_link::{ImpairedLink, disable_offloads};
+use fleetboard_tests::link_impairment::Impairment;
 use fleetboard_tests::netns::{Netns, Underlay, require_net_admin, unique_token};
 use fleetboard_tests::process::{ChildGuard, wait_for};
 
@@ -185,6 +187,8 @@ pub struct Topology {
     pub a: Node,
     pub b: Node,
     pub underlay: Underlay,
+    /// gw-a's link to the underlay when it is impaired ([`Topology::new_impaired`]).
+    pub link: Option<ImpairedLink>,
     pub dir: TempDir,
 }
 
@@ -206,6 +210,10 @@ fn node(
     underlay
         .attach(&ns, "eth0", &[&format!("{ip}/24")])
         .unwrap();
+    node_in(ns, name, dir, ip, config)
+}
+
+fn node_in(ns: Netns, name: &'static str, dir: &Path, ip: &str, config: DataplaneConfig) -> Node {
     Node {
         name,
         ns,
@@ -272,6 +280,18 @@ impl Topology {
     /// As [`Topology::new`], every node using `transport` (QUIC: identities generated into
     /// the temp dir, peers pinned by fingerprint, members dialing the hub's QUIC port).
     pub fn new_with(hub_knows_b: bool, transport: Transport) -> Self {
+        Self::new_on(hub_knows_b, transport, None)
+    }
+
+    /// As [`Topology::new_with`], gw-a attached to the underlay through an [`ImpairedLink`]
+    /// (in `link`) that starts as `imp`: gw-a's underlay traffic to gw-b (raw) and its tunnel
+    /// traffic to the hub both cross it once each way. Offloads are off on every underlay
+    /// interface (the link forwards whole frames).
+    pub fn new_impaired(transport: Transport, imp: Impairment) -> Self {
+        Self::new_on(true, transport, Some(imp))
+    }
+
+    fn new_on(hub_knows_b: bool, transport: Transport, link: Option<Impairment>) -> Self {
         require_net_admin();
         let dir = TempDir::new();
         let underlay = Underlay::new().unwrap();
@@ -325,11 +345,26 @@ impl Topology {
                 }
             }
         }
+        let hub = node("hub", &dir.0, &underlay, "198.18.0.1", hub);
+        let b = node("gw-b", &dir.0, &underlay, "198.18.0.3", b);
+        let (a, link) = match link {
+            None => (node("gw-a", &dir.0, &underlay, "198.18.0.2", a), None),
+            Some(imp) => {
+                let ns = Netns::new("gw-a").unwrap();
+                let link =
+                    ImpairedLink::attach(&underlay, &ns, "eth0", &["198.18.0.2/24"], imp).unwrap();
+                for n in [&hub, &b] {
+                    disable_offloads(&n.ns, "eth0").unwrap();
+                }
+                (node_in(ns, "gw-a", &dir.0, "198.18.0.2", a), Some(link))
+            }
+        };
         Self {
-            hub: node("hub", &dir.0, &underlay, "198.18.0.1", hub),
-            a: node("gw-a", &dir.0, &underlay, "198.18.0.2", a),
-            b: node("gw-b", &dir.0, &underlay, "198.18.0.3", b),
+            hub,
+            a,
+            b,
             underlay,
+            link,
             dir,
         }
     }
