@@ -8,8 +8,9 @@
 //!
 //! After every kill the allocations in the API must hold no duplicate; after the last one and
 //! a convergence wait, each owner holds exactly one allocation, the founding owners the ones
-//! they had before the first kill, removed owners nothing, and the members still ping each
-//! other through the tunnel.
+//! they had before the first kill, removed owners nothing; once every process is back (hub
+//! leading, agents ready) the members ping each other through the tunnel and the allocations
+//! are still the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -441,8 +442,29 @@ async fn hub_and_agent_kills_during_churn_duplicate_and_lose_nothing() {
         tokio::time::sleep(POLL).await;
     }
     let converged = converge_started.elapsed();
+    // Every process back at work (the last restarts re-plan from what they find), traffic
+    // through the tunnel, and the allocations still the same afterwards.
+    eventually("hub-0 leads again", DEADLINE, POLL, || async {
+        Ok((f.hub_leader().await?.as_deref() == Some("hub-0")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    for n in 0..f.nodes.len() {
+        wait_for(&format!("agent {n} ready"), DEADLINE, POLL, || {
+            Ok((f.agent_probe(n, "/ready") == Some(200)).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    }
     wait_ping(&f, "a2", "b2").await;
     wait_ping(&f, "b1", "a1").await;
+    let settled = read_allocations(&f).await.unwrap();
+    samples += 1;
+    let problems = not_converged(&settled, &exp, &base, &members);
+    assert!(
+        problems.is_empty(),
+        "after every process settled: {problems:#?}\n{}",
+        f.logs()
+    );
     println!(
         "control crash safety: {kills} kills (hub {hub_kills}, agents {agent_kills}, gateway moves \
          {moves}), {steps} churn steps, {samples} API samples: 0 duplicates; converged {:.1} s \
