@@ -84,7 +84,8 @@ pub struct AgentConfig {
     pub hub_token_renew_after: Option<Duration>,
     /// TUN device name.
     pub tun_name: String,
-    /// Folder for the admin socket and QUIC identity files.
+    /// Folder for the admin socket, the QUIC identity files, the node keys, the hub token
+    /// file and the saved dataplane config (`dataplane.json`).
     pub state_dir: PathBuf,
     /// `/metrics`, `/live`, `/ready`, served from the agent's start ([`crate::health`]): live
     /// always, ready once joined with the node's dataplane up.

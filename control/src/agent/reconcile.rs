@@ -481,6 +481,8 @@ impl Agent {
     ) -> Result<Option<DataplaneConfig>, AgentError> {
         let keys = match &self.cluster_keys {
             Some(k) => k.clone(),
+            // Loading may create the keys Secret: a write.
+            None if !may_write => return Ok(None),
             None => {
                 let k = load_or_create(
                     self.member.clone(),
