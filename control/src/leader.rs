@@ -22,6 +22,10 @@
 //! candidate that itself lost contact with the API waits one lease duration after contact
 //! returns before it takes over an expired Lease that someone holds: the holder gets that long
 //! to renew, so an outage does not end in a needless change of leader.
+//!
+//! Failover on evidence ([`LeaderElection::dead_holder`]): a candidate told that the holder
+//! is dead (its data path stopped answering, [`crate::agent::failover`]) takes the Lease at
+//! once, without waiting for it to expire ([`preempt_dead_holder`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -146,6 +150,28 @@ pub fn hold_off_takeover(
     }
 }
 
+/// Resolves when the dead-holder signal changes; never without one (or once its sender is
+/// gone).
+async fn dead_changed(rx: &mut Option<watch::Receiver<Option<String>>>) {
+    let changed = match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `action` for a candidate told that `dead` holds the Lease and is dead: instead of following
+/// that holder until its Lease expires, take the Lease now (a new term). Any other holder is
+/// followed as before.
+pub fn preempt_dead_holder(action: Action, dead: Option<&str>) -> Action {
+    match action {
+        Action::Follow { holder, .. } if dead == Some(holder.as_str()) => Action::Acquire,
+        action => action,
+    }
+}
+
 /// The spec that gives the Lease up: no holder, expired at once.
 pub fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     let mut spec = current.clone();
@@ -171,6 +197,9 @@ pub struct LeaderElection {
     /// Open while we may act as the holder ([`crate::fence`]): give its clones to the
     /// [`crate::fence::fenced_client`]s the holder writes with.
     pub fence: Fence,
+    /// A holder known to be dead (none: no such knowledge): when it holds the Lease, take it
+    /// at once ([`preempt_dead_holder`]). Changes wake a standby.
+    pub dead_holder: Option<watch::Receiver<Option<String>>>,
 }
 
 /// Where this candidate stands, as published by [`LeaderElection::run`].
@@ -245,6 +274,7 @@ impl LeaderElection {
         // We held the Lease and could not renew it: [`Leadership::Unsure`].
         let mut unsure = false;
         let mut outage = Outage::new("lease");
+        let mut dead_holder = self.dead_holder.clone();
         // When reads of the Lease went through again after failing (see the module docs).
         let mut contact_since: Option<Instant> = None;
         loop {
@@ -312,6 +342,7 @@ impl LeaderElection {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = changed.notified(), if standby => {}
+                _ = dead_changed(&mut dead_holder), if standby => {}
             }
         }
         self.fence.close();
@@ -343,6 +374,14 @@ impl LeaderElection {
             (_, a) => a,
         };
         let action = hold_off_takeover(action, spec, now, hold_off);
+        let dead = self.dead_holder.as_ref().and_then(|d| d.borrow().clone());
+        let action = match preempt_dead_holder(action.clone(), dead.as_deref()) {
+            Action::Acquire if matches!(action, Action::Follow { .. }) => {
+                tracing::warn!(lease = %self.name, holder = ?dead, "taking over the lease of a holder whose data path does not answer");
+                Action::Acquire
+            }
+            a => a,
+        };
         if let Action::Follow { expires, .. } = action {
             return Ok(Step::Following(expires));
         }
@@ -432,6 +471,25 @@ mod tests {
             lease_transitions: Some(3),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_live_lease_of_a_dead_holder_is_taken_at_once() {
+        let follow = decide(Some(&held("b", 0, 15)), t(1), "a");
+        assert!(matches!(follow, Action::Follow { .. }));
+        assert_eq!(
+            preempt_dead_holder(follow.clone(), Some("b")),
+            Action::Acquire
+        );
+        // Another node named dead, or nobody: the holder is followed.
+        assert_eq!(preempt_dead_holder(follow.clone(), Some("c")), follow);
+        assert_eq!(preempt_dead_holder(follow.clone(), None), follow);
+        // Our own renewal and a free Lease are untouched.
+        assert_eq!(preempt_dead_holder(Action::Renew, Some("b")), Action::Renew);
+        assert_eq!(
+            preempt_dead_holder(Action::Acquire, Some("b")),
+            Action::Acquire
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! EndpointSlice controller and the MCS-Syncer ([`crate::mcs`]) while it holds the Lease, and
 //! every node's dataplane gets the ClusterSetIPs of the cluster's ServiceImports as `services`.
 
+pub mod failover;
 pub mod hub;
 mod mcs;
 pub mod plan;

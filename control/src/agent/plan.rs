@@ -455,10 +455,12 @@ pub fn node_config(i: &NodeInputs<'_>) -> Option<DataplaneConfig> {
         return None;
     }
     c.local = vec![own_block];
+    // Five probes a second to the gateway: a dead one is named within a second.
+    c.probe.interval_ms = super::failover::GATEWAY_PROBE_INTERVAL_MS;
     let gateway_probe = gw.cidr.map(|b| tun_address(b, &tunnel).addr());
     c.peers.push(PeerConfig {
         public_key: cluster_key,
-        name: Some("gateway".into()),
+        name: Some(super::failover::GATEWAY_PEER.into()),
         endpoint: Some(SocketAddr::new(gw.tunnel_ip?, local.listen_port)),
         allowed_ips: tunnel,
         persistent_keepalive: Some(KEEPALIVE_SECS),

@@ -135,6 +135,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         cfg.lease_duration,
         &cfg.node_name,
     );
+    // An ordinary node names a gateway whose data path went silent; the election then takes
+    // the Lease without waiting for it to expire (see super::failover).
+    let (dead_tx, dead_rx) = watch::channel(None);
+    tokio::spawn(super::failover::watch_gateway(
+        admin_socket(&cfg.state_dir),
+        cfg.node_name.clone(),
+        gateway.clone(),
+        dead_tx,
+    ));
     let election = LeaderElection {
         namespace: cfg.namespace.clone(),
         name: GATEWAY_LEASE.into(),
@@ -142,6 +151,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         lease_duration: cfg.lease_duration,
         renew_interval: cfg.renew_interval,
         fence,
+        dead_holder: Some(dead_rx),
     };
     let election = tokio::spawn(election.run(member.clone(), lead_tx, async {
         let _ = stop_rx.await;

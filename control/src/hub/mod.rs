@@ -211,6 +211,7 @@ pub async fn run(
         lease_duration: config.lease_duration,
         renew_interval: config.renew_interval,
         fence,
+        dead_holder: None,
     };
     let elect = tokio::spawn(election.run(client.clone(), lead_tx, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
