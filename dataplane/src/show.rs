@@ -47,6 +47,9 @@ fn probe(p: &fleetboard_dataplane_core::PeerStatus, addr: std::net::IpAddr) -> S
         }
         None => s.push_str(" never answered"),
     }
+    if p.probe_alive == Some(false) {
+        s.push_str(" (DEAD)");
+    }
     s
 }
 

@@ -77,6 +77,8 @@ pub struct PeerProbe {
     pub configured: Option<IpAddr>,
     /// Its probes.
     pub window: ProbeWindow,
+    /// Liveness as of the last round (for logging its changes).
+    pub alive: Option<bool>,
 }
 
 impl PeerProbe {
@@ -86,6 +88,7 @@ impl PeerProbe {
             target: configured,
             configured,
             window: ProbeWindow::new(window),
+            alive: None,
         }
     }
 
@@ -298,6 +301,18 @@ impl Prober {
                 seq,
             }
             .encode();
+            let alive = p.probe.window.liveness(now, self.settings.dead_after());
+            if alive != p.probe.alive && alive.is_some() {
+                match alive {
+                    Some(false) => {
+                        tracing::warn!(peer = %p.config.label(), %target, "probes unanswered: peer dead")
+                    }
+                    _ => {
+                        tracing::info!(peer = %p.config.label(), %target, "probes answered: peer alive")
+                    }
+                }
+            }
+            p.probe.alive = alive;
             if socket
                 .send_slice(&m, (IpAddress::from(target), PROBE_PORT))
                 .is_ok()
@@ -314,6 +329,11 @@ impl Prober {
     /// The next packet the interface sends (to be routed to a peer).
     pub fn pop_transmit(&mut self) -> Option<Vec<u8>> {
         self.device.tx.pop_front()
+    }
+
+    /// One peer's probe-based liveness at `now` (see [`ProbeWindow::liveness`]).
+    pub fn liveness(&self, probe: &PeerProbe, now: Instant) -> Option<bool> {
+        probe.window.liveness(now, self.settings.dead_after())
     }
 
     /// The figures of one peer's window at `now`.

@@ -75,6 +75,7 @@ fn probing_mesh() -> Mesh {
             interval_ms: 100,
             window: 5,
             timeout_ms: 300,
+            dead_after_ms: 300,
         };
         for p in &mut c.peers {
             if p.public_key == key(1).public_key() {
@@ -125,6 +126,7 @@ fn probes_are_timed_and_a_dead_peer_reaches_full_loss() {
         assert_eq!(hub.probe_loss, Some(0.0), "{hub:?}");
         assert!(hub.probe_rtt_p50_micros.is_some(), "{hub:?}");
         assert!(hub.probe_last_reply_millis_ago.unwrap() <= 100, "{hub:?}");
+        assert_eq!(hub.probe_alive, Some(true), "{hub:?}");
     }
     let st = m.nodes[0].dp.status_at(now);
     for p in &st.peers {
@@ -154,6 +156,8 @@ fn probes_are_timed_and_a_dead_peer_reaches_full_loss() {
         .find(|p| p.name.as_deref() == Some("n2"))
         .unwrap();
     assert_eq!(b.probe_loss, Some(1.0), "{b:?}");
+    assert_eq!(b.probe_alive, Some(false), "{b:?}");
+    assert_eq!(a.probe_alive, Some(true), "{a:?}");
     assert_eq!(b.probe_rtt_p50_micros, None);
     assert!(b.probe_last_reply_millis_ago.unwrap() >= 900, "{b:?}");
     assert_eq!(a.probe_loss, Some(0.0), "a is still fine: {a:?}");
