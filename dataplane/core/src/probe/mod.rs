@@ -277,7 +277,20 @@ impl Prober {
                 _ => self.counters.unexpected += 1,
             }
         }
-        let _ = self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        self.flush(ts);
+    }
+
+    /// Moves every message queued in the socket to the device (smoltcp sends one datagram of
+    /// a socket per poll).
+    fn flush(&mut self, ts: smoltcp::time::Instant) {
+        loop {
+            let queued = self.sockets.get::<udp::Socket>(self.udp).send_queue();
+            let _ = self.iface.poll(ts, &mut self.device, &mut self.sockets);
+            let left = self.sockets.get::<udp::Socket>(self.udp).send_queue();
+            if left == 0 || left >= queued {
+                break;
+            }
+        }
         self.counters.unexpected += std::mem::take(&mut self.device.tx_dropped);
     }
 
@@ -290,7 +303,7 @@ impl Prober {
             return;
         }
         self.next_round = now + Duration::from_millis(u64::from(self.settings.interval_ms));
-        let socket = self.sockets.get_mut::<udp::Socket>(self.udp);
+        let ts = self.ts(now);
         for p in peers.iter_mut() {
             let Some(target) = p.probe.target else {
                 continue;
@@ -313,6 +326,11 @@ impl Prober {
                 }
             }
             p.probe.alive = alive;
+            if !self.sockets.get::<udp::Socket>(self.udp).can_send() {
+                // More peers than socket slots: move the queued probes to the device first.
+                self.flush(ts);
+            }
+            let socket = self.sockets.get_mut::<udp::Socket>(self.udp);
             if socket
                 .send_slice(&m, (IpAddress::from(target), PROBE_PORT))
                 .is_ok()
