@@ -115,7 +115,12 @@ pub fn render(s: &DataplaneStatus) -> String {
 /// Data-path probe figures per peer and the probe interface's counters.
 fn render_probes(o: &mut String, s: &DataplaneStatus) {
     type Gauge = (&'static str, &'static str, fn(&PeerStatus) -> Option<f64>);
-    let gauges: [Gauge; 3] = [
+    let gauges: [Gauge; 4] = [
+        (
+            "fleetboard_peer_probe_up",
+            "1 while the peer answers data-path probes, 0 once its last reply is older than probe.dead_after_ms.",
+            |p| p.probe_alive.map(|a| f64::from(u8::from(a))),
+        ),
         (
             "fleetboard_peer_probe_rtt_p50_seconds",
             "Median round trip of the data-path probes in the window.",

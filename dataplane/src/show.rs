@@ -47,6 +47,9 @@ fn probe(p: &fleetboard_dataplane_core::PeerStatus, addr: std::net::IpAddr) -> S
         }
         None => s.push_str(" never answered"),
     }
+    if p.probe_alive == Some(false) {
+        s.push_str(" (DEAD)");
+    }
     s
 }
 
@@ -159,6 +162,44 @@ pub fn format(s: &DataplaneStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_figures_and_a_dead_peer_are_shown() {
+        let drops = vec![0u64; fleetboard_dataplane_core::drop::DROP_REASONS];
+        let st: DataplaneStatus = serde_json::from_value(serde_json::json!({
+            "public_key": fleetboard_dataplane_core::SecretKey::from_random_bytes([1; 32])
+                .public_key().to_base64(),
+            "listen_port": 31820, "interface": "fb0", "routes": 1,
+            "drops": drops,
+            "probe_address": "100.64.1.1",
+            "probes": { "requests_sent": 9, "replies": 7, "requests_answered": 8,
+                "echo_requests": 2, "malformed": 1, "unexpected": 0 },
+            "peers": [{
+                "public_key": fleetboard_dataplane_core::SecretKey::from_random_bytes([2; 32])
+                    .public_key().to_base64(),
+                "name": "hub", "transport": "wg", "endpoint": null, "allowed_ips": [],
+                "last_handshake_secs_ago": null, "persistent_keepalive": null,
+                "counters": { "rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0,
+                    "drops": drops },
+                "probe_address": "100.64.0.1", "probe_rtt_p50_micros": 1250,
+                "probe_loss": 0.5, "probe_last_reply_millis_ago": 4200, "probe_alive": false
+            }]
+        }))
+        .unwrap();
+        let text = format(&st);
+        assert!(
+            text.contains(
+                "probes on 100.64.1.1: 9 sent, 7 replies, 8 answered, 2 echo, 1 malformed, 0 unexpected"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "probe: 100.64.0.1: rtt p50 1.25 ms, loss 50%, last reply 4.2 s ago (DEAD)"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn rtt_is_printed_in_readable_units() {

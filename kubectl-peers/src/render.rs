@@ -48,7 +48,7 @@ pub fn table(rows: &[PeerSummary], wide: bool) -> String {
         "AGE",
     ];
     if wide {
-        header.extend(["READY", "REASON", "PUBLIC", "KEY"]);
+        header.extend(["READY", "REASON", "PUBLIC", "KEY", "PROBE-RTT", "LOSS"]);
     }
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
@@ -78,6 +78,8 @@ pub fn table(rows: &[PeerSummary], wide: bool) -> String {
                         .clone()
                         .or_else(|| r.cert_fingerprint.as_ref().map(|f| format!("sha256:{f}"))),
                 ),
+                or_none(r.probe_rtt_micros.map(rtt)),
+                or_none(r.probe_loss_percent.map(|l| format!("{l}%"))),
             ]);
         }
         cells.push(line);
@@ -185,6 +187,8 @@ mod tests {
             last_handshake: None,
             handshake_age_seconds: Some(5),
             rtt_micros: Some(1_250),
+            probe_rtt_micros: Some(980),
+            probe_loss_percent: Some(0),
             rx_bytes: Some(2048),
             tx_bytes: None,
             public: true,
@@ -218,7 +222,11 @@ mod tests {
             wide.lines()
                 .next()
                 .unwrap()
-                .ends_with("READY   REASON      PUBLIC   KEY"),
+                .ends_with("READY   REASON      PUBLIC   KEY   PROBE-RTT   LOSS"),
+            "{wide}"
+        );
+        assert!(
+            wide.lines().nth(1).unwrap().ends_with("980us       0%"),
             "{wide}"
         );
     }

@@ -30,6 +30,12 @@ pub struct PeerSummary {
     pub handshake_age_seconds: Option<i64>,
     /// Round-trip time to the hub in microseconds.
     pub rtt_micros: Option<u64>,
+    /// Median RTT of the hub's data-path probes to this cluster's gateway, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_rtt_micros: Option<u64>,
+    /// Percentage of the hub's recent data-path probes that went unanswered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_loss_percent: Option<u64>,
     /// Bytes the hub received from this cluster.
     pub rx_bytes: Option<u64>,
     /// Bytes the hub sent to this cluster.
@@ -84,6 +90,8 @@ fn summarize_one(peer: &Peer, now: i64) -> PeerSummary {
         last_handshake: handshake.map(|t| t.to_string()),
         handshake_age_seconds: handshake.map(|t| (now - t.as_second()).max(0)),
         rtt_micros: status.rtt_micros,
+        probe_rtt_micros: status.probe_rtt_micros,
+        probe_loss_percent: status.probe_loss_percent,
         rx_bytes: status.rx_bytes,
         tx_bytes: status.tx_bytes,
         public: spec.is_public,

@@ -593,6 +593,22 @@ mod tests {
         assert_eq!(c.peers[0].endpoint.unwrap().to_string(), "198.18.0.9:31820");
         assert_eq!(c.peers[1].allowed_ips[0].to_string(), "100.65.1.0/24");
         assert_eq!(c.peers[1].endpoint.unwrap().to_string(), "198.18.0.2:31820");
+        // Probes: the node's tunnel address; the hub's is unknown until its block is.
+        assert_eq!(
+            c.peers[1].probe_address,
+            Some("100.65.1.1".parse().unwrap())
+        );
+        assert_eq!(c.peers[0].probe_address, None);
+        let peers = vec![
+            peer("hub", true, 9, &["100.64.0.0/10"], &["100.64.0.0/24"]),
+            peer("a", false, 7, &[], &["100.65.0.0/16"]),
+        ];
+        let c = gateway_of(&l, &peers, &nodes);
+        c.validate().unwrap();
+        assert_eq!(
+            c.peers[0].probe_address,
+            Some("100.64.0.1".parse().unwrap())
+        );
     }
 
     #[test]
@@ -616,6 +632,11 @@ mod tests {
         assert_eq!(c.peers[0].public_key, key(7).public_key());
         assert_eq!(c.peers[0].endpoint.unwrap().to_string(), "198.18.0.1:31820");
         assert_eq!(c.interface.addresses[0].to_string(), "100.65.1.1/10");
+        // It probes the gateway's tunnel address.
+        assert_eq!(
+            c.peers[0].probe_address,
+            Some("100.65.0.1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -256,6 +256,7 @@ mod tests {
             probe_rtt_p50_micros: rtt.map(|r| r + 100),
             probe_loss: rtt.map(|_| 0.25),
             probe_last_reply_millis_ago: None,
+            probe_alive: None,
         }
     }
 

@@ -112,6 +112,10 @@ pub struct ProbeSettings {
     /// An unanswered probe counts as lost after this many milliseconds.
     #[serde(default = "default_probe_timeout")]
     pub timeout_ms: u32,
+    /// A peer whose last probe reply is older than this many milliseconds is reported dead
+    /// (`probe_alive: false`; see [`crate::probe`]).
+    #[serde(default = "default_probe_dead_after")]
+    pub dead_after_ms: u32,
 }
 
 /// Default [`ProbeSettings::interval_ms`].
@@ -120,6 +124,8 @@ pub const DEFAULT_PROBE_INTERVAL_MS: u32 = 1000;
 pub const DEFAULT_PROBE_WINDOW: u16 = 30;
 /// Default [`ProbeSettings::timeout_ms`].
 pub const DEFAULT_PROBE_TIMEOUT_MS: u32 = 1000;
+/// Default [`ProbeSettings::dead_after_ms`]: three missed probes at the default interval.
+pub const DEFAULT_PROBE_DEAD_AFTER_MS: u32 = 3000;
 /// Largest [`ProbeSettings::window`].
 pub const MAX_PROBE_WINDOW: u16 = 1024;
 
@@ -132,6 +138,9 @@ fn default_probe_window() -> u16 {
 fn default_probe_timeout() -> u32 {
     DEFAULT_PROBE_TIMEOUT_MS
 }
+fn default_probe_dead_after() -> u32 {
+    DEFAULT_PROBE_DEAD_AFTER_MS
+}
 
 impl Default for ProbeSettings {
     fn default() -> Self {
@@ -139,11 +148,17 @@ impl Default for ProbeSettings {
             interval_ms: DEFAULT_PROBE_INTERVAL_MS,
             window: DEFAULT_PROBE_WINDOW,
             timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+            dead_after_ms: DEFAULT_PROBE_DEAD_AFTER_MS,
         }
     }
 }
 
 impl ProbeSettings {
+    /// [`ProbeSettings::dead_after_ms`] as a duration.
+    pub fn dead_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.dead_after_ms))
+    }
+
     /// True for the defaults (left out when serialised: older readers keep working).
     pub fn is_default(&self) -> bool {
         *self == Self::default()
@@ -487,6 +502,9 @@ impl DataplaneConfig {
         }
         if pr.timeout_ms == 0 {
             err("probe.timeout_ms".into(), "must be at least 1".into());
+        }
+        if pr.dead_after_ms == 0 {
+            err("probe.dead_after_ms".into(), "must be at least 1".into());
         }
         for (i, c) in self.local.iter().enumerate() {
             if *c != c.trunc() {

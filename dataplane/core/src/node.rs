@@ -873,6 +873,7 @@ impl Dataplane {
             let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             ps.probe_rtt_p50_micros = s.rtt_p50.map(micros);
             ps.probe_loss = s.loss;
+            ps.probe_alive = self.prober.liveness(&p.probe, now);
             ps.probe_last_reply_millis_ago = s
                 .last_reply_age
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -314,6 +314,10 @@ pub struct PeerStatus {
     /// Milliseconds since its last probe reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_last_reply_millis_ago: Option<u64>,
+    /// Probe-based liveness: true while its last reply is at most `probe.dead_after_ms` old,
+    /// false once older (or never answered for that long); none while unknown or not probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_alive: Option<bool>,
 }
 
 impl PeerState {
@@ -342,6 +346,7 @@ impl PeerState {
             probe_rtt_p50_micros: None,
             probe_loss: None,
             probe_last_reply_millis_ago: None,
+            probe_alive: None,
         }
     }
 }

@@ -222,6 +222,32 @@ async fn join_move_scenario(transport: &'static str) {
     }
     println!("kubectl get peers:\n{table}");
 
+    // Data-path probes: the hub learnt each gateway's tunnel address from its probes and
+    // publishes the probe RTT and loss in the Peer status; the gateway probes the hub's
+    // address (configured by the agent from the hub's block).
+    for m in ["a", "b"] {
+        let status = eventually(
+            &format!("probe figures in Peer {m}"),
+            DEADLINE,
+            POLL,
+            || async {
+                let s = peer(&f, m).await.and_then(|p| p.status).unwrap_or_default();
+                Ok((s.probe_rtt_micros.is_some() && s.probe_loss_percent == Some(0)).then_some(s))
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+        println!(
+            "Peer {m}: hub probe rtt p50 {:?} us, loss {:?} %",
+            status.probe_rtt_micros, status.probe_loss_percent
+        );
+    }
+    let hub_probed = a_show["peers"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| p["name"] == "hub" && p["probe_address"].is_string())
+    });
+    assert!(hub_probed, "a's gateway does not probe the hub:\n{a_show}");
+
     // The gateway of member a dies: the other node takes over, traffic from b resumes.
     let gw = f.gateway(0).await.unwrap().unwrap();
     let survivor = if gw == "a1" { "a2" } else { "a1" };

@@ -10,12 +10,14 @@ use fleetboard_dataplane::core::config::ProbeSettings;
 use fleetboard_dataplane::core::{DataplaneStatus, Transport};
 use fleetboard_tests::process::wait_for;
 
-/// Probes every 100 ms over the last 10, lost after 500 ms: a dead peer shows 100 % loss
-/// about 1.5 s after its last answer.
+/// Probes every 100 ms over the last 10, lost after 500 ms, dead after 300 ms without an
+/// answer: a dead peer is reported dead about 0.3 s after its last answer and shows 100 % loss
+/// once the window turned over (about 1 s).
 const SETTINGS: ProbeSettings = ProbeSettings {
     interval_ms: 100,
     window: 10,
     timeout_ms: 500,
+    dead_after_ms: 300,
 };
 
 #[test]
@@ -116,10 +118,11 @@ fn probes(transport: Transport, end_to_end: bool) {
                 let st = n.status();
                 let p = peer_named(&st, peer);
                 let full = p.probe_last_reply_millis_ago.is_some_and(|a| a < 1000);
-                Ok(
-                    (full && p.probe_loss == Some(0.0) && p.probe_rtt_p50_micros.is_some())
-                        .then_some(st),
-                )
+                Ok((full
+                    && p.probe_alive == Some(true)
+                    && p.probe_loss == Some(0.0)
+                    && p.probe_rtt_p50_micros.is_some())
+                .then_some(st))
             },
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", t.logs()));
@@ -136,6 +139,7 @@ fn probes(transport: Transport, end_to_end: bool) {
     let metrics = t.hub.http_get("/metrics");
     for m in [
         "fleetboard_peer_probe_rtt_p50_seconds{peer=\"gw-a\"",
+        "fleetboard_peer_probe_up{peer=\"gw-b\"",
         "fleetboard_peer_probe_loss_ratio{peer=\"gw-b\"",
         "fleetboard_probe_packets_total{event=\"request_answered\"}",
     ] {
@@ -155,6 +159,32 @@ fn probes(transport: Transport, end_to_end: bool) {
     let mut dead = vec![(&t.hub, "gw-b")];
     if end_to_end {
         dead.push((&t.a, "gw-b"));
+    }
+    for (n, peer) in &dead {
+        let st: DataplaneStatus = wait_for(
+            &format!("{} reports {peer} dead", n.name),
+            DEADLINE,
+            Duration::from_millis(20),
+            || {
+                let st = n.status();
+                Ok((peer_named(&st, peer).probe_alive == Some(false)).then_some(st))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.logs()));
+        let took = killed.elapsed();
+        let age = peer_named(&st, peer).probe_last_reply_millis_ago.unwrap();
+        println!(
+            "{transport}: {} reports {peer} dead (probe_alive false) {:.2} s after the kill \
+             (last reply {age} ms ago; dead after {} ms)",
+            n.name,
+            took.as_secs_f64(),
+            SETTINGS.dead_after_ms
+        );
+        assert!(
+            age >= 300,
+            "dead with a reply {age} ms ago (whole milliseconds)"
+        );
+        assert!(took < Duration::from_secs(10), "dead only after {took:?}");
     }
     for (n, peer) in dead {
         let st: DataplaneStatus = wait_for(
@@ -188,6 +218,11 @@ fn probes(transport: Transport, end_to_end: bool) {
     }
     // gw-a is unaffected.
     let st = t.hub.status();
-    assert_eq!(peer_named(&st, "gw-a").probe_loss, Some(0.0), "{st:?}");
+    let a = peer_named(&st, "gw-a");
+    assert_eq!(
+        (a.probe_loss, a.probe_alive),
+        (Some(0.0), Some(true)),
+        "{st:?}"
+    );
     println!("test took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -118,6 +118,8 @@ async fn kubectl_peers_shows_every_cluster_with_live_state() {
         "allocatedCidrs": ["100.64.1.0/24"],
         "lastHandshake": handshake.to_string(),
         "rttMicros": 1250,
+        "probeRttMicros": 1400,
+        "probeLossPercent": 3,
         "rxBytes": 3 * 1024 * 1024,
         "txBytes": 2048,
         "conditions": [
@@ -195,11 +197,15 @@ async fn kubectl_peers_shows_every_cluster_with_live_state() {
         wide.lines().next()
     );
     let h = header(&wide);
-    assert_eq!(&h[11..], ["READY", "REASON", "PUBLIC", "KEY"], "{wide}");
+    assert_eq!(
+        &h[11..],
+        ["READY", "REASON", "PUBLIC", "KEY", "PROBE-RTT", "LOSS"],
+        "{wide}"
+    );
     let a = row(&wide, "member-a");
     assert_eq!(
-        &a[a.len() - 4..],
-        ["True", "HandshakeComplete", "no", KEY],
+        &a[a.len() - 6..],
+        ["True", "HandshakeComplete", "no", KEY, "1.40ms", "3%"],
         "{wide}"
     );
 
@@ -212,6 +218,8 @@ async fn kubectl_peers_shows_every_cluster_with_live_state() {
     assert_eq!(a["cidrs"], json!(["100.64.1.0/24", "10.244.0.0/16"]));
     assert_eq!(a["connected"], "True");
     assert_eq!(a["rttMicros"], 1250);
+    assert_eq!(a["probeRttMicros"], 1400);
+    assert_eq!(a["probeLossPercent"], 3);
     assert_eq!(a["rxBytes"], 3 * 1024 * 1024);
     assert_eq!(a["txBytes"], 2048);
     let age = a["handshakeAgeSeconds"].as_i64().unwrap();

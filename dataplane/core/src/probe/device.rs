@@ -6,8 +6,12 @@ use std::collections::VecDeque;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-/// Packets waiting either way beyond this are dropped (a flood must not grow memory).
+/// Packets waiting to enter the interface beyond this are dropped (a flood must not grow
+/// memory).
 pub const MAX_QUEUED: usize = 256;
+/// Packets the interface sent waiting for the core beyond this are dropped: a round of
+/// probes to this many peers fits.
+pub const MAX_QUEUED_TX: usize = 8192;
 
 /// The queues.
 pub struct QueueDevice {
@@ -58,7 +62,7 @@ impl phy::TxToken for TxToken<'_> {
     {
         let mut buf = vec![0u8; len];
         let r = f(&mut buf);
-        if self.tx.len() < MAX_QUEUED {
+        if self.tx.len() < MAX_QUEUED_TX {
             self.tx.push_back(buf);
         } else {
             *self.dropped += 1;

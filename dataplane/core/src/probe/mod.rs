@@ -77,6 +77,8 @@ pub struct PeerProbe {
     pub configured: Option<IpAddr>,
     /// Its probes.
     pub window: ProbeWindow,
+    /// Liveness as of the last round (for logging its changes).
+    pub alive: Option<bool>,
 }
 
 impl PeerProbe {
@@ -86,6 +88,7 @@ impl PeerProbe {
             target: configured,
             configured,
             window: ProbeWindow::new(window),
+            alive: None,
         }
     }
 
@@ -274,7 +277,20 @@ impl Prober {
                 _ => self.counters.unexpected += 1,
             }
         }
-        let _ = self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        self.flush(ts);
+    }
+
+    /// Moves every message queued in the socket to the device (smoltcp sends one datagram of
+    /// a socket per poll).
+    fn flush(&mut self, ts: smoltcp::time::Instant) {
+        loop {
+            let queued = self.sockets.get::<udp::Socket>(self.udp).send_queue();
+            let _ = self.iface.poll(ts, &mut self.device, &mut self.sockets);
+            let left = self.sockets.get::<udp::Socket>(self.udp).send_queue();
+            if left == 0 || left >= queued {
+                break;
+            }
+        }
         self.counters.unexpected += std::mem::take(&mut self.device.tx_dropped);
     }
 
@@ -287,7 +303,7 @@ impl Prober {
             return;
         }
         self.next_round = now + Duration::from_millis(u64::from(self.settings.interval_ms));
-        let socket = self.sockets.get_mut::<udp::Socket>(self.udp);
+        let ts = self.ts(now);
         for p in peers.iter_mut() {
             let Some(target) = p.probe.target else {
                 continue;
@@ -298,6 +314,23 @@ impl Prober {
                 seq,
             }
             .encode();
+            let alive = p.probe.window.liveness(now, self.settings.dead_after());
+            if alive != p.probe.alive && alive.is_some() {
+                match alive {
+                    Some(false) => {
+                        tracing::warn!(peer = %p.config.label(), %target, "probes unanswered: peer dead")
+                    }
+                    _ => {
+                        tracing::info!(peer = %p.config.label(), %target, "probes answered: peer alive")
+                    }
+                }
+            }
+            p.probe.alive = alive;
+            if !self.sockets.get::<udp::Socket>(self.udp).can_send() {
+                // More peers than socket slots: move the queued probes to the device first.
+                self.flush(ts);
+            }
+            let socket = self.sockets.get_mut::<udp::Socket>(self.udp);
             if socket
                 .send_slice(&m, (IpAddress::from(target), PROBE_PORT))
                 .is_ok()
@@ -314,6 +347,11 @@ impl Prober {
     /// The next packet the interface sends (to be routed to a peer).
     pub fn pop_transmit(&mut self) -> Option<Vec<u8>> {
         self.device.tx.pop_front()
+    }
+
+    /// One peer's probe-based liveness at `now` (see [`ProbeWindow::liveness`]).
+    pub fn liveness(&self, probe: &PeerProbe, now: Instant) -> Option<bool> {
+        probe.window.liveness(now, self.settings.dead_after())
     }
 
     /// The figures of one peer's window at `now`.
@@ -396,5 +434,83 @@ fn verdict(proto: IpProtocol, ok: bool) -> Verdict {
         (false, _) => Verdict::Malformed,
         (true, IpProtocol::Udp) => Verdict::Probe,
         (true, _) => Verdict::Echo,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An IPv4 header (checksum right) for `proto` from 100.64.1.1 to 100.64.0.1, then `body`.
+    fn ipv4(proto: u8, body: &[u8]) -> Vec<u8> {
+        let total = 20 + body.len();
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[100, 64, 1, 1]);
+        p[16..20].copy_from_slice(&[100, 64, 0, 1]);
+        let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+        ip.fill_checksum();
+        p.extend_from_slice(body);
+        p
+    }
+
+    #[test]
+    fn only_echo_requests_and_the_probe_port_are_taken() {
+        // An echo reply (the kernel's own ping answered) and UDP to another port: the kernel's.
+        assert_eq!(
+            classify(&ipv4(1, &[0, 0, 0xff, 0xff, 0, 0, 0, 0])),
+            Verdict::Kernel
+        );
+        let mut udp = vec![0u8; 8];
+        udp[2..4].copy_from_slice(&53u16.to_be_bytes());
+        assert_eq!(classify(&ipv4(17, &udp)), Verdict::Kernel);
+        assert_eq!(classify(&ipv4(6, &[0; 20])), Verdict::Kernel);
+        // An echo request with a wrong checksum, a truncated UDP header to the probe port.
+        assert_eq!(
+            classify(&ipv4(1, &[8, 0, 0, 0, 0, 0, 0, 0])),
+            Verdict::Malformed
+        );
+        let port = PROBE_PORT.to_be_bytes();
+        assert_eq!(
+            classify(&ipv4(17, &[0, 0, port[0], port[1]])),
+            Verdict::Malformed
+        );
+        assert_eq!(classify(&[]), Verdict::Kernel);
+        assert_eq!(classify(&[0x45]), Verdict::Kernel);
+    }
+
+    proptest! {
+        /// Arbitrary bytes after a valid IPv4 header (ICMP or UDP to the probe port), and
+        /// arbitrary bytes altogether: never a panic; whatever is taken is counted.
+        #[test]
+        fn arbitrary_packets_to_the_probe_address_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            raw in proptest::collection::vec(any::<u8>(), 0..96),
+            udp in any::<bool>(),
+        ) {
+            let now = Instant::now();
+            let settings = ProbeSettings::default();
+            let mut p = Prober::new(Some("100.64.0.1".parse().unwrap()), settings, 1420, now);
+            let mut peers = PeerTable::default();
+            let routes = RouteTable::new();
+            let mut body = body;
+            if udp && body.len() >= 4 {
+                body[2..4].copy_from_slice(&PROBE_PORT.to_be_bytes());
+            }
+            for pkt in [ipv4(if udp { 17 } else { 1 }, &body), raw] {
+                let before = p.counters;
+                let taken = p.receive(now, &pkt, &mut peers, &routes);
+                let c = p.counters;
+                let counted = c.malformed + c.unexpected + c.echo_requests + c.requests_answered
+                    - (before.malformed + before.unexpected + before.echo_requests
+                        + before.requests_answered);
+                prop_assert_eq!(taken, counted == 1, "{:02x?}", pkt);
+                while p.pop_transmit().is_some() {}
+            }
+        }
     }
 }

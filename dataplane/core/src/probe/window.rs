@@ -19,6 +19,7 @@ pub struct ProbeWindow {
     slots: Box<[Option<Slot>]>,
     next_seq: u32,
     last_reply: Option<Instant>,
+    first_sent: Option<Instant>,
 }
 
 /// Figures over a [`ProbeWindow`] at some instant.
@@ -44,6 +45,7 @@ impl ProbeWindow {
             slots: vec![None; len.max(1)].into_boxed_slice(),
             next_seq: 0,
             last_reply: None,
+            first_sent: None,
         }
     }
 
@@ -61,6 +63,7 @@ impl ProbeWindow {
     pub fn send(&mut self, now: Instant) -> u32 {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
+        self.first_sent.get_or_insert(now);
         let i = seq as usize % self.slots.len();
         self.slots[i] = Some(Slot {
             seq,
@@ -81,6 +84,17 @@ impl ProbeWindow {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Is the peer answering at `now`? Alive while its last answer is at most `dead_after`
+    /// old; dead once it is older, or once probes went unanswered for `dead_after` since the
+    /// first one; None before that is known (nothing sent yet, or too soon to tell).
+    pub fn liveness(&self, now: Instant, dead_after: Duration) -> Option<bool> {
+        match (self.last_reply, self.first_sent) {
+            (Some(t), _) => Some(now.saturating_duration_since(t) <= dead_after),
+            (None, Some(t)) if now.saturating_duration_since(t) > dead_after => Some(false),
+            _ => None,
         }
     }
 
@@ -183,6 +197,30 @@ mod tests {
         assert_eq!(s.loss, Some(1.0));
         assert_eq!(s.rtt_p50, None);
         assert_eq!(s.last_reply_age, Some((5000 - 201) * MS));
+    }
+
+    #[test]
+    fn liveness_follows_the_age_of_the_last_answer() {
+        let t0 = Instant::now();
+        let dead_after = 300 * MS;
+        let mut w = ProbeWindow::new(10);
+        assert_eq!(w.liveness(t0, dead_after), None, "nothing sent");
+        w.send(t0);
+        assert_eq!(w.liveness(t0 + 200 * MS, dead_after), None, "too soon");
+        assert_eq!(
+            w.liveness(t0 + 301 * MS, dead_after),
+            Some(false),
+            "never answered"
+        );
+        let s = w.send(t0 + 400 * MS);
+        w.answer(s, t0 + 401 * MS);
+        assert_eq!(w.liveness(t0 + 500 * MS, dead_after), Some(true));
+        assert_eq!(w.liveness(t0 + 701 * MS, dead_after), Some(true));
+        assert_eq!(
+            w.liveness(t0 + 702 * MS, dead_after),
+            Some(false),
+            "answers stopped"
+        );
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn probing_mesh() -> Mesh {
             interval_ms: 100,
             window: 5,
             timeout_ms: 300,
+            dead_after_ms: 300,
         };
         for p in &mut c.peers {
             if p.public_key == key(1).public_key() {
@@ -125,6 +126,7 @@ fn probes_are_timed_and_a_dead_peer_reaches_full_loss() {
         assert_eq!(hub.probe_loss, Some(0.0), "{hub:?}");
         assert!(hub.probe_rtt_p50_micros.is_some(), "{hub:?}");
         assert!(hub.probe_last_reply_millis_ago.unwrap() <= 100, "{hub:?}");
+        assert_eq!(hub.probe_alive, Some(true), "{hub:?}");
     }
     let st = m.nodes[0].dp.status_at(now);
     for p in &st.peers {
@@ -154,6 +156,8 @@ fn probes_are_timed_and_a_dead_peer_reaches_full_loss() {
         .find(|p| p.name.as_deref() == Some("n2"))
         .unwrap();
     assert_eq!(b.probe_loss, Some(1.0), "{b:?}");
+    assert_eq!(b.probe_alive, Some(false), "{b:?}");
+    assert_eq!(a.probe_alive, Some(true), "{a:?}");
     assert_eq!(b.probe_rtt_p50_micros, None);
     assert!(b.probe_last_reply_millis_ago.unwrap() >= 900, "{b:?}");
     assert_eq!(a.probe_loss, Some(0.0), "a is still fine: {a:?}");
@@ -211,4 +215,32 @@ fn malformed_and_unexpected_packets_to_the_probe_address_are_counted_never_deliv
         m.send_tun(1, &p);
         m.run();
     }
+}
+
+#[test]
+fn a_round_to_more_peers_than_socket_slots_sends_every_probe() {
+    use fleetboard_dataplane_core::{Dataplane, MAX_PACKET, SecretKey};
+    const PEERS: usize = 600;
+    let mut c = crate::mesh::config(1, "100.64.0.1/10", vec![]);
+    for i in 0..PEERS {
+        let mut b = [7u8; 32];
+        b[1..3].copy_from_slice(&(i as u16).to_le_bytes()); // byte 0 is clamped
+        let (hi, lo) = (65 + i / 256, i % 256);
+        let mut p = crate::mesh::peer(1, None, &[&format!("100.{hi}.{lo}.0/24")]);
+        p.public_key = SecretKey::from_random_bytes(b).public_key();
+        p.probe_address = Some(format!("100.{hi}.{lo}.1").parse().unwrap());
+        c.peers.push(p);
+    }
+    let now = std::time::Instant::now();
+    let mut dp = Dataplane::new(c, now).unwrap();
+    dp.handle_timeout(now);
+    let mut out = vec![0u8; MAX_PACKET];
+    let mut packets = 0;
+    while dp.poll_probe(now, &mut out).is_some() {
+        packets += 1;
+    }
+    let st = dp.status();
+    assert_eq!(st.probes.requests_sent, PEERS as u64, "{:?}", st.probes);
+    assert_eq!(st.probes.unexpected, 0, "{:?}", st.probes);
+    assert_eq!(packets, PEERS, "every probe left the interface");
 }
