@@ -289,6 +289,12 @@ fn tcp_through_wg_and_quic_keeps_90_percent_of_the_raw_goodput_on_an_impaired_un
             }
         }
     }
+    // For whoever reads a failure: what the dataplanes dropped (counted per reason).
+    for (name, t) in &topologies {
+        for n in [&t.a, &t.hub, &t.b] {
+            table.push(format!("{name} {} drops {:?}", n.name, n.status().drops.0));
+        }
+    }
     println!(
         "impaired underlay, {mib} MiB x {rounds} rounds per path, link {} Mbit/s, queue >= {} KiB \
          or 2 BDP; medians (ratio: of each round's tunnel/raw pair); max stall raw/tunnel:\n{}",
