@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleetboard_dataplane_core::{
@@ -200,6 +201,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     result
 }
 
+/// Admin requests refused before they reach the driver (unparsable, too long, too many
+/// clients), in this process: `fleetboard_admin_refused_requests_total`.
+pub static REFUSED_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+fn refused() {
+    REFUSED_REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Serves an already bound listener: at most [`MAX_CLIENTS`] connections at once.
 pub async fn serve_listener(
     listener: UnixListener,
@@ -209,6 +218,7 @@ pub async fn serve_listener(
     loop {
         let (mut stream, _) = listener.accept().await?;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refused();
             tracing::warn!(
                 max = MAX_CLIENTS,
                 "admin socket: too many clients, refusing one"
@@ -269,6 +279,7 @@ async fn serve_conn(stream: UnixStream, calls: mpsc::Sender<AdminCall>) -> std::
         let resp = match read? {
             None => return Ok(()),
             Some(Err(too_long)) => {
+                refused();
                 let mut out = serde_json::to_vec(&Response::Error(too_long))
                     .map_err(std::io::Error::other)?;
                 out.push(b'\n');
@@ -289,7 +300,10 @@ async fn serve_conn(stream: UnixStream, calls: mpsc::Sender<AdminCall>) -> std::
 /// The reply to one request line: parsed here, answered by the driver behind `calls`.
 pub async fn request_reply(line: &[u8], calls: &mpsc::Sender<AdminCall>) -> Response {
     match serde_json::from_slice::<Request>(line) {
-        Err(e) => Response::Error(format!("bad request: {e}")),
+        Err(e) => {
+            refused();
+            Response::Error(format!("bad request: {e}"))
+        }
         Ok(req) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((req, tx)).await.is_err() {

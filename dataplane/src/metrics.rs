@@ -109,6 +109,11 @@ pub fn render(s: &DataplaneStatus) -> String {
         "# HELP fleetboard_udp_gso_fallbacks_total UDP GSO sends the kernel refused (GSO then off).\n# TYPE fleetboard_udp_gso_fallbacks_total counter\nfleetboard_udp_gso_fallbacks_total {}",
         crate::udp::GSO_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
     );
+    let _ = writeln!(
+        o,
+        "# HELP fleetboard_admin_refused_requests_total Admin socket requests refused unread (unparsable, too long, too many clients).\n# TYPE fleetboard_admin_refused_requests_total counter\nfleetboard_admin_refused_requests_total {}",
+        crate::admin::REFUSED_REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     o
 }
 

@@ -3,6 +3,7 @@
 //! rejection is answered (admin) or counted (QUIC). `PROPTEST_CASES` sets the cases per test.
 
 use std::cell::RefCell;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use fleetboard_dataplane::admin::{self, AdminCall, Request, Response};
@@ -197,14 +198,21 @@ proptest! {
     fn admin_request_lines_never_panic(
         line in prop_oneof![proptest::collection::vec(any::<u8>(), 0..300), admin_line()],
     ) {
+        let before = admin::REFUSED_REQUESTS.load(Ordering::Relaxed);
         let (resp, reached) = admin_reply(&line);
+        let counted = admin::REFUSED_REQUESTS.load(Ordering::Relaxed) - before;
         match serde_json::from_slice::<Request>(&line) {
-            // Rejected by the parser: answered with an error, the driver never sees it.
+            // Rejected by the parser: answered with an error and counted once, the driver
+            // never sees it.
             Err(_) => {
                 prop_assert!(!reached);
+                prop_assert_eq!(counted, 1);
                 prop_assert!(matches!(&resp, Response::Error(e) if e.starts_with("bad request: ")), "{:?}", resp);
             }
-            Ok(_) => prop_assert!(reached, "{:?}", resp),
+            Ok(_) => {
+                prop_assert!(reached, "{:?}", resp);
+                prop_assert_eq!(counted, 0);
+            }
         }
     }
 

@@ -171,12 +171,37 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Inotify limits a machine running several kubelets beside other tests needs (each kubelet's
+/// cAdvisor, containerd, kube-apiserver and the others take inotify instances; at the kernel's
+/// default of 128 instances per user a kubelet fails at start with "Failed to start cAdvisor:
+/// inotify_init: too many open files"). Raised, never lowered, to what kind's documentation
+/// asks for. These two sysctls are global to the machine.
+fn raise_inotify_limits() -> anyhow::Result<()> {
+    for (key, want) in [
+        ("max_user_instances", 1024u64),
+        ("max_user_watches", 524_288),
+    ] {
+        let path = format!("/proc/sys/fs/inotify/{key}");
+        let now: u64 = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {path}"))?;
+        if now < want {
+            std::fs::write(&path, want.to_string())
+                .with_context(|| format!("raising {path} from {now} to {want}"))?;
+        }
+    }
+    Ok(())
+}
+
 impl Node {
     /// Starts a node of `cluster` (which must have been started with
     /// [`crate::kube::ClusterOptions::with_nodes`]) and waits until it is Ready, its podCIDR
     /// is routed from the other nodes and (with kube-proxy) kube-proxy has synced.
     pub async fn start(cluster: &Cluster, opts: NodeOptions) -> anyhow::Result<Self> {
         let began = Instant::now();
+        raise_inotify_limits()?;
         let net = cluster.node_network().context(
             "the cluster has no node network: start it with ClusterOptions::with_nodes()",
         )?;
