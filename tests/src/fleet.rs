@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
@@ -577,6 +577,31 @@ impl Fleet {
     /// The hub replica holding the hub Lease, by identity.
     pub async fn hub_leader(&self) -> anyhow::Result<Option<String>> {
         lease_holder(&self.hub.cluster, "fleetboard-hub").await
+    }
+
+    /// Returns right after the hub leader renews the hub Lease (its `renewTime` changes), so
+    /// that a kill that follows leaves the Lease a whole [`LEASE_SECS`] to run.
+    pub async fn hub_lease_renewed(&self) -> anyhow::Result<()> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.hub.cluster.client(), NAMESPACE);
+        let renewed = || async {
+            anyhow::Ok(
+                api.get("fleetboard-hub")
+                    .await?
+                    .spec
+                    .and_then(|s| s.renew_time)
+                    .map(|t| t.0),
+            )
+        };
+        let before = renewed().await?;
+        let deadline = Instant::now() + Duration::from_secs(4 * RENEW_SECS);
+        while Instant::now() < deadline {
+            if renewed().await? != before {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("the hub Lease was not renewed within {} s", 4 * RENEW_SECS)
     }
 
     /// Index of node `name`.

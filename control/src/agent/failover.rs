@@ -14,6 +14,11 @@
 //! A node that never got an answer from its gateway (just started, or the gateway changed and
 //! the probe window was reset with the new address) names nobody: failover needs evidence
 //! that a working gateway stopped.
+//!
+//! The gateway watches the hub the same way ([`watch_hub`]): when the leading hub replica
+//! answered its probes and then went silent for [`DEAD_AFTER`], the gateway names that replica
+//! in its Peer's `fleetboard.io/hub-silent` annotation; standby hub replicas act on a majority
+//! of such reports ([`crate::hub::failover`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,12 +38,96 @@ pub const GATEWAY_PEER: &str = "gateway";
 /// Whether `status` (an ordinary node's dataplane) says its gateway stopped answering: it
 /// answered once, and its last answer is at least `dead_after` old.
 pub fn gateway_silent(status: &DataplaneStatus, dead_after: Duration) -> bool {
+    last_reply(status, GATEWAY_PEER).is_some_and(|ago| ago >= dead_after)
+}
+
+/// How long ago the probes of the peer named `peer` last answered (none: never).
+fn last_reply(status: &DataplaneStatus, peer: &str) -> Option<Duration> {
     status
         .peers
         .iter()
-        .find(|p| p.name.as_deref() == Some(GATEWAY_PEER))
+        .find(|p| p.name.as_deref() == Some(peer))
         .and_then(|p| p.probe_last_reply_millis_ago)
-        .is_some_and(|ms| u128::from(ms) >= dead_after.as_millis())
+        .map(Duration::from_millis)
+}
+
+/// The hub as this cluster's gateway sees it: its peer in the dataplane config and the
+/// replica that leads it (the hub Peer's `fleetboard.io/hub-leader`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubLeader {
+    /// Name of the hub's peer in this gateway's dataplane config (the hub's cluster id).
+    pub peer: String,
+    /// Identity of the leading hub replica.
+    pub leader: String,
+}
+
+/// Tracks one gateway's evidence about the hub leader, probe status by probe status.
+#[derive(Debug, Default)]
+pub struct HubSilence {
+    /// The leader that answered this gateway's probes last (none: none since we watch).
+    answered: Option<String>,
+}
+
+impl HubSilence {
+    /// The leader to name silent after seeing `last_reply` (how long ago the hub's probes
+    /// answered) while `hub` leads: only a leader that answered before and has been silent for
+    /// `dead_after` since; a new leader that has not answered yet is not evidence.
+    pub fn observe(
+        &mut self,
+        hub: Option<&HubLeader>,
+        last_reply: Option<Duration>,
+        dead_after: Duration,
+    ) -> Option<String> {
+        let Some(hub) = hub else {
+            self.answered = None;
+            return None;
+        };
+        let ago = last_reply?;
+        if ago < dead_after {
+            self.answered = Some(hub.leader.clone());
+            return None;
+        }
+        (self.answered.as_deref() == Some(hub.leader.as_str())).then(|| hub.leader.clone())
+    }
+}
+
+/// While this node is the gateway (`hub` is set), watches its dataplane (admin `socket`) and
+/// publishes on `silent` the hub leader whose probes went silent (none otherwise). Ends when
+/// `silent` has no receiver left.
+pub async fn watch_hub(
+    socket: PathBuf,
+    hub: watch::Receiver<Option<HubLeader>>,
+    silent: watch::Sender<Option<String>>,
+) {
+    let admin = AdminClient::new(socket.clone());
+    let every = Duration::from_millis(u64::from(GATEWAY_PROBE_INTERVAL_MS));
+    let mut evidence = HubSilence::default();
+    while !silent.is_closed() {
+        let current = hub.borrow().clone();
+        let last = match &current {
+            Some(h) if socket.exists() => admin
+                .status()
+                .await
+                .ok()
+                .and_then(|s| last_reply(&s, &h.peer)),
+            _ => None,
+        };
+        let named = evidence.observe(current.as_ref(), last, DEAD_AFTER);
+        silent.send_if_modified(|cur| {
+            if *cur == named {
+                return false;
+            }
+            match &named {
+                Some(l) => {
+                    tracing::warn!(leader = %l, after = ?DEAD_AFTER, "the hub leader's data path does not answer: reporting it in our Peer")
+                }
+                None => tracing::info!("the hub answers again"),
+            }
+            *cur = named;
+            true
+        });
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Watches this node's dataplane (admin `socket`) while someone else (`holder`) is the
@@ -111,5 +200,30 @@ mod tests {
         assert!(!gateway_silent(&status(GATEWAY_PEER, None), d));
         // Another peer's silence says nothing about the gateway.
         assert!(!gateway_silent(&status("hub", Some(60_000)), d));
+    }
+
+    #[test]
+    fn only_a_hub_leader_that_answered_and_went_silent_is_named() {
+        let d = DEAD_AFTER;
+        let ms = |n| Some(Duration::from_millis(n));
+        let leader = |l: &str| HubLeader {
+            peer: "hub".into(),
+            leader: l.into(),
+        };
+        let (h0, h1) = (leader("hub-0"), leader("hub-1"));
+        let mut e = HubSilence::default();
+        // Silent from the start (this gateway just started): no evidence.
+        assert_eq!(e.observe(Some(&h0), ms(5000), d), None);
+        assert_eq!(e.observe(Some(&h0), None, d), None);
+        assert_eq!(e.observe(Some(&h0), ms(200), d), None);
+        assert_eq!(e.observe(Some(&h0), ms(999), d), None);
+        assert_eq!(e.observe(Some(&h0), ms(1000), d), Some("hub-0".into()));
+        // hub-1 took over and has not answered yet: not named.
+        assert_eq!(e.observe(Some(&h1), ms(3000), d), None);
+        assert_eq!(e.observe(Some(&h1), ms(100), d), None);
+        assert_eq!(e.observe(Some(&h1), ms(1500), d), Some("hub-1".into()));
+        // No longer the gateway: forgets, and names nobody.
+        assert_eq!(e.observe(None, ms(5000), d), None);
+        assert_eq!(e.observe(Some(&h1), ms(5000), d), None);
     }
 }

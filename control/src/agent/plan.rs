@@ -269,6 +269,9 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
         i.cluster_key.clone(),
         tun_address(own_block, &tunnel),
     );
+    // Five probes a second to the hub (and the other peers): a dead hub leader is reported
+    // within a second (super::failover::watch_hub).
+    c.probe.interval_ms = super::failover::GATEWAY_PROBE_INTERVAL_MS;
     if local.transport == Transport::Quic {
         let q = i.quic.as_ref()?;
         c.quic.certificate = Some(q.certificate.clone());

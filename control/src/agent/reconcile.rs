@@ -19,6 +19,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
+use super::failover::HubLeader;
 use super::mcs::{Controllers, ServiceView, mcs_slice_selector};
 use super::plan::{
     self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
@@ -30,7 +31,7 @@ use super::{
     saved,
 };
 use crate::crd::mcs::ServiceImport;
-use crate::crd::peer::{Peer, PeerSpec};
+use crate::crd::peer::{HUB_LEADER_ANNOTATION, HUB_SILENT_ANNOTATION, Peer, PeerSpec};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
 use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
@@ -144,6 +145,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         gateway.clone(),
         dead_tx,
     ));
+    // As the gateway, this node reports a hub leader whose data path went silent in its Peer
+    // (standby hub replicas act on most members' reports, see crate::hub::failover).
+    let (hub_tx, hub_rx) = watch::channel(None);
+    let (silent_tx, mut hub_silent) = watch::channel(None);
+    tokio::spawn(super::failover::watch_hub(
+        admin_socket(&cfg.state_dir),
+        hub_rx,
+        silent_tx,
+    ));
     let election = LeaderElection {
         namespace: cfg.namespace.clone(),
         name: GATEWAY_LEASE.into(),
@@ -187,6 +197,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         dataplane: None,
         was_gateway: false,
         health,
+        hub_leader: hub_tx,
+        hub_silent: hub_silent.clone(),
     };
 
     // Act only on complete views: an empty store before the first list would re-allocate.
@@ -218,6 +230,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             _ = &mut shutdown => break,
             _ = notify.notified() => {}
             _ = lead_rx.changed() => {}
+            _ = hub_silent.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -339,6 +352,10 @@ struct Agent {
     dataplane: Option<Running>,
     was_gateway: bool,
     health: Health,
+    /// The hub leader while this node is the gateway (for [`super::failover::watch_hub`]).
+    hub_leader: watch::Sender<Option<HubLeader>>,
+    /// The hub leader this gateway's probes found silent: reported in our Peer.
+    hub_silent: watch::Receiver<Option<String>>,
 }
 
 impl Agent {
@@ -420,6 +437,12 @@ impl Agent {
             }
         }
         let peers: Vec<PeerInfo> = self.peers.state().iter().map(|p| peer_info(p)).collect();
+        let hub = self.hub_leader_seen(gateway);
+        self.hub_leader.send_if_modified(|cur| {
+            let changed = *cur != hub;
+            *cur = hub;
+            changed
+        });
         self.check_own_annotations(&nodes).await?;
         self.publish_tunnel_cidr(&peers).await?;
         let desired = if gateway {
@@ -553,7 +576,23 @@ impl Agent {
         }))
     }
 
-    /// Server-side applies this cluster's Peer spec when it differs from the hub's copy.
+    /// The hub and its leading replica as the hub's Peer names them, while this node is the
+    /// `gateway`.
+    fn hub_leader_seen(&self, gateway: bool) -> Option<HubLeader> {
+        if !gateway {
+            return None;
+        }
+        let peers = self.peers.state();
+        let hub = peers.iter().find(|p| p.spec.is_hub)?;
+        Some(HubLeader {
+            peer: hub.metadata.name.clone()?,
+            leader: hub.annotation(HUB_LEADER_ANNOTATION)?.to_owned(),
+        })
+    }
+
+    /// Server-side applies this cluster's Peer spec, and the hub leader our probes found
+    /// silent ([`HUB_SILENT_ANNOTATION`], none while the hub answers), when either differs
+    /// from the hub's copy.
     async fn apply_peer(&self, keys: &GatewayKeys, peers: &[PeerInfo]) -> Result<(), AgentError> {
         let mut spec: PeerSpec =
             serde_json::from_value(serde_json::json!({ "clusterId": self.cfg.cluster_id }))
@@ -565,16 +604,27 @@ impl Agent {
         spec.cert_fingerprint = Some(keys.fingerprint.clone());
         spec.transport = self.cfg.transport;
         spec.is_public = self.cfg.public;
-        if peers
-            .iter()
-            .any(|p| p.name == self.cfg.cluster_id && p.spec == spec)
+        let silent = self.hub_silent.borrow().clone();
+        let recorded = self
+            .peers
+            .get(&reflector::ObjectRef::new(&self.cfg.cluster_id).within(&self.cfg.hub_namespace))
+            .and_then(|p| p.annotation(HUB_SILENT_ANNOTATION).map(str::to_owned));
+        if recorded == silent
+            && peers
+                .iter()
+                .any(|p| p.name == self.cfg.cluster_id && p.spec == spec)
         {
             return Ok(());
+        }
+        // Server-side apply: leaving the annotation out removes what we set before.
+        let mut metadata = serde_json::json!({ "name": self.cfg.cluster_id });
+        if let Some(leader) = &silent {
+            metadata["annotations"] = serde_json::json!({ HUB_SILENT_ANNOTATION: leader });
         }
         let obj = serde_json::json!({
             "apiVersion": "fleetboard.io/v1alpha1",
             "kind": "Peer",
-            "metadata": { "name": self.cfg.cluster_id },
+            "metadata": metadata,
             "spec": spec,
         });
         Api::<Peer>::namespaced(self.gw_hub.clone(), &self.cfg.hub_namespace)
@@ -597,7 +647,7 @@ impl Agent {
                     source,
                 },
             })?;
-        tracing::info!(peer = %self.cfg.cluster_id, endpoint = %self.cfg.public_endpoint(), "registered the cluster's Peer in the hub");
+        tracing::info!(peer = %self.cfg.cluster_id, endpoint = %self.cfg.public_endpoint(), hub_silent = ?silent, "registered the cluster's Peer in the hub");
         Ok(())
     }
 

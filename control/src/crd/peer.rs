@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 /// Default UDP port of the tunnel endpoint.
 pub const DEFAULT_TUNNEL_PORT: u16 = 31820;
 
+/// Annotation of the hub's Peer: the identity of the hub replica that leads (publishes it).
+/// Members name it in [`HUB_SILENT_ANNOTATION`] when its data path stops answering.
+pub const HUB_LEADER_ANNOTATION: &str = "fleetboard.io/hub-leader";
+
+/// Annotation of a member's own Peer, written by its gateway: the hub leader (as named in
+/// [`HUB_LEADER_ANNOTATION`]) whose data-path probes answered and then went silent. Standby
+/// hub replicas take the hub Lease at once when most connected members say so
+/// (docs/RELIABILITY.md, hub leader failover). Absent while the hub answers.
+pub const HUB_SILENT_ANNOTATION: &str = "fleetboard.io/hub-silent";
+
 /// Most CIDRs a cluster announces (bounds the CEL validation cost in the apiserver).
 pub const MAX_CIDRS: usize = 8;
 
@@ -115,6 +125,17 @@ pub struct PeerStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+impl Peer {
+    /// The value of annotation `key`, if set.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    }
 }
 
 fn default_port() -> u16 {

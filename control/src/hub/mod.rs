@@ -7,6 +7,7 @@
 //! writes what changed (status subresource, merge patch), then applies the dataplane config.
 //! A pass runs on every Peer event and every [`PASS_EVERY`] (the status refresh).
 
+pub mod failover;
 pub mod plan;
 pub mod role;
 pub mod status;
@@ -27,7 +28,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 
-use crate::crd::peer::{Peer, PeerSpec, PeerStatus, Transport};
+use crate::crd::peer::{HUB_LEADER_ANNOTATION, Peer, PeerSpec, PeerStatus, Transport};
 use crate::embedded::{EmbeddedDataplane, admin_socket};
 use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
@@ -195,6 +196,7 @@ pub async fn run(
     }
     let (lead_tx, mut lead_rx) = watch::channel(Leadership::Following);
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (dead_tx, dead_rx) = watch::channel(None::<String>);
     // The leader writes Peers only through a client fenced by the Lease: a leader frozen
     // past its renew deadline cannot write once it runs again ([`crate::fence`]).
     let fence = Fence::new();
@@ -211,7 +213,8 @@ pub async fn run(
         lease_duration: config.lease_duration,
         renew_interval: config.renew_interval,
         fence,
-        dead_holder: None,
+        // Named by most members' probes (see failover): taken at once, not at Lease expiry.
+        dead_holder: Some(dead_rx),
     };
     let elect = tokio::spawn(election.run(client.clone(), lead_tx, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -222,6 +225,8 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let watch_task = {
         let changed = changed.clone();
+        let peers = reader.clone();
+        let hub_id = config.cluster_id.clone();
         let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
             .backoff(watch_backoff());
         tokio::spawn(async move {
@@ -239,6 +244,18 @@ pub async fn run(
                     }
                 }
                 changed.notify_one();
+                let state = peers.state();
+                let silent = failover::silent_leader(state.iter().map(|p| &**p), &hub_id);
+                dead_tx.send_if_modified(|cur| {
+                    if *cur == silent {
+                        return false;
+                    }
+                    if let Some(l) = &silent {
+                        tracing::warn!(leader = %l, "most connected members report the hub leader's data path silent");
+                    }
+                    *cur = silent;
+                    true
+                });
             }
         })
     };
@@ -641,7 +658,9 @@ impl<'a> Leader<'a> {
         }
     }
 
-    /// Server-side applies the hub's own Peer spec when it differs from what it should be.
+    /// Server-side applies the hub's own Peer spec, and this replica's identity as the leader
+    /// ([`HUB_LEADER_ANNOTATION`], what members name when its probes go silent), when either
+    /// differs from what it should be.
     async fn publish_hub_spec(&mut self, peers: &[Arc<Peer>], keys: &GatewayKeys) {
         let c = self.config;
         let desired = PeerSpec {
@@ -662,13 +681,19 @@ impl<'a> Leader<'a> {
         let current = peers
             .iter()
             .find(|p| p.metadata.name.as_deref() == Some(c.cluster_id.as_str()));
-        if current.is_some_and(|p| p.spec == desired) {
+        if current.is_some_and(|p| {
+            p.spec == desired && p.annotation(HUB_LEADER_ANNOTATION) == Some(c.identity.as_str())
+        }) {
             return;
         }
         let obj = serde_json::json!({
             "apiVersion": "fleetboard.io/v1alpha1",
             "kind": "Peer",
-            "metadata": { "name": c.cluster_id, "namespace": c.namespace },
+            "metadata": {
+                "name": c.cluster_id,
+                "namespace": c.namespace,
+                "annotations": { HUB_LEADER_ANNOTATION: c.identity },
+            },
             "spec": desired,
         });
         match self
@@ -681,7 +706,7 @@ impl<'a> Leader<'a> {
             .await
         {
             Ok(_) => {
-                tracing::info!(peer = %c.cluster_id, endpoint = ?c.endpoint, "published the hub peer")
+                tracing::info!(peer = %c.cluster_id, endpoint = ?c.endpoint, leader = %c.identity, "published the hub peer")
             }
             Err(e) => {
                 self.outage.failed(&format!("publishing the hub peer: {e}"));

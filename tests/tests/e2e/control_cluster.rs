@@ -265,12 +265,13 @@ async fn members_reach_each_other_through_the_hub_and_survive_a_gateway_move_qui
     join_move_scenario("quic").await;
 }
 
-/// The hub leader dies: the standby replica takes the Lease and publishes itself, the
-/// members' gateways re-point their tunnels to it, and traffic between members resumes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_leader_killed_standby_takes_over_and_traffic_resumes() {
+/// The hub leader dies right after renewing its Lease: the members' gateways report its
+/// silent data path in their Peers, the standby takes the Lease at once on their majority
+/// (long before the Lease would expire), publishes itself, the gateways re-point their
+/// tunnels to it, and traffic between members resumes.
+async fn hub_leader_failover_scenario(transport: &'static str) {
     let opts = FleetOptions {
-        transport: "wg",
+        transport,
         hub_replicas: 2,
         ..Default::default()
     };
@@ -286,21 +287,40 @@ async fn hub_leader_killed_standby_takes_over_and_traffic_resumes() {
         .position(|r| r.identity == leader)
         .expect("the leader is one of the replicas");
     let standby = f.hub.replicas[1 - r].identity.clone();
+    // The gateways must have heard the leader (a member reports only a leader that answered).
+    wait_ping(&f, "a1", ip_of(&ips, "b1"), DEADLINE);
 
+    f.hub_lease_renewed().await.unwrap();
     let killed = Instant::now();
     f.kill_hub(r);
     wait_ping(&f, "a1", ip_of(&ips, "b1"), DEADLINE);
+    let took = killed.elapsed();
     println!(
-        "hub failover (wg transport): {leader} killed, {standby} leads; traffic a1 -> b1 resumed after {:.1?}",
-        killed.elapsed()
+        "hub failover ({transport} transport): {leader} killed right after renewing its {LEASE_SECS} s Lease, {standby} leads; traffic a1 -> b1 resumed after {took:.1?}"
     );
     assert_eq!(
         f.hub_leader().await.unwrap(),
         Some(standby),
         "standby holds the Lease"
     );
+    // The Lease alone would not expire before LEASE_SECS: only the probes' reports beat it.
+    assert!(
+        took < Duration::from_secs(LEASE_SECS),
+        "hub failover took {took:.1?}, not shorter than the {LEASE_SECS} s lease\n{}",
+        f.logs()
+    );
     wait_ping(&f, "b2", ip_of(&ips, "a2"), DEADLINE);
     tcp_transfer(&f, "b2", "a2", ip_of(&ips, "a2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_leader_killed_standby_takes_over_on_the_members_probes_wg() {
+    hub_leader_failover_scenario("wg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_leader_killed_standby_takes_over_on_the_members_probes_quic() {
+    hub_leader_failover_scenario("quic").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
