@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleetboard_dataplane::AdminClient;
-use fleetboard_dataplane::core::DataplaneStatus;
+use fleetboard_dataplane::core::{DataplaneConfig, DataplaneStatus};
 use tokio::sync::watch;
 
 /// Probe interval of an ordinary node's dataplane (its one peer is the gateway): five probes
@@ -34,6 +34,13 @@ pub const GATEWAY_PROBE_INTERVAL_MS: u32 = 200;
 pub const DEAD_AFTER: Duration = Duration::from_secs(1);
 /// The name of the gateway peer in an ordinary node's dataplane config.
 pub const GATEWAY_PEER: &str = "gateway";
+
+/// Probe settings of every agent's dataplane: five probes a second, a peer silent for
+/// [`DEAD_AFTER`] is dead (its status says so, and a WireGuard peer gets a new handshake).
+pub fn fast_probes(c: &mut DataplaneConfig) {
+    c.probe.interval_ms = GATEWAY_PROBE_INTERVAL_MS;
+    c.probe.dead_after_ms = u32::try_from(DEAD_AFTER.as_millis()).unwrap_or(u32::MAX);
+}
 
 /// Whether `status` (an ordinary node's dataplane) says its gateway stopped answering: it
 /// answered once, and its last answer is at least `dead_after` old.

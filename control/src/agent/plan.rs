@@ -270,8 +270,9 @@ pub fn gateway_config(i: &GatewayInputs<'_>) -> Option<DataplaneConfig> {
         tun_address(own_block, &tunnel),
     );
     // Five probes a second to the hub (and the other peers): a dead hub leader is reported
-    // within a second (super::failover::watch_hub).
-    c.probe.interval_ms = super::failover::GATEWAY_PROBE_INTERVAL_MS;
+    // within a second (super::failover::watch_hub), and the dataplane handshakes again with
+    // a peer dead that long (a standby hub replica behind the same load balancer).
+    super::failover::fast_probes(&mut c);
     if local.transport == Transport::Quic {
         let q = i.quic.as_ref()?;
         c.quic.certificate = Some(q.certificate.clone());
@@ -459,7 +460,7 @@ pub fn node_config(i: &NodeInputs<'_>) -> Option<DataplaneConfig> {
     }
     c.local = vec![own_block];
     // Five probes a second to the gateway: a dead one is named within a second.
-    c.probe.interval_ms = super::failover::GATEWAY_PROBE_INTERVAL_MS;
+    super::failover::fast_probes(&mut c);
     let gateway_probe = gw.cidr.map(|b| tun_address(b, &tunnel).addr());
     c.peers.push(PeerConfig {
         public_key: cluster_key,

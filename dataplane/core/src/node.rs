@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
 use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
-use crate::peer::{HandshakeRtt, PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
+use crate::peer::{Forced, HandshakeRtt, PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
 use crate::probe::{PeerProbe, ProbeCounters, Prober};
 use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex, RelayedHandshakes};
 use crate::route::RouteTable;
@@ -33,9 +33,6 @@ const LIMITER_WINDOW: Duration = Duration::from_secs(1);
 /// Extra queued control datagrams beyond this are dropped: a peer that floods handshakes
 /// must not grow memory.
 const MAX_QUEUED: usize = 1024;
-/// Added to twice the keepalive interval before a silent peer gets a fresh handshake (the
-/// WireGuard REKEY_TIMEOUT).
-const DEAD_PEER_GRACE: Duration = Duration::from_secs(5);
 
 /// A datagram to send: `len` bytes at the start of the buffer that was passed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -718,24 +715,21 @@ impl Dataplane {
             };
             let mut outputs = [None];
             outputs[0] = peer.session.update_timers(&mut self.scratch).ok();
-            if let Some(k) = peer.config.persistent_keepalive {
-                let silent_for = Duration::from_secs(2 * u64::from(k)) + DEAD_PEER_GRACE;
-                let silent = peer
-                    .last_rx
-                    .is_none_or(|t| now.duration_since(t) > silent_for);
-                let recently = peer
-                    .last_forced_handshake
-                    .is_some_and(|t| now.duration_since(t) < silent_for);
-                if silent && !recently && peer.last_rx.is_some() {
+            let busy = matches!(outputs[0], Some(SessionOutput::Network(..)));
+            match peer.forced_handshake(now) {
+                // Already sending something this tick; try again next tick.
+                Some(_) if busy => {}
+                Some(Forced::ProbesDead) => {
                     peer.last_forced_handshake = Some(now);
-                    if matches!(outputs[0], Some(SessionOutput::Network(..))) {
-                        // Already sending something this tick; try again next tick.
-                        peer.last_forced_handshake = None;
-                    } else {
-                        outputs[0] = peer.session.initiate(&mut self.scratch).ok();
-                        tracing::debug!(peer = %peer.config.label(), "peer silent, new handshake");
-                    }
+                    outputs[0] = peer.session.initiate_anew(&mut self.scratch).ok();
+                    tracing::debug!(peer = %peer.config.label(), "probes dead, new handshake");
                 }
+                Some(Forced::Silent) => {
+                    peer.last_forced_handshake = Some(now);
+                    outputs[0] = peer.session.initiate(&mut self.scratch).ok();
+                    tracing::debug!(peer = %peer.config.label(), "peer silent, new handshake");
+                }
+                None => {}
             }
             if peer.handshake_due && !matches!(outputs[0], Some(SessionOutput::Network(..))) {
                 peer.handshake_due = false;

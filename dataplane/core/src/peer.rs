@@ -320,7 +320,40 @@ pub struct PeerStatus {
     pub probe_alive: Option<bool>,
 }
 
+/// Added to twice the keepalive interval before a silent peer gets a fresh handshake (the
+/// WireGuard REKEY_TIMEOUT).
+const DEAD_PEER_GRACE: Duration = Duration::from_secs(5);
+/// Between two handshakes forced because a peer's data-path probes say it is dead.
+pub const PROBE_DEAD_REHANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Why a new handshake is forced on a peer with a persistent keepalive that answered before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forced {
+    /// Nothing came from it for two keepalive intervals and REKEY_TIMEOUT.
+    Silent,
+    /// Its data-path probes say it is dead ([`crate::probe`]): it may have been replaced by a
+    /// replica with the same key behind the same endpoint (a hub leader that took over, a
+    /// restarted peer), which answers only a fresh initiation; WireGuard's own timers would
+    /// start one only after 15 s. Forced every [`PROBE_DEAD_REHANDSHAKE`] while it stays dead.
+    ProbesDead,
+}
+
 impl PeerState {
+    /// Whether (and why) to force a new handshake at `now`.
+    pub fn forced_handshake(&self, now: Instant) -> Option<Forced> {
+        let k = self.config.persistent_keepalive?;
+        let last_rx = self.last_rx?;
+        let since_forced = self.last_forced_handshake.map(|t| now.duration_since(t));
+        if self.probe.alive == Some(false) {
+            return since_forced
+                .is_none_or(|d| d >= PROBE_DEAD_REHANDSHAKE)
+                .then_some(Forced::ProbesDead);
+        }
+        let silent_for = Duration::from_secs(2 * u64::from(k)) + DEAD_PEER_GRACE;
+        (now.duration_since(last_rx) > silent_for && since_forced.is_none_or(|d| d >= silent_for))
+            .then_some(Forced::Silent)
+    }
+
     /// A snapshot of this peer.
     pub fn status(&self) -> PeerStatus {
         PeerStatus {

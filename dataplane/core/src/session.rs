@@ -219,11 +219,22 @@ impl Session {
 
     /// Starts a handshake now unless one is in progress.
     pub fn initiate(&mut self, dst: &mut [u8]) -> Result<SessionOutput, DropReason> {
+        self.initiation(dst, false)
+    }
+
+    /// Starts a new handshake now, replacing one in progress (whose answer will not come:
+    /// the peer's probes say it is dead, and a replica that took over its key behind the same
+    /// endpoint answers only a fresh initiation).
+    pub fn initiate_anew(&mut self, dst: &mut [u8]) -> Result<SessionOutput, DropReason> {
+        self.initiation(dst, true)
+    }
+
+    fn initiation(&mut self, dst: &mut [u8], force: bool) -> Result<SessionOutput, DropReason> {
         if dst.len() < WG_HANDSHAKE_INIT_LEN {
             return Err(DropReason::TooLarge);
         }
         let base = dst.as_ptr() as usize;
-        let r = self.tunn.format_handshake_initiation(dst, false);
+        let r = self.tunn.format_handshake_initiation(dst, force);
         convert(base, r)
     }
 

@@ -244,3 +244,49 @@ fn a_round_to_more_peers_than_socket_slots_sends_every_probe() {
     assert_eq!(st.probes.unexpected, 0, "{:?}", st.probes);
     assert_eq!(packets, PEERS, "every probe left the interface");
 }
+
+/// A hub replica takes over the hub's key behind the same endpoint (a load balancer in front
+/// of hub replicas): it has no session, so the spokes' data is dropped until they handshake
+/// again. WireGuard's timers would do that after 15 s; the spokes' probes say the hub is
+/// dead after 300 ms here, and a new handshake follows at once.
+#[test]
+fn a_peer_replaced_behind_the_same_endpoint_is_handshaken_again_once_probes_say_dead() {
+    let mut m = probing_mesh();
+    for _ in 0..5 {
+        m.tick(Duration::from_millis(100));
+    }
+    let hub_probe = |m: &Mesh, i: usize| {
+        m.nodes[i]
+            .dp
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.public_key == key(1).public_key())
+            .expect("the hub peer")
+    };
+    assert_eq!(hub_probe(&m, 1).probe_alive, Some(true), "probes answered");
+
+    // The new replica: same key, same address, no session; it learns the spokes' endpoints
+    // only from their handshakes.
+    let cfg = m.nodes[0].dp.config().clone();
+    m.nodes[0].dp = fleetboard_dataplane_core::Dataplane::new(cfg, m.now).unwrap();
+    m.nodes[0].tun_out.clear();
+    let replaced = m.now;
+    let pkt = ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"after the takeover");
+    let mut delivered = None;
+    while m.now < replaced + Duration::from_secs(10) {
+        m.tick(Duration::from_millis(100));
+        m.send_tun(1, &pkt);
+        m.run();
+        if m.nodes[2].tun_out.last() == Some(&pkt) {
+            delivered = Some(m.now - replaced);
+            break;
+        }
+    }
+    let took = delivered.expect("a's packets reach b through the new hub within 10 s");
+    println!("replaced hub reached again after {took:?} (probes dead after 300 ms)");
+    assert!(
+        took <= Duration::from_secs(2),
+        "took {took:?}: the spokes waited for WireGuard's own timers"
+    );
+}
