@@ -359,6 +359,43 @@ impl Node {
         out
     }
 
+    /// SIGKILLs the processes named `comm` (as `/proc/<pid>/comm` shows them) in the pod
+    /// with uid `pod_uid` on this node, as a crash would; the kubelet restarts the container.
+    /// Returns how many were killed.
+    pub fn kill_in_pod(&self, pod_uid: &str, comm: &str) -> anyhow::Result<usize> {
+        let pod_dir = format!("pod{pod_uid}");
+        // The same pid shows in every hierarchy of a cgroup v1 machine.
+        let mut pids = std::collections::BTreeSet::new();
+        for dir in cgroups::dirs_deepest_first(&self.cgroup()) {
+            if !dir.components().any(|c| c.as_os_str() == pod_dir.as_str()) {
+                continue;
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(
+                procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+        let mut killed = 0;
+        for pid in pids {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if name.trim_end() != comm {
+                continue;
+            }
+            // SAFETY: kill(2) with a pid and a signal number has no memory-safety concerns.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        anyhow::ensure!(
+            killed > 0,
+            "no process {comm:?} in pod {pod_uid} on node {}",
+            self.name()
+        );
+        Ok(killed)
+    }
+
     /// Takes the node down as a power cut would, while its objects stay in the API: kills
     /// kubelet, containerd, kube-proxy and every container (shims and pod processes), and
     /// takes its underlay link down, so nothing answers at its address any more. The node's
