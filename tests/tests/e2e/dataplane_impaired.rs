@@ -10,6 +10,11 @@
 //! (100.64.1.1 -> hub -> 100.64.2.1) both cross it once each way. Each transfer restarts the
 //! link's random decisions from the same seed, so raw and tunnel meet the same decisions.
 //!
+//! Everything the test starts runs at `SCHED_RR` (the link's threads, the dataplanes, sender
+//! and receiver): at nice -10 other sessions' work on the machine froze them for up to
+//! seconds, raw and tunnel alike. Each round prints its evidence (when the longest wait
+//! began, the sender's `TCP_INFO`, kernel, link and dataplane counters), shown on failure.
+//!
 //! `FLEETBOARD_LONG=1` runs longer transfers and more rounds (figures in
 //! docs/RELIABILITY.md, "Impaired underlay (issue 18 item 3)").
 
@@ -39,8 +44,8 @@ const BASE_DELAY: Duration = Duration::from_millis(10);
 const MIN_RATIO: f64 = 0.9;
 /// Linux's floor on the RTO's variance term (`TCP_RTO_MIN`).
 const RTO_MIN: Duration = Duration::from_millis(200);
-/// Nice value of everything this test runs (dataplanes, link, sender and receiver): the
-/// figures compare paths on the emulated link, so other work on the machine must not set
+/// Nice value of everything this test runs when the kernel refuses [`REALTIME_PRIORITY`]:
+/// the figures compare paths on the emulated link, so other work on the machine must not set
 /// them (at nice 0 under a load of 8 the tunnel, three processes deep, lost half its
 /// goodput to scheduling delays while the kernel-only raw path did not).
 const NICE: i32 = -10;
