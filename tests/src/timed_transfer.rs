@@ -125,7 +125,11 @@ pub fn timed_transfer(
             }
             conn.shutdown(std::net::Shutdown::Write)?;
             // Wait for the receiver to close, so the sender outlives the transfer.
-            let _ = conn.read(&mut [0u8; 1]);
+            while let Err(e) = conn.read(&mut [0u8; 1]) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
             Ok(sender_tcp(&conn))
         });
         let received = receive(&listener, len, seed, hang);
@@ -159,6 +163,10 @@ fn receive(
         let n = match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
+            // A read with a timeout (SO_RCVTIMEO) is never restarted after a signal handler
+            // ran (signal(7)), and other tests in this process install some (SIGCHLD for
+            // their children): read again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
             {
