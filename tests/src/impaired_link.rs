@@ -218,6 +218,9 @@ fn raw_socket(dev: &str) -> io::Result<OwnedFd> {
     set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCKET_BUFFER)?;
     set_opt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCKET_BUFFER)?;
     set_opt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+    // The kernel's arrival time of every frame, so a forwarding thread that runs late still
+    // offers frames to the model at the times they arrived (see `recv_frame`).
+    set_opt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
     // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -286,6 +289,52 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) {
     unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
 }
 
+/// Reads one frame from `fd` into `buf` without waiting: its length and when it arrived.
+///
+/// The arrival is the kernel's receive timestamp (`SO_TIMESTAMPNS`, wall clock) mapped onto
+/// [`Instant`]. Taking `Instant::now()` at read time instead would bunch up every frame that
+/// queued in the socket while this thread was not running (a busy machine deschedules it
+/// for tens of milliseconds, sometimes far longer): the model would see a burst the host
+/// never sent and drop from the bottleneck queue frames that a real link would have carried.
+fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<(usize, Instant)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64 elements: aligned for cmsghdr; room for one timespec control message.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid value, the pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at a valid iovec over buf and a valid control buffer.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n <= 0 {
+        return None;
+    }
+    let now = Instant::now();
+    let mut arrived = now;
+    // SAFETY: walking the control messages the kernel wrote into `control` with the CMSG_*
+    // helpers, which stay within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let at = std::time::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                let age = std::time::SystemTime::now()
+                    .duration_since(at)
+                    .unwrap_or_default();
+                arrived = now.checked_sub(age).unwrap_or(now);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((n as usize, arrived))
+}
+
 /// One direction: frames read from `from` go through the model and out on `to`.
 fn forward(from: &OwnedFd, to: &OwnedFd, dir: &Direction, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65536];
@@ -301,21 +350,9 @@ fn forward(from: &OwnedFd, to: &OwnedFd, dir: &Direction, stop: &AtomicBool) {
         if !timeout.is_zero() {
             wait_readable(from, timeout);
         }
-        loop {
-            // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe {
-                libc::recv(
-                    from.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            let frame = buf[..n as usize].to_vec();
-            dir.model.lock().unwrap().offer(Instant::now(), frame);
+        while let Some((n, arrived)) = recv_frame(from, &mut buf) {
+            let frame = buf[..n].to_vec();
+            dir.model.lock().unwrap().offer(arrived, frame);
         }
         let dropped = kernel_drops(from);
         if dropped > 0 {

@@ -15,7 +15,7 @@
 //! - [`impaired_link`], [`link_impairment`]: a link with loss, delay, jitter, reordering,
 //!   duplication and a rate limit, in userspace (this kernel has no `tc netem`).
 //! - [`timed_transfer`]: one TCP transfer between namespaces with its goodput and longest
-//!   stall.
+//!   stall; [`net_counters`]: a namespace's kernel network counters (why it was slow).
 //! - [`real_fleet`]: a hub and two member clusters on real nodes with both charts installed
 //!   from a chart repository, as a user does (the fleet test and the demo).
 
@@ -29,6 +29,7 @@ pub mod internet;
 pub mod kube;
 pub mod link_impairment;
 pub mod load_balancer;
+pub mod net_counters;
 pub mod netns;
 pub mod node;
 pub mod process;

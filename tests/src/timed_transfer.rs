@@ -25,6 +25,68 @@ pub struct TransferReport {
     pub elapsed: Duration,
     /// Longest wait for the next bytes, from the accept on (includes the wait for the first).
     pub max_stall: Duration,
+    /// When the longest wait began, from the accept.
+    pub stall_at: Duration,
+    /// Bytes received before the longest wait.
+    pub stall_after_bytes: usize,
+    /// The sender's TCP state once the receiver closed (`TCP_INFO`).
+    pub sender: SenderTcp,
+}
+
+/// What the sender's kernel says about the connection at its end (`TCP_INFO`): enough to
+/// tell retransmission timeouts from fast recovery and to see the RTT TCP measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SenderTcp {
+    /// Segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// Smoothed RTT, microseconds.
+    pub rtt_us: u32,
+    /// RTT variation, microseconds.
+    pub rttvar_us: u32,
+    /// Reordering degree TCP learnt (segments).
+    pub reordering: u32,
+    /// Maximum segment size in use.
+    pub snd_mss: u32,
+}
+
+impl std::fmt::Display for SenderTcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "retrans {} srtt {:.1} ms rttvar {:.1} ms reordering {} mss {}",
+            self.total_retrans,
+            f64::from(self.rtt_us) / 1000.0,
+            f64::from(self.rttvar_us) / 1000.0,
+            self.reordering,
+            self.snd_mss
+        )
+    }
+}
+
+/// `TCP_INFO` of `conn` (zeros when the kernel refuses).
+fn sender_tcp(conn: &TcpStream) -> SenderTcp {
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+    let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut ti as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return SenderTcp::default();
+    }
+    SenderTcp {
+        total_retrans: ti.tcpi_total_retrans,
+        rtt_us: ti.tcpi_rtt,
+        rttvar_us: ti.tcpi_rttvar,
+        reordering: ti.tcpi_reordering,
+        snd_mss: ti.tcpi_snd_mss,
+    }
 }
 
 impl TransferReport {
@@ -49,7 +111,7 @@ pub fn timed_transfer(
         .with_context(|| format!("listening on {to_ip} in {to_ns}"))?;
     let addr = listener.local_addr()?;
     std::thread::scope(|s| {
-        let sender = s.spawn(|| -> anyhow::Result<()> {
+        let sender = s.spawn(|| -> anyhow::Result<SenderTcp> {
             let mut conn = in_netns(from_ns, || TcpStream::connect_timeout(&addr, hang))
                 .with_context(|| format!("connecting to {addr} from {from_ns}"))?;
             let mut rng = fastrand::Rng::with_seed(seed);
@@ -63,15 +125,19 @@ pub fn timed_transfer(
             }
             conn.shutdown(std::net::Shutdown::Write)?;
             // Wait for the receiver to close, so the sender outlives the transfer.
-            let _ = conn.read(&mut [0u8; 1]);
-            Ok(())
+            while let Err(e) = conn.read(&mut [0u8; 1]) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
+            Ok(sender_tcp(&conn))
         });
         let received = receive(&listener, len, seed, hang);
         let sent = sender
             .join()
             .map_err(|_| anyhow::anyhow!("sender panicked"))?;
-        let report = received?;
-        sent?;
+        let mut report = received?;
+        report.sender = sent?;
         Ok(report)
     })
 }
@@ -88,6 +154,7 @@ fn receive(
     let start = Instant::now();
     let mut last = start;
     let mut max_stall = Duration::ZERO;
+    let (mut stall_at, mut stall_after_bytes) = (Duration::ZERO, 0);
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut buf, mut want) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let mut got = 0usize;
@@ -96,6 +163,10 @@ fn receive(
         let n = match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
+            // A read with a timeout (SO_RCVTIMEO) is never restarted after a signal handler
+            // ran (signal(7)), and other tests in this process install some (SIGCHLD for
+            // their children): read again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
             {
@@ -104,7 +175,11 @@ fn receive(
             Err(e) => return Err(e).context(format!("receiving after {got} bytes")),
         };
         let now = Instant::now();
-        max_stall = max_stall.max(now - last);
+        if now - last > max_stall {
+            max_stall = now - last;
+            stall_at = last - start;
+            stall_after_bytes = got;
+        }
         last = now;
         if got + n > len {
             bail!("received more than the {len} bytes sent");
@@ -134,6 +209,9 @@ fn receive(
         bytes: got,
         elapsed: last - start,
         max_stall,
+        stall_at,
+        stall_after_bytes,
+        sender: SenderTcp::default(),
     })
 }
 
