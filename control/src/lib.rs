@@ -14,3 +14,4 @@ pub mod leader;
 pub mod mcs;
 pub mod membership;
 pub mod outage;
+pub mod watch;

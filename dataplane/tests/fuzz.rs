@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use fleetboard_dataplane::admin::{self, AdminCall, Request, Response};
 use fleetboard_dataplane::core::{
-    Action, AdminConfig, Dataplane, DataplaneConfig, InterfaceConfig, MAX_PACKET, PeerConfig,
-    SecretKey, Transport,
+    Action, Dataplane, DataplaneConfig, MAX_PACKET, PeerConfig, SecretKey, Transport,
 };
 use fleetboard_dataplane::quic::{NotIp, check_ip_packet};
 use proptest::prelude::*;
@@ -21,40 +20,19 @@ fn key(n: u8) -> SecretKey {
 
 /// Node 1 with peer 2 (100.64.1.0/24, fd00::/8) on QUIC, as the link would feed it.
 fn config() -> DataplaneConfig {
-    let mut c = DataplaneConfig {
-        interface: InterfaceConfig {
-            name: "fb0".into(),
-            mtu: 1420,
-            addresses: vec!["100.64.0.1/10".parse().unwrap()],
-            routes: Vec::new(),
-        },
-        private_key: key(1),
-        listen_port: 31820,
-        listen_address: None,
-        transport: Transport::Wg,
-        peers: vec![PeerConfig {
-            public_key: key(2).public_key(),
-            name: Some("n2".into()),
-            endpoint: Some("198.18.0.2:31821".parse().unwrap()),
-            allowed_ips: vec![
+    let mut c = DataplaneConfig::new(key(1), "fb0", vec!["100.64.0.1/10".parse().unwrap()]);
+    c.peers.push(PeerConfig {
+        name: Some("n2".into()),
+        endpoint: Some("198.18.0.2:31821".parse().unwrap()),
+        transport: Some(Transport::Quic),
+        ..PeerConfig::new(
+            key(2).public_key(),
+            vec![
                 "100.64.1.0/24".parse().unwrap(),
                 "fd00::/8".parse().unwrap(),
             ],
-            persistent_keepalive: None,
-            transport: Some(Transport::Quic),
-            fingerprint: None,
-            via: None,
-            probe_address: None,
-        }],
-        routes: vec![],
-        admin: AdminConfig::default(),
-        metrics_address: None,
-        quic: Default::default(),
-        services: vec![],
-        local: vec![],
-        relay: false,
-        probe: Default::default(),
-    };
+        )
+    });
     c.quic.certificate = Some("/nonexistent/quic.crt".into());
     c.quic.private_key = Some("/nonexistent/quic.key".into());
     c.quic.ca = Some("/nonexistent/ca.crt".into());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleetboard_control::crd::mcs::{LABEL_SERVICE_NAME, ServiceImport};
 use fleetboard_control::health::Health;
-use futures::StreamExt;
+use fleetboard_control::watch::cache;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, SRV};
@@ -14,8 +14,7 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
@@ -187,36 +186,6 @@ impl Handler {
     }
 }
 
-fn cache<K>(api: Api<K>, labels: Option<&str>, wake: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let mut cfg = watcher::Config::default();
-    if let Some(l) = labels {
-        cfg = cfg.labels(l);
-    }
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::debug!(error = %e, "watch error (retrying)");
-            } else {
-                wake.notify_one();
-            }
-        }
-    });
-    reader
-}
-
 /// Serves the zone on `cfg.listen` (UDP and TCP) from the member cluster's ServiceImports and
 /// MCS EndpointSlices until the server fails.
 /// `health`, when given, is told when the server is ready (see [`serve_reporting`]).
@@ -270,11 +239,17 @@ pub async fn serve_reporting(
     tracing::info!(listen = %cfg.listen, zone = %cfg.zone, "clusterset DNS serving");
 
     let wake = Arc::new(Notify::new());
-    let imports: Store<ServiceImport> = cache(Api::all(client.clone()), None, wake.clone());
+    let imports: Store<ServiceImport> = cache(
+        Api::all(client.clone()),
+        None,
+        "member API (service imports)",
+        &wake,
+    );
     let slices: Store<EndpointSlice> = cache(
         Api::all(client.clone()),
         Some(LABEL_SERVICE_NAME),
-        wake.clone(),
+        "member API (endpoint slices)",
+        &wake,
     );
     if let Some(h) = health {
         let (imports, slices) = (imports.clone(), slices.clone());

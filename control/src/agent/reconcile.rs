@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use super::failover::HubLeader;
@@ -24,7 +23,7 @@ use super::mcs::{Controllers, ServiceView, mcs_slice_selector};
 use super::plan::{
     self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
 };
-use super::startup::{Joined, Offline, join, member_client, poll_gateway, watch_store};
+use super::startup::{Joined, Offline, join, member_client, poll_gateway};
 use super::{
     AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE,
     NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_CIDR_ANNOTATION, TUNNEL_IP_ANNOTATION,
@@ -38,6 +37,7 @@ use crate::health::Health;
 use crate::keys::{GatewayKeys, load_or_create};
 use crate::leader::{LeaderElection, Leadership};
 use crate::outage::Outage;
+use crate::watch::cache;
 
 /// Re-plan at least this often even without events (a missed event, a dataplane that died).
 const RESYNC: Duration = Duration::from_secs(10);
@@ -88,35 +88,30 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
 
     let notify = Arc::new(Notify::new());
-    let nodes = watch_store(
-        Api::<Node>::all(member.clone()),
-        watcher::Config::default(),
-        notify.clone(),
-        "nodes",
-    );
+    let nodes = cache(Api::<Node>::all(member.clone()), None, "nodes", &notify);
     let gateway = poll_gateway(
         Api::<Lease>::namespaced(member.clone(), &cfg.namespace),
         notify.clone(),
     );
-    let peers = watch_store(
+    let peers = cache(
         Api::<Peer>::namespaced(hub.clone(), &cfg.hub_namespace),
-        watcher::Config::default(),
-        notify.clone(),
+        None,
         "hub peers",
+        &notify,
     );
 
     let services = cfg.mcs.then(|| ServiceView {
-        imports: watch_store(
+        imports: cache(
             Api::<ServiceImport>::all(member.clone()),
-            watcher::Config::default(),
-            notify.clone(),
+            None,
             "service imports",
+            &notify,
         ),
-        slices: watch_store(
+        slices: cache(
             Api::<EndpointSlice>::all(member.clone()),
-            watcher::Config::default().labels(&mcs_slice_selector()),
-            notify.clone(),
+            Some(&mcs_slice_selector()),
             "MCS endpoint slices",
+            &notify,
         ),
     });
 

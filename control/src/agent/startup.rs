@@ -13,11 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 
 use super::reconcile::{Running, publish_node};
@@ -26,7 +23,7 @@ use super::{AgentConfig, AgentError, GATEWAY_LEASE, HubError, saved};
 use crate::embedded::EmbeddedDataplane;
 use crate::health::Health;
 use crate::keys::{GatewayKeys, load_or_create_local};
-use crate::outage::{Outage, watch_backoff};
+use crate::outage::Outage;
 
 /// How often non-gateway nodes read the gateway Lease (a moved gateway is followed within it).
 const LEASE_POLL: Duration = Duration::from_secs(1);
@@ -175,45 +172,6 @@ impl Offline {
     pub(super) fn take(&mut self) -> Option<Running> {
         self.running.take()
     }
-}
-
-/// Starts a reflector for `api` whose every event pokes `notify`. Errors back off
-/// ([`watch_backoff`]) and are retried; the store keeps its last state meanwhile.
-pub(super) fn watch_store<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    notify: Arc<Notify>,
-    what: &'static str,
-) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).backoff(watch_backoff());
-    tokio::spawn(async move {
-        let mut outage = Outage::new(what);
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                // Emitted before each (re)list, answered or not: no sign of the API.
-                Ok(watcher::Event::Init) => {}
-                Ok(_) => {
-                    outage.ok();
-                    notify.notify_one();
-                }
-                Err(e) => {
-                    outage.failed(&e);
-                }
-            }
-        }
-    });
-    store
 }
 
 /// Reads the gateway Lease every [`LEASE_POLL`] and publishes its holder, poking `notify` on

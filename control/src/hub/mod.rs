@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetboard_dataplane::core::{DataplaneConfig, DataplaneStatus};
-use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::crd::peer::{HUB_LEADER_ANNOTATION, Peer, PeerSpec, PeerStatus, Transport};
@@ -35,7 +34,7 @@ use crate::health::Health;
 use crate::ipam::BlockAllocator;
 use crate::keys::{self, GatewayKeys};
 use crate::leader::{LeaderElection, Leadership};
-use crate::outage::{Outage, watch_backoff};
+use crate::outage::Outage;
 use plan::{HubSettings, PeerInput};
 use role::{PodRole, Role};
 
@@ -221,27 +220,20 @@ pub async fn run(
     }));
 
     let api: Api<Peer> = Api::namespaced(fenced, &config.namespace);
-    let (reader, writer) = reflector::store::<Peer>();
     let changed = Arc::new(Notify::new());
-    let watch_task = {
+    // Every change wakes the leader's pass and re-counts the members' reports of a silent
+    // leader (see failover).
+    let reader = {
         let changed = changed.clone();
-        let peers = reader.clone();
         let hub_id = config.cluster_id.clone();
-        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
-            .backoff(watch_backoff());
-        tokio::spawn(async move {
-            let mut outage = Outage::new("hub API (peer watch)");
-            futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    // Emitted before each (re)list, answered or not: no sign of the API.
-                    Ok(watcher::Event::Init) => {}
-                    Ok(_) => {
-                        outage.ok();
-                    }
-                    Err(e) => {
-                        outage.failed(&e);
-                    }
+        crate::watch::reflect(
+            api.clone(),
+            watcher::Config::default(),
+            "hub API (peer watch)",
+            move |peers| {
+                // The election (the receiver) ended: so did this replica.
+                if dead_tx.is_closed() {
+                    return false;
                 }
                 changed.notify_one();
                 let state = peers.state();
@@ -256,8 +248,9 @@ pub async fn run(
                     *cur = silent;
                     true
                 });
-            }
-        })
+                true
+            },
+        )
     };
 
     tracing::info!(identity = %config.identity, namespace = %config.namespace, "hub replica up; standing by for the lease");
@@ -303,7 +296,6 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
-    watch_task.abort();
     match elect.await {
         Ok(r) => r?,
         Err(e) => tracing::error!(error = %e, "leader election task"),

@@ -23,6 +23,7 @@ use super::{
     PARALLEL_IP_ANNOTATION, PARALLEL_MANAGED_BY,
 };
 use crate::crd::mcs::ServiceExport;
+use crate::watch::cache;
 
 /// Field manager of the parallel EndpointSlices.
 pub const FIELD_MANAGER: &str = "fleetboard.io/parallel-endpointslice";
@@ -218,10 +219,15 @@ pub async fn run_endpointslice_controller(
     };
     let wake = Arc::new(Notify::new());
     let selector = format!("{LABEL_SLICE_MANAGED_BY}={PARALLEL_MANAGED_BY}");
-    let exports_c = trigger::cache(exports, None, &wake);
-    let services_c = trigger::cache(services, None, &wake);
-    let pods_c = trigger::cache(pods, None, &wake);
-    let slices_c = trigger::cache(slices, Some(&selector), &wake);
+    let exports_c = cache(exports, None, "member API (service exports)", &wake);
+    let services_c = cache(services, None, "member API (services)", &wake);
+    let pods_c = cache(pods, None, "member API (pods)", &wake);
+    let slices_c = cache(
+        slices,
+        Some(&selector),
+        "member API (parallel endpoint slices)",
+        &wake,
+    );
     trigger::ready(&exports_c).await?;
     trigger::ready(&services_c).await?;
     trigger::ready(&pods_c).await?;

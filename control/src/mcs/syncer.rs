@@ -36,6 +36,7 @@ use crate::crd::mcs::{
 };
 use crate::crd::peer::Peer;
 use crate::membership::member_namespace;
+use crate::watch::cache;
 
 /// Field manager of everything the syncer writes.
 pub const FIELD_MANAGER: &str = "fleetboard.io/mcs-syncer";
@@ -73,30 +74,49 @@ pub async fn run_syncer(member: Client, hub: Client, cfg: SyncerConfig) -> Resul
     }
     let wake = Arc::new(Notify::new());
     let c = Caches {
-        exports: trigger::cache(Api::all(member.clone()), None, &wake),
-        services: trigger::cache(Api::all(member.clone()), None, &wake),
-        parallel: trigger::cache(
+        exports: cache(
+            Api::all(member.clone()),
+            None,
+            "member API (service exports)",
+            &wake,
+        ),
+        services: cache(
+            Api::all(member.clone()),
+            None,
+            "member API (services)",
+            &wake,
+        ),
+        parallel: cache(
             Api::all(member.clone()),
             Some(&format!("{LABEL_SLICE_MANAGED_BY}={PARALLEL_MANAGED_BY}")),
+            "member API (parallel endpoint slices)",
             &wake,
         ),
-        namespaces: trigger::cache(Api::all(member.clone()), None, &wake),
-        imports: trigger::cache(
+        namespaces: cache(
+            Api::all(member.clone()),
+            None,
+            "member API (namespaces)",
+            &wake,
+        ),
+        imports: cache(
             Api::all(member.clone()),
             Some(&format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")),
+            "member API (service imports)",
             &wake,
         ),
-        slices: trigger::cache(
+        slices: cache(
             Api::all(member.clone()),
             Some(&format!("{LABEL_SLICE_MANAGED_BY}={MCS_MANAGED_BY}")),
+            "member API (MCS endpoint slices)",
             &wake,
         ),
         // Every member's exports, each in its own namespace on the hub.
-        hub_exports: trigger::cache(Api::all(hub.clone()), None, &wake),
+        hub_exports: cache(Api::all(hub.clone()), None, "hub API (exports)", &wake),
         peers: cfg.require_peer.then(|| {
-            trigger::cache(
+            cache(
                 Api::namespaced(hub.clone(), &cfg.hub_namespace),
                 None,
+                "hub API (peers)",
                 &wake,
             )
         }),

@@ -335,6 +335,22 @@ pub fn check_endpoint(ep: SocketAddr) -> Result<(), String> {
 }
 
 impl PeerConfig {
+    /// A peer with `public_key` that routes `allowed_ips`; every other field as a config file
+    /// that leaves it out gives it (no name, no endpoint, no keepalive, the global transport).
+    pub fn new(public_key: PublicKey, allowed_ips: Vec<IpNet>) -> Self {
+        Self {
+            public_key,
+            name: None,
+            endpoint: None,
+            allowed_ips,
+            persistent_keepalive: None,
+            transport: None,
+            fingerprint: None,
+            via: None,
+            probe_address: None,
+        }
+    }
+
     /// The transport for this peer, given the global default.
     pub fn transport_or(&self, default: Transport) -> Transport {
         self.transport.unwrap_or(default)
@@ -349,6 +365,32 @@ impl PeerConfig {
 }
 
 impl DataplaneConfig {
+    /// A config with `private_key` and the TUN device `interface` with `addresses` (default
+    /// MTU); every other field as a config file that leaves it out gives it (no peers).
+    pub fn new(private_key: SecretKey, interface: &str, addresses: Vec<IpNet>) -> Self {
+        Self {
+            interface: InterfaceConfig {
+                name: interface.into(),
+                mtu: DEFAULT_MTU,
+                addresses,
+                routes: Vec::new(),
+            },
+            private_key,
+            listen_port: DEFAULT_LISTEN_PORT,
+            listen_address: None,
+            transport: Transport::default(),
+            peers: Vec::new(),
+            routes: Vec::new(),
+            admin: AdminConfig::default(),
+            metrics_address: None,
+            quic: Default::default(),
+            services: Vec::new(),
+            local: Vec::new(),
+            relay: false,
+            probe: ProbeSettings::default(),
+        }
+    }
+
     /// Checks the whole config; the error lists every problem by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
@@ -616,37 +658,37 @@ mod tests {
     use super::*;
 
     fn base() -> DataplaneConfig {
-        DataplaneConfig {
-            interface: InterfaceConfig {
-                name: "fb0".into(),
-                mtu: 1420,
-                addresses: vec!["100.64.1.1/10".parse().unwrap()],
-                routes: Vec::new(),
-            },
-            private_key: SecretKey::from_random_bytes([1; 32]),
-            listen_port: DEFAULT_LISTEN_PORT,
-            listen_address: None,
-            transport: Transport::Wg,
-            peers: vec![PeerConfig {
-                public_key: SecretKey::from_random_bytes([2; 32]).public_key(),
-                name: None,
-                endpoint: None,
-                allowed_ips: vec!["100.64.0.0/10".parse().unwrap()],
-                persistent_keepalive: Some(25),
-                transport: None,
-                fingerprint: None,
-                via: None,
-                probe_address: None,
-            }],
-            routes: vec![],
-            admin: AdminConfig::default(),
-            metrics_address: None,
-            quic: Default::default(),
-            services: vec![],
-            local: vec![],
-            relay: false,
-            probe: Default::default(),
-        }
+        let mut c = DataplaneConfig::new(
+            SecretKey::from_random_bytes([1; 32]),
+            "fb0",
+            vec!["100.64.1.1/10".parse().unwrap()],
+        );
+        c.peers.push(PeerConfig {
+            persistent_keepalive: Some(25),
+            ..PeerConfig::new(
+                SecretKey::from_random_bytes([2; 32]).public_key(),
+                vec!["100.64.0.0/10".parse().unwrap()],
+            )
+        });
+        c
+    }
+
+    #[test]
+    fn new_gives_what_a_config_file_leaves_out_gives() {
+        let key = SecretKey::from_random_bytes([1; 32]);
+        let peer = SecretKey::from_random_bytes([2; 32]).public_key();
+        let parsed: DataplaneConfig = serde_json::from_value(serde_json::json!({
+            "private_key": key.to_base64(),
+            "interface": { "name": "fb0", "addresses": ["100.64.1.1/10"] },
+            "peers": [{ "public_key": peer.to_base64(), "allowed_ips": ["100.64.0.0/10"] }],
+        }))
+        .unwrap();
+        let mut built = DataplaneConfig::new(key, "fb0", vec!["100.64.1.1/10".parse().unwrap()]);
+        built.peers.push(PeerConfig::new(
+            peer,
+            vec!["100.64.0.0/10".parse().unwrap()],
+        ));
+        assert_eq!(built, parsed);
     }
 
     #[test]
@@ -778,15 +820,12 @@ mod tests {
 
     fn peer(n: u8, cidr: &str) -> PeerConfig {
         PeerConfig {
-            public_key: SecretKey::from_random_bytes([n; 32]).public_key(),
             name: Some(format!("p{n}")),
             endpoint: Some(format!("198.18.0.{n}:31820").parse().unwrap()),
-            allowed_ips: vec![cidr.parse().unwrap()],
-            persistent_keepalive: None,
-            transport: None,
-            fingerprint: None,
-            via: None,
-            probe_address: None,
+            ..PeerConfig::new(
+                SecretKey::from_random_bytes([n; 32]).public_key(),
+                vec![cidr.parse().unwrap()],
+            )
         }
     }
 

@@ -14,8 +14,7 @@ use fleetboard_control::crd::all_crds;
 use fleetboard_control::crd::peer::Peer;
 use fleetboard_dataplane::AdminClient;
 use fleetboard_dataplane::core::{
-    AdminConfig, DataplaneConfig, DataplaneStatus, InterfaceConfig, PeerConfig, SecretKey,
-    Transport,
+    AdminConfig, DataplaneConfig, DataplaneStatus, PeerConfig, SecretKey, Transport,
 };
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::kube::{Cluster, ClusterOptions, eventually};
@@ -1049,40 +1048,30 @@ async fn start_member(
     let pool: IpNet = hub.spec.cidrs[0].parse().unwrap();
     let address = block.hosts().next().unwrap();
     let config = DataplaneConfig {
-        interface: InterfaceConfig {
-            name: "fb0".into(),
-            mtu: 1420,
-            addresses: vec![IpNet::new(address, pool.prefix_len()).unwrap()],
-            routes: Vec::new(),
-        },
-        private_key: key.clone(),
-        listen_port: 31820,
-        listen_address: None,
         transport,
         peers: vec![PeerConfig {
-            public_key: hub_key.parse_key(),
             name: Some("hub".into()),
             endpoint: Some(hub_ep.parse().unwrap()),
-            allowed_ips: hub.spec.cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             persistent_keepalive: Some(5),
             transport: Some(transport),
             fingerprint: Some(hub_fp.clone()),
-            via: None,
-            probe_address: None,
+            ..PeerConfig::new(
+                hub_key.parse_key(),
+                hub.spec.cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            )
         }],
-        routes: vec![],
-        services: vec![],
-        local: vec![],
-        relay: false,
-        probe: Default::default(),
         admin: AdminConfig {
             socket: dir.join("dataplane.sock"),
         },
-        metrics_address: None,
         quic: serde_json::from_value(json!({
             "certificate": dir.join("quic.crt"), "private_key": dir.join("quic.key"),
         }))
         .unwrap(),
+        ..DataplaneConfig::new(
+            key.clone(),
+            "fb0",
+            vec![IpNet::new(address, pool.prefix_len()).unwrap()],
+        )
     };
     let cfg_path = dir.join("dataplane.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fleetboard_dataplane_core::{
-    Action, AdminConfig, Dataplane, DataplaneConfig, DropReason, InterfaceConfig, MAX_PACKET,
-    PeerConfig, PeerId, SecretKey, Transport,
+    Action, Dataplane, DataplaneConfig, DropReason, MAX_PACKET, PeerConfig, PeerId, SecretKey,
+    Transport,
 };
 
 pub(crate) struct Node {
@@ -33,39 +33,20 @@ pub(crate) fn key(n: u8) -> SecretKey {
 
 pub(crate) fn config(k: u8, addr: &str, peers: Vec<PeerConfig>) -> DataplaneConfig {
     DataplaneConfig {
-        interface: InterfaceConfig {
-            name: "fb0".into(),
-            mtu: 1420,
-            addresses: vec![addr.parse().unwrap()],
-            routes: Vec::new(),
-        },
-        private_key: key(k),
-        listen_port: 31820,
-        listen_address: None,
-        transport: Transport::Wg,
         peers,
-        routes: vec![],
-        admin: AdminConfig::default(),
-        metrics_address: None,
-        quic: Default::default(),
-        services: vec![],
-        local: vec![],
-        relay: false,
-        probe: Default::default(),
+        ..DataplaneConfig::new(key(k), "fb0", vec![addr.parse().unwrap()])
     }
 }
 
 pub(crate) fn peer(k: u8, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
     PeerConfig {
-        public_key: key(k).public_key(),
         name: Some(format!("n{k}")),
         endpoint: endpoint.map(|e| e.parse().unwrap()),
-        allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         persistent_keepalive: Some(5),
-        transport: None,
-        fingerprint: None,
-        via: None,
-        probe_address: None,
+        ..PeerConfig::new(
+            key(k).public_key(),
+            cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        )
     }
 }
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use fleetboard_dataplane::AdminClient;
 use fleetboard_dataplane::core::{
-    AdminConfig, DataplaneConfig, DataplaneStatus, InterfaceConfig, PeerConfig, PeerStatus,
-    SecretKey, Transport,
+    AdminConfig, DataplaneConfig, DataplaneStatus, PeerConfig, PeerStatus, SecretKey, Transport,
 };
 use fleetboard_tests::binaries::bin;
 use fleetboard_tests::impaired_link::{ImpairedLink, disable_offloads};
@@ -169,15 +168,13 @@ pub fn peer_named<'a>(s: &'a DataplaneStatus, name: &str) -> &'a PeerStatus {
 /// A peer entry for `key`.
 pub fn peer(name: &str, key: &SecretKey, endpoint: Option<&str>, cidrs: &[&str]) -> PeerConfig {
     PeerConfig {
-        public_key: key.public_key(),
         name: Some(name.into()),
         endpoint: endpoint.map(|e| e.parse().unwrap()),
-        allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         persistent_keepalive: if endpoint.is_some() { Some(5) } else { None },
-        transport: None,
-        fingerprint: None,
-        via: None,
-        probe_address: None,
+        ..PeerConfig::new(
+            key.public_key(),
+            cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        )
     }
 }
 
@@ -228,27 +225,11 @@ fn node_in(ns: Netns, name: &'static str, dir: &Path, ip: &str, config: Dataplan
 
 fn base_config(dir: &Path, name: &str, key: SecretKey, v4: &str, v6: &str) -> DataplaneConfig {
     DataplaneConfig {
-        interface: InterfaceConfig {
-            name: "fb0".into(),
-            mtu: 1420,
-            addresses: vec![v4.parse().unwrap(), v6.parse().unwrap()],
-            routes: Vec::new(),
-        },
-        private_key: key,
-        listen_port: 31820,
-        listen_address: None,
-        transport: Transport::Wg,
-        peers: vec![],
-        routes: vec![],
         admin: AdminConfig {
             socket: dir.join(format!("{name}.sock")),
         },
         metrics_address: Some(format!("127.0.0.1:{METRICS_PORT}").parse().unwrap()),
-        quic: Default::default(),
-        services: vec![],
-        local: vec![],
-        relay: false,
-        probe: Default::default(),
+        ..DataplaneConfig::new(key, "fb0", vec![v4.parse().unwrap(), v6.parse().unwrap()])
     }
 }
 
