@@ -219,6 +219,11 @@ impl DataplaneDriver {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     self.core.handle_timeout(Instant::now());
+                    while let Some(peer) = self.core.poll_reconnect() {
+                        if let Some(q) = &self.quic {
+                            q.reconnect(peer);
+                        }
+                    }
                 }
                 r = self.udp.readable() => {
                     r?;

@@ -11,21 +11,30 @@
 //!
 //! A majority, not one report: one member (hostile, or cut off from the hub by its own
 //! network) cannot move the hub. The electorate is the members whose `Connected` condition the
-//! leader last wrote as true, so members that were already down do not block the others. A
+//! leader last wrote as true, or as false less than [`VOTER_GRACE`] ago (a leader that was
+//! restarted in place first writes every member disconnected: its new dataplane has no
+//! session yet), so members that were already down do not block the others. A
 //! leader that was only cut off from the members, not dead, reads the new holder at its next
 //! renewal and stops (its fence closes: it writes nothing after that).
 
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use super::status::CONNECTED;
 use crate::crd::peer::{HUB_LEADER_ANNOTATION, HUB_SILENT_ANNOTATION, Peer};
 
+/// A member whose `Connected` condition turned false less than this long ago still votes.
+pub const VOTER_GRACE: Duration = Duration::from_secs(60);
+
 /// The hub replica most connected members report silent, if any: the leader named in the
-/// hub's Peer (`hub_id`) when more than half of the members connected to it name it in their
-/// `fleetboard.io/hub-silent` annotation.
+/// hub's Peer (`hub_id`) when more than half of the members connected to it (at `now`, see
+/// [`VOTER_GRACE`]) name it in their `fleetboard.io/hub-silent` annotation.
 pub fn silent_leader<'a>(
     peers: impl IntoIterator<Item = &'a Peer> + Clone,
     hub_id: &str,
+    now: Timestamp,
 ) -> Option<String> {
     let leader = peers
         .clone()
@@ -34,7 +43,7 @@ pub fn silent_leader<'a>(
         .annotation(HUB_LEADER_ANNOTATION)?;
     let (mut electorate, mut reports) = (0usize, 0usize);
     for p in peers {
-        if p.spec.is_hub || p.name_any() == hub_id || !connected(p) {
+        if p.spec.is_hub || p.name_any() == hub_id || !voter(p, now) {
             continue;
         }
         electorate += 1;
@@ -45,12 +54,15 @@ pub fn silent_leader<'a>(
     (electorate > 0 && 2 * reports > electorate).then(|| leader.to_owned())
 }
 
-/// Whether the hub last wrote this member's `Connected` condition as true.
-fn connected(p: &Peer) -> bool {
+/// Whether the hub last wrote this member's `Connected` condition as true, or as false less
+/// than [`VOTER_GRACE`] before `now`.
+fn voter(p: &Peer, now: Timestamp) -> bool {
+    let grace = SignedDuration::try_from(VOTER_GRACE).unwrap_or(SignedDuration::MAX);
     p.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == CONNECTED && c.status == "True")
+        s.conditions.iter().any(|c| {
+            c.type_ == CONNECTED
+                && (c.status == "True" || now.duration_since(c.last_transition_time.0) < grace)
+        })
     })
 }
 
@@ -59,7 +71,12 @@ mod tests {
     use super::*;
     use crate::crd::peer::PeerStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use k8s_openapi::jiff::Timestamp;
+
+    /// When the tests look at the Peers: an hour after their conditions last changed, unless
+    /// a test moves a transition closer.
+    fn now() -> Timestamp {
+        Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1)
+    }
 
     fn peer(name: &str, is_hub: bool, connected: bool, annotation: Option<(&str, &str)>) -> Peer {
         let mut p = Peer::new(
@@ -101,14 +118,14 @@ mod tests {
     fn most_connected_members_must_report_the_current_leader() {
         let a_b = |a, b| vec![hub("hub-0"), member("a", true, a), member("b", true, b)];
         assert_eq!(
-            silent_leader(&a_b(Some("hub-0"), Some("hub-0")), "hub"),
+            silent_leader(&a_b(Some("hub-0"), Some("hub-0")), "hub", now()),
             Some("hub-0".into())
         );
         // One of two is no majority: one member cannot move the hub.
-        assert_eq!(silent_leader(&a_b(Some("hub-0"), None), "hub"), None);
+        assert_eq!(silent_leader(&a_b(Some("hub-0"), None), "hub", now()), None);
         // Reports about an earlier leader say nothing about this one.
         assert_eq!(
-            silent_leader(&a_b(Some("hub-1"), Some("hub-1")), "hub"),
+            silent_leader(&a_b(Some("hub-1"), Some("hub-1")), "hub", now()),
             None
         );
         // Members that were already disconnected do not vote.
@@ -118,7 +135,7 @@ mod tests {
             member("b", false, None),
             member("c", false, None),
         ];
-        assert_eq!(silent_leader(&peers, "hub"), Some("hub-0".into()));
+        assert_eq!(silent_leader(&peers, "hub", now()), Some("hub-0".into()));
         // Two of three.
         let peers = vec![
             hub("hub-0"),
@@ -126,7 +143,32 @@ mod tests {
             member("b", true, Some("hub-0")),
             member("c", true, None),
         ];
-        assert_eq!(silent_leader(&peers, "hub"), Some("hub-0".into()));
+        assert_eq!(silent_leader(&peers, "hub", now()), Some("hub-0".into()));
+    }
+
+    #[test]
+    fn members_disconnected_moments_ago_still_vote() {
+        // A leader restarted in place wrote both members disconnected 10 s ago (its new
+        // dataplane had no session yet); both still report it silent.
+        let recently = |mut p: Peer| {
+            for c in &mut p.status.as_mut().unwrap().conditions {
+                c.last_transition_time = Time(now() - SignedDuration::from_secs(10));
+            }
+            p
+        };
+        let peers = vec![
+            hub("hub-0"),
+            recently(member("a", false, Some("hub-0"))),
+            recently(member("b", false, Some("hub-0"))),
+        ];
+        assert_eq!(silent_leader(&peers, "hub", now()), Some("hub-0".into()));
+        // One of the two reports: no majority.
+        let peers = vec![
+            hub("hub-0"),
+            recently(member("a", false, Some("hub-0"))),
+            recently(member("b", false, None)),
+        ];
+        assert_eq!(silent_leader(&peers, "hub", now()), None);
     }
 
     #[test]
@@ -135,14 +177,14 @@ mod tests {
             peer("hub", true, false, None),
             member("a", true, Some("hub-0")),
         ];
-        assert_eq!(silent_leader(&peers, "hub"), None);
+        assert_eq!(silent_leader(&peers, "hub", now()), None);
         let peers = vec![hub("hub-0"), member("a", false, Some("hub-0"))];
-        assert_eq!(silent_leader(&peers, "hub"), None);
+        assert_eq!(silent_leader(&peers, "hub", now()), None);
         // A member cannot stand in for the hub: only the hub's Peer names the leader.
         let peers = vec![
             peer("hub", false, true, Some((HUB_LEADER_ANNOTATION, "hub-0"))),
             member("a", true, Some("hub-0")),
         ];
-        assert_eq!(silent_leader(&peers, "hub"), None);
+        assert_eq!(silent_leader(&peers, "hub", now()), None);
     }
 }

@@ -237,7 +237,8 @@ pub async fn run(
                 }
                 changed.notify_one();
                 let state = peers.state();
-                let silent = failover::silent_leader(state.iter().map(|p| &**p), &hub_id);
+                let silent =
+                    failover::silent_leader(state.iter().map(|p| &**p), &hub_id, Timestamp::now());
                 dead_tx.send_if_modified(|cur| {
                     if *cur == silent {
                         return false;

@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use crate::config::{ConfigError, DataplaneConfig, PeerConfig, Transport};
 use crate::drop::{DropCounters, DropReason};
 use crate::key::{PublicKey, SecretKey};
-use crate::peer::{Forced, HandshakeRtt, PeerCounters, PeerId, PeerState, PeerStatus, PeerTable};
+use crate::peer::{
+    Forced, HandshakeRtt, PROBE_DEAD_REHANDSHAKE, PeerCounters, PeerId, PeerState, PeerStatus,
+    PeerTable,
+};
 use crate::probe::{PeerProbe, ProbeCounters, Prober};
 use crate::relay::{self, RELAY_HEADER, RelayId, RelayIndex, RelayedHandshakes};
 use crate::route::RouteTable;
@@ -151,6 +154,9 @@ pub struct Dataplane {
     probe_ip: IpAddr,
     /// The latest `now` the timers saw (probe figures in `status` are as of then).
     last_now: Instant,
+    /// QUIC peers whose probes say dead: the driver closes their connection and dials again
+    /// ([`Dataplane::poll_reconnect`]).
+    reconnect: Vec<PeerId>,
 }
 
 impl Dataplane {
@@ -185,6 +191,7 @@ impl Dataplane {
             ),
             probe_ip: UNSPECIFIED,
             last_now: now,
+            reconnect: Vec::new(),
         };
         dp.nat.handle_timeout(now);
         dp.config.peers.clear();
@@ -703,6 +710,20 @@ impl Dataplane {
             return;
         }
         self.next_tick = now + TIMER_TICK;
+        // A QUIC peer dead by its probes may have been replaced behind the same endpoint (a
+        // restart in place, a standby replica behind one load balancer address): its
+        // connection is gone there, and quinn would notice only at its idle timeout.
+        for p in self.peers.iter_mut() {
+            if p.transport == Transport::Quic
+                && p.probe.alive == Some(false)
+                && p.last_forced_handshake
+                    .is_none_or(|t| now.duration_since(t) >= PROBE_DEAD_REHANDSHAKE)
+            {
+                p.last_forced_handshake = Some(now);
+                self.reconnect.push(p.id);
+                tracing::debug!(peer = %p.config.label(), "probes dead, new QUIC connection");
+            }
+        }
         let ids: Vec<PeerId> = self
             .peers
             .iter()
@@ -758,6 +779,13 @@ impl Dataplane {
                 }
             }
         }
+    }
+
+    /// The next QUIC peer to connect anew (its probes say it is dead; at most once per
+    /// [`PROBE_DEAD_REHANDSHAKE`] each): close its connection and dial again. Call after
+    /// [`Dataplane::handle_timeout`] until None.
+    pub fn poll_reconnect(&mut self) -> Option<PeerId> {
+        self.reconnect.pop()
     }
 
     /// When [`Dataplane::handle_timeout`] wants to run next.

@@ -175,6 +175,14 @@ impl QuicLink {
         self.rx.try_recv().ok()
     }
 
+    /// Closes `peer`'s connection (its probes say it is dead): the side that dials dials
+    /// again at once, the other accepts the new connection.
+    pub fn reconnect(&self, peer: PeerId) {
+        if let Some(h) = self.peers.get(&peer) {
+            h.reconnect();
+        }
+    }
+
     /// Sends `packet` to `peer`; on too-big, builds the ICMP error into [`QuicLink::icmp`].
     pub fn send(&mut self, peer: PeerId, packet: &[u8]) -> LinkSend {
         let Some(h) = self.peers.get(&peer) else {

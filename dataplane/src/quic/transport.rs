@@ -49,6 +49,7 @@ const CLOSE_UNKNOWN_PEER: u32 = 2;
 const CLOSE_REMOVED: u32 = 3;
 const CLOSE_ENDPOINT_CHANGED: u32 = 4;
 const CLOSE_SHUTDOWN: u32 = 5;
+const CLOSE_PROBES_DEAD: u32 = 6;
 
 /// A received IP packet and the peer it came from.
 #[derive(Debug)]
@@ -134,6 +135,20 @@ impl<T> QuicPeer<T> {
                 Err(SendError::NotConnected)
             }
         }
+    }
+
+    /// Closes the current connection, if any (the peer's data path is dead: it may have
+    /// been replaced behind the same address and not know the connection any more). The
+    /// dialing side dials again at once; a connection that was up long enough resets the
+    /// dial backoff.
+    pub fn reconnect(&self) {
+        let _g = lock(&self.state.install);
+        if let Some(conn) = self.state.conn.load_full() {
+            info!(peer = %self.state.name, remote = %conn.remote_address(), "closing the quic connection: the peer's probes go unanswered");
+            conn.close(VarInt::from_u32(CLOSE_PROBES_DEAD), b"probes unanswered");
+            self.state.conn.store(None);
+        }
+        self.state.changed.notify_one();
     }
 
     /// Largest IP packet the peer's connection carries now, or `None` when not connected.

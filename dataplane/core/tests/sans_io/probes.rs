@@ -290,3 +290,54 @@ fn a_peer_replaced_behind_the_same_endpoint_is_handshaken_again_once_probes_say_
         "took {took:?}: the spokes waited for WireGuard's own timers"
     );
 }
+
+/// A QUIC peer whose probes go unanswered is handed to the driver to connect anew, at most
+/// once per `PROBE_DEAD_REHANDSHAKE`; an answering one never is.
+#[test]
+fn a_quic_peer_dead_by_its_probes_is_reconnected_every_two_seconds() {
+    use crate::mesh::{config, peer};
+    use fleetboard_dataplane_core::peer::PROBE_DEAD_REHANDSHAKE;
+    use fleetboard_dataplane_core::{Dataplane, Transport};
+    use std::time::Instant;
+
+    let mut p = peer(3, Some("198.18.0.3:31820"), &["100.64.2.0/24"]);
+    p.transport = Some(Transport::Quic);
+    p.fingerprint = Some("ab".repeat(32));
+    p.probe_address = Some("100.64.2.1".parse().unwrap());
+    let mut cfg = config(1, "100.64.1.1/10", vec![p]);
+    cfg.quic.certificate = Some("/etc/fleetboard/quic.crt".into());
+    cfg.quic.private_key = Some("/etc/fleetboard/quic.key".into());
+    cfg.probe = ProbeSettings {
+        interval_ms: 200,
+        window: 10,
+        timeout_ms: 500,
+        dead_after_ms: 1000,
+    };
+    let start = Instant::now();
+    let mut dp = Dataplane::new(cfg, start).unwrap();
+    let quic = dp.peer_by_key(&key(3).public_key()).unwrap();
+    let mut buf = vec![0u8; fleetboard_dataplane_core::MAX_PACKET];
+    let mut reconnects = Vec::new();
+    let mut now = start;
+    while now < start + Duration::from_secs(6) {
+        now += Duration::from_millis(50);
+        dp.handle_timeout(now);
+        // The probes leave as plaintext for the QUIC transport, and nothing answers them.
+        while dp.poll_probe(now, &mut buf).is_some() {}
+        while let Some(id) = dp.poll_reconnect() {
+            assert_eq!(id, quic);
+            reconnects.push(now - start);
+        }
+    }
+    assert!(
+        (2..=4).contains(&reconnects.len()),
+        "reconnects at {reconnects:?}"
+    );
+    assert!(
+        reconnects[0] <= Duration::from_millis(1500),
+        "{reconnects:?}"
+    );
+    for w in reconnects.windows(2) {
+        assert!(w[1] - w[0] >= PROBE_DEAD_REHANDSHAKE, "{reconnects:?}");
+    }
+}
