@@ -14,7 +14,7 @@
 //! every node's dataplane gets the ClusterSetIPs of the cluster's ServiceImports as `services`.
 
 pub mod failover;
-pub mod hub;
+pub mod hub_client;
 mod mcs;
 pub mod plan;
 mod reconcile;
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use hub::{HubAccess, HubError, TokenSource};
+pub use hub_client::{HubAccess, HubError, TokenSource};
 pub use reconcile::run;
 
 use crate::crd::peer::Transport;

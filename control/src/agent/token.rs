@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::hub::{TokenSource, token_is_valid};
+use super::hub_client::{TokenSource, token_is_valid};
 use super::{AgentConfig, AgentError, FIELD_MANAGER, HubError};
 use crate::membership::{self, MembershipError};
 

@@ -1,4 +1,4 @@
-//! The connection to the hub's apiserver: a kube client from `--hub-url` + the member's token
+//! The agent's client of the hub's apiserver: a kube client from `--hub-url` + the member's token
 //! (`--hub-token` inline, or `--hub-token-secret`: a Secret of the member namespace, kept in a
 //! token file by [`super::token`]) + `--hub-ca-file`, or from `--hub-kubeconfig`, and a first
 //! call that turns "unreachable" and "token refused" into errors naming the flag to fix.

@@ -2,42 +2,42 @@
 //! re-plan and apply (annotations, the Peer, the dataplane). Every config the dataplane
 //! accepts is saved ([`super::saved`]); API outages leave the views and the dataplane on
 //! their last state ([`crate::outage`]).
+//!
+//! The gateway's part of a pass is in `gateway`, this node's own annotations in `annotations`.
 
-use std::collections::{BTreeMap, HashMap};
+mod annotations;
+mod gateway;
+
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetboard_dataplane::core::{DataplaneConfig, PublicKey};
+use fleetboard_dataplane::core::DataplaneConfig;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::api::Api;
+use kube::runtime::reflector::Store;
 use tokio::sync::{Notify, watch};
 
 use super::failover::HubLeader;
 use super::mcs::{Controllers, ServiceView, mcs_slice_selector};
-use super::plan::{
-    self, GatewayInputs, LocalSettings, NodeBlock, NodeInfo, NodeInputs, PeerInfo, QuicFiles,
-};
+use super::plan::{self, LocalSettings, NodeInfo, NodeInputs, PeerInfo, QuicFiles};
 use super::startup::{Joined, Offline, join, member_client, poll_gateway};
-use super::{
-    AgentConfig, AgentError, CLUSTER_KEYS_SECRET, FIELD_MANAGER, GATEWAY_LEASE,
-    NODE_CIDR_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_CIDR_ANNOTATION, TUNNEL_IP_ANNOTATION,
-    saved,
-};
+use super::{AgentConfig, AgentError, GATEWAY_LEASE, saved};
 use crate::crd::mcs::ServiceImport;
-use crate::crd::peer::{HUB_LEADER_ANNOTATION, HUB_SILENT_ANNOTATION, Peer, PeerSpec};
+use crate::crd::peer::Peer;
 use crate::embedded::{EmbeddedDataplane, admin_socket};
 use crate::fence::{Fence, fenced_client};
 use crate::health::Health;
-use crate::keys::{GatewayKeys, load_or_create};
+use crate::keys::GatewayKeys;
 use crate::leader::{LeaderElection, Leadership};
 use crate::outage::Outage;
 use crate::watch::cache;
+use annotations::node_info;
+pub(super) use annotations::publish_node;
 
 /// Re-plan at least this often even without events (a missed event, a dataplane that died).
 const RESYNC: Duration = Duration::from_secs(10);
@@ -232,67 +232,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     agent.stop(stop_tx, election).await
 }
-
-/// Writes this node's `public-key` and `tunnel-ip` annotations.
-pub(super) async fn publish_node(
-    member: &kube::Client,
-    cfg: &AgentConfig,
-    keys: &GatewayKeys,
-) -> Result<(), AgentError> {
-    let annotations = serde_json::json!({
-        PUBLIC_KEY_ANNOTATION: keys.public_key_base64(),
-        TUNNEL_IP_ANNOTATION: cfg.node_ip.to_string(),
-    });
-    annotate_own_node(member, cfg, annotations, "").await
-}
-
-/// Merge-patches `annotations` onto this agent's own Node; `what` completes the error's
-/// "annotating node NAME".
-async fn annotate_own_node(
-    member: &kube::Client,
-    cfg: &AgentConfig,
-    annotations: serde_json::Value,
-    what: &str,
-) -> Result<(), AgentError> {
-    let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
-    Api::<Node>::all(member.clone())
-        .patch(
-            &cfg.node_name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(|source| AgentError::Member {
-            what: format!("annotating node {}{what}", cfg.node_name),
-            source,
-        })?;
-    Ok(())
-}
-
-fn annotation<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
-    n.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
-}
-
-fn node_info(n: &Node) -> NodeInfo {
-    NodeInfo {
-        name: n.metadata.name.clone().unwrap_or_default(),
-        created: n
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
-        cidr: annotation(n, NODE_CIDR_ANNOTATION).and_then(|s| s.parse().ok()),
-        public_key: annotation(n, PUBLIC_KEY_ANNOTATION)
-            .and_then(|s| PublicKey::from_base64(s).ok()),
-        tunnel_ip: annotation(n, TUNNEL_IP_ANNOTATION).and_then(|s| s.parse().ok()),
-    }
-}
-
 fn peer_info(p: &Peer) -> PeerInfo {
     PeerInfo {
         name: p.metadata.name.clone().unwrap_or_default(),
@@ -453,215 +392,6 @@ impl Agent {
         }
         Ok(())
     }
-
-    /// Re-publishes this node's annotations if someone removed or changed them.
-    async fn check_own_annotations(&self, nodes: &[NodeInfo]) -> Result<(), AgentError> {
-        let Some(me) = nodes.iter().find(|n| n.name == self.cfg.node_name) else {
-            return Ok(());
-        };
-        if me.public_key != Some(self.node_keys.public_key())
-            || me.tunnel_ip != Some(self.cfg.node_ip)
-        {
-            publish_node(&self.member, &self.cfg, &self.node_keys).await?;
-        }
-        Ok(())
-    }
-
-    /// Keeps this node's `fleetboard.io/tunnel-cidr` equal to the hub's IPv4 tunnel CIDR (its
-    /// Peer's `spec.cidrs`), what the NRI plugin beside the agent routes through the pods.
-    async fn publish_tunnel_cidr(&self, peers: &[PeerInfo]) -> Result<(), AgentError> {
-        let Some(cidr) = peers
-            .iter()
-            .filter(|p| p.spec.is_hub)
-            .flat_map(|p| p.spec.cidrs.iter())
-            .filter_map(|c| c.parse::<IpNet>().ok())
-            .find(|c| c.addr().is_ipv4())
-        else {
-            return Ok(());
-        };
-        let cidr = cidr.trunc().to_string();
-        let current = self
-            .nodes
-            .get(&reflector::ObjectRef::new(&self.cfg.node_name))
-            .and_then(|n| annotation(&n, TUNNEL_CIDR_ANNOTATION).map(str::to_owned));
-        if current.as_deref() == Some(cidr.as_str()) {
-            return Ok(());
-        }
-        let annotations = serde_json::json!({ TUNNEL_CIDR_ANNOTATION: cidr });
-        annotate_own_node(
-            &self.member,
-            &self.cfg,
-            annotations,
-            " with the tunnel CIDR",
-        )
-        .await?;
-        tracing::info!(node = %self.cfg.node_name, %cidr, "published the hub's tunnel CIDR");
-        Ok(())
-    }
-
-    /// The gateway's dataplane config; `may_write` false (the Lease is not renewed): nothing
-    /// is written (the Peer, node sub-blocks), only what is already recorded is used.
-    async fn gateway_pass(
-        &mut self,
-        nodes: &[NodeInfo],
-        peers: &[PeerInfo],
-        may_write: bool,
-    ) -> Result<Option<DataplaneConfig>, AgentError> {
-        let keys = match &self.cluster_keys {
-            Some(k) => k.clone(),
-            // Loading may create the keys Secret: a write.
-            None if !may_write => return Ok(None),
-            None => {
-                let k = load_or_create(
-                    self.member.clone(),
-                    &self.cfg.namespace,
-                    CLUSTER_KEYS_SECRET,
-                    &self.cfg.cluster_id,
-                )
-                .await?;
-                self.cluster_keys = Some(k.clone());
-                k
-            }
-        };
-        if self.quic_files.is_none() {
-            let (certificate, private_key) =
-                keys.write_quic_files(&self.cfg.state_dir.join("cluster"))?;
-            self.quic_files = Some(QuicFiles {
-                certificate,
-                private_key,
-            });
-        }
-        if may_write {
-            self.apply_peer(&keys, peers).await?;
-        }
-        let Some(own) = peers.iter().find(|p| p.name == self.cfg.cluster_id) else {
-            tracing::info!("waiting for our Peer to appear in the hub");
-            return Ok(None);
-        };
-        if own.allocated.is_empty() {
-            tracing::info!("waiting for the hub to allocate our block");
-            return Ok(None);
-        }
-        let blocks = match plan::plan_node_blocks(&own.allocated, self.cfg.node_block_prefix, nodes)
-        {
-            Ok((mut all, changed)) => {
-                if may_write {
-                    for b in &changed {
-                        self.write_node_block(b).await?;
-                    }
-                } else {
-                    all.retain(|b| !changed.contains(b));
-                }
-                all
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "node sub-blocks cannot be allocated");
-                Vec::new()
-            }
-        };
-        let resolve = resolve_endpoints(peers).await;
-        Ok(plan::gateway_config(&GatewayInputs {
-            local: &self.local,
-            cluster_key: keys.private_key.clone(),
-            quic: self.quic_files.clone(),
-            peers,
-            nodes,
-            blocks: &blocks,
-            resolve: &resolve,
-        }))
-    }
-
-    /// The hub and its leading replica as the hub's Peer names them, while this node is the
-    /// `gateway`.
-    fn hub_leader_seen(&self, gateway: bool) -> Option<HubLeader> {
-        if !gateway {
-            return None;
-        }
-        let peers = self.peers.state();
-        let hub = peers.iter().find(|p| p.spec.is_hub)?;
-        Some(HubLeader {
-            peer: hub.metadata.name.clone()?,
-            leader: hub.annotation(HUB_LEADER_ANNOTATION)?.to_owned(),
-        })
-    }
-
-    /// Server-side applies this cluster's Peer spec, and the hub leader our probes found
-    /// silent ([`HUB_SILENT_ANNOTATION`], none while the hub answers), when either differs
-    /// from the hub's copy.
-    async fn apply_peer(&self, keys: &GatewayKeys, peers: &[PeerInfo]) -> Result<(), AgentError> {
-        let mut spec: PeerSpec =
-            serde_json::from_value(serde_json::json!({ "clusterId": self.cfg.cluster_id }))
-                .expect("minimal PeerSpec");
-        spec.cidrs = self.cfg.cidrs.iter().map(|c| c.to_string()).collect();
-        spec.endpoint = Some(self.cfg.public_endpoint());
-        spec.port = self.cfg.listen_port;
-        spec.public_key = Some(keys.public_key_base64());
-        spec.cert_fingerprint = Some(keys.fingerprint.clone());
-        spec.transport = self.cfg.transport;
-        spec.is_public = self.cfg.public;
-        let silent = self.hub_silent.borrow().clone();
-        let recorded = self
-            .peers
-            .get(&reflector::ObjectRef::new(&self.cfg.cluster_id).within(&self.cfg.hub_namespace))
-            .and_then(|p| p.annotation(HUB_SILENT_ANNOTATION).map(str::to_owned));
-        if recorded == silent
-            && peers
-                .iter()
-                .any(|p| p.name == self.cfg.cluster_id && p.spec == spec)
-        {
-            return Ok(());
-        }
-        // Server-side apply: leaving the annotation out removes what we set before.
-        let mut metadata = serde_json::json!({ "name": self.cfg.cluster_id });
-        if let Some(leader) = &silent {
-            metadata["annotations"] = serde_json::json!({ HUB_SILENT_ANNOTATION: leader });
-        }
-        let obj = serde_json::json!({
-            "apiVersion": "fleetboard.io/v1alpha1",
-            "kind": "Peer",
-            "metadata": metadata,
-            "spec": spec,
-        });
-        Api::<Peer>::namespaced(self.gw_hub.clone(), &self.cfg.hub_namespace)
-            .patch(
-                &self.cfg.cluster_id,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
-                    AgentError::Hub(super::HubError::Refused {
-                        url: "hub".into(),
-                        flag: self.cfg.hub.auth_flag(),
-                        message: s.message,
-                    })
-                }
-                source => AgentError::Member {
-                    what: format!("applying Peer {} in the hub", self.cfg.cluster_id),
-                    source,
-                },
-            })?;
-        tracing::info!(peer = %self.cfg.cluster_id, endpoint = %self.cfg.public_endpoint(), hub_silent = ?silent, "registered the cluster's Peer in the hub");
-        Ok(())
-    }
-
-    async fn write_node_block(&mut self, b: &NodeBlock) -> Result<(), AgentError> {
-        let patch = serde_json::json!({ "metadata": { "annotations": {
-            NODE_CIDR_ANNOTATION: b.cidr.to_string(),
-        }}});
-        Api::<Node>::all(self.gw_member.clone())
-            .patch(&b.node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|source| AgentError::Member {
-                what: format!("annotating node {} with its block", b.node),
-                source,
-            })?;
-        tracing::info!(node = %b.node, cidr = %b.cidr, "allocated node sub-block");
-        self.assigned.insert(b.node.clone(), b.cidr);
-        Ok(())
-    }
-
     fn node_pass(&self, nodes: &[NodeInfo], peers: &[PeerInfo]) -> Option<DataplaneConfig> {
         let holder = self.gateway.borrow().clone();
         let gateway = holder.and_then(|h| nodes.iter().find(|n| n.name == h));
@@ -730,25 +460,4 @@ fn needs_restart(a: &DataplaneConfig, b: &DataplaneConfig) -> bool {
         || a.admin != b.admin
         || a.metrics_address != b.metrics_address
         || a.quic != b.quic
-}
-
-/// Resolves the endpoint host names of `peers` that are not IP addresses.
-async fn resolve_endpoints(peers: &[PeerInfo]) -> HashMap<String, IpAddr> {
-    let mut out = HashMap::new();
-    let names: BTreeMap<&str, u16> = peers
-        .iter()
-        .filter_map(|p| p.spec.endpoint.as_deref().map(|e| (e, p.spec.port)))
-        .filter(|(e, _)| e.parse::<IpAddr>().is_err())
-        .collect();
-    for (name, port) in names {
-        match tokio::net::lookup_host((name, port)).await {
-            Ok(mut addrs) => {
-                if let Some(a) = addrs.next() {
-                    out.insert(name.to_string(), a.ip());
-                }
-            }
-            Err(e) => tracing::warn!(endpoint = name, error = %e, "cannot resolve peer endpoint"),
-        }
-    }
-    out
 }
