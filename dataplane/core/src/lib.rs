@@ -15,6 +15,8 @@
 //! - [`drop`]: [`DropReason`] and its counters.
 //! - [`relay`]: end-to-end relaying through the hub (the hub forwards ciphertext).
 //! - [`wire`]: the IP header view.
+//! - [`wg`]: WireGuard with session keys shared by threads (handshake on `snow`, lock-free
+//!   seal/open, replay window for the in-order sequencer); not wired into [`Dataplane`] yet.
 //! - [`mtu`], [`icmp`], [`mss`]: tunnel MTU per transport, ICMP too-big errors, TCP MSS
 //!   clamping (QUIC branch).
 
@@ -32,6 +34,7 @@ pub mod relay;
 pub mod route;
 pub mod service_nat;
 pub mod session;
+pub mod wg;
 pub mod wire;
 
 pub use config::{
