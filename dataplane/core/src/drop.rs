@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub enum DropReason {
     /// Not a well-formed WireGuard message or IP packet (garbage, truncated).
     Malformed = 0,
-    /// A message for a peer or session index we do not know (e.g. unknown key).
+    /// A message for a peer or session index we do not know (e.g. unknown key; for QUIC, a
+    /// connection of no configured peer, or a datagram for a connection ID never issued).
     UnknownPeer,
     /// Failed authentication: bad MAC, bad AEAD tag, wrong key.
     Unauthenticated,

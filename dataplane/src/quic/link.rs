@@ -225,7 +225,8 @@ impl QuicLink {
 
     /// Folds QUIC's own figures (RTT, current endpoint, tx counters) into `status`, and its
     /// drops into the drop counters: rejected certificates and failed handshakes as
-    /// `unauthenticated`, non-IP datagrams as `malformed`, oversized ones as `too_large`.
+    /// `unauthenticated`, connections of no peer and datagrams for connection IDs never issued
+    /// as `unknown_peer`, non-IP datagrams as `malformed`, oversized ones as `too_large`.
     pub fn fill_status(&self, status: &mut DataplaneStatus) {
         let e = self.transport.endpoint_stats();
         let mut bump = |r: DropReason, n: u64| status.drops.0[r as usize] += n;
@@ -233,7 +234,7 @@ impl QuicLink {
             DropReason::Unauthenticated,
             e.auth_rejected.max(e.handshake_failed),
         );
-        bump(DropReason::UnknownPeer, e.unknown_peer);
+        bump(DropReason::UnknownPeer, e.unknown_peer + e.unknown_cid);
         bump(DropReason::UnderLoad, e.refused_busy + e.refused_source);
         bump(DropReason::HandshakeTimeout, e.handshake_timeout);
         for s in self.transport.peer_stats() {

@@ -2,8 +2,12 @@
 //! on the packet path; snapshots are taken by the admin/metrics side.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use quinn::{ConnectionId, ConnectionIdGenerator};
+use quinn_proto::{HashedConnectionIdGenerator, InvalidCid};
 
 /// Adds one to a relaxed counter.
 #[inline]
@@ -21,6 +25,8 @@ pub(crate) struct EndpointCounters {
     pub refused_source: AtomicU64,
     pub retried: AtomicU64,
     pub handshake_timeout: AtomicU64,
+    /// Shared with the endpoint's [`CountingCids`].
+    pub unknown_cid: Arc<AtomicU64>,
 }
 
 /// Snapshot of the endpoint-wide counters.
@@ -42,6 +48,56 @@ pub struct EndpointStats {
     /// Incoming handshakes dropped because they did not complete within the handshake
     /// timeout.
     pub handshake_timeout: u64,
+    /// Datagrams addressed to a connection ID this endpoint never issued, which quinn drops:
+    /// garbage on the port, or packets of a connection of an earlier run of this process.
+    /// (Datagrams quinn cannot even parse, and long-header packets of no connection, it drops
+    /// before asking: they are not counted.)
+    pub unknown_cid: u64,
+}
+
+/// quinn's hashed connection IDs (its default), counting in `unknown` the datagrams whose
+/// connection ID this endpoint never issued: quinn asks [`ConnectionIdGenerator::validate`]
+/// about every short-header datagram that matches no connection, then drops the invalid ones
+/// without a counter of its own.
+pub(crate) struct CountingCids {
+    inner: HashedConnectionIdGenerator,
+    unknown: Arc<AtomicU64>,
+}
+
+impl CountingCids {
+    /// The factory for [`quinn::EndpointConfig::cid_generator`] (called once per endpoint).
+    pub fn factory(
+        unknown: Arc<AtomicU64>,
+    ) -> impl Fn() -> Box<dyn ConnectionIdGenerator> + Send + Sync + 'static {
+        move || -> Box<dyn ConnectionIdGenerator> {
+            Box::new(CountingCids {
+                inner: HashedConnectionIdGenerator::new(),
+                unknown: unknown.clone(),
+            })
+        }
+    }
+}
+
+impl ConnectionIdGenerator for CountingCids {
+    fn generate_cid(&mut self) -> ConnectionId {
+        self.inner.generate_cid()
+    }
+
+    fn validate(&self, cid: &ConnectionId) -> Result<(), InvalidCid> {
+        let valid = self.inner.validate(cid);
+        if valid.is_err() {
+            bump(&self.unknown);
+        }
+        valid
+    }
+
+    fn cid_len(&self) -> usize {
+        self.inner.cid_len()
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        self.inner.cid_lifetime()
+    }
 }
 
 impl EndpointCounters {
@@ -55,6 +111,7 @@ impl EndpointCounters {
             refused_source: g(&self.refused_source),
             retried: g(&self.retried),
             handshake_timeout: g(&self.handshake_timeout),
+            unknown_cid: g(&self.unknown_cid),
         }
     }
 }

@@ -361,6 +361,38 @@ async fn flood_of_connection_attempts_is_bounded_and_other_peers_keep_working() 
     deliver(&a_to_b, &mut b.rx, ipv4_packet(1434, 2)).await;
 }
 
+/// Datagrams for connection IDs the endpoint never issued (garbage on its port) are dropped
+/// by quinn and counted as `unknown_cid`; a real connection's datagrams never are, and the
+/// connection beside the garbage keeps working.
+#[tokio::test]
+async fn datagrams_for_connection_ids_never_issued_are_counted() {
+    let (_a, mut b, a_to_b, _) = pair();
+    deliver(&a_to_b, &mut b.rx, ipv4_packet(60, 1)).await;
+    assert_eq!(b.t.endpoint_stats().unknown_cid, 0);
+    let garbage = std::net::UdpSocket::bind(localhost()).unwrap();
+    for i in 0..10u8 {
+        // A short header (fixed bit, no long-header bit), an 8-byte connection ID, a payload.
+        let mut d = vec![0x41];
+        d.extend_from_slice(&[i ^ 0x5a; 8]);
+        d.extend_from_slice(&[i; 40]);
+        garbage.send_to(&d, b.t.local_addr().unwrap()).unwrap();
+    }
+    wait_for("10 datagrams for unknown connection IDs counted", || {
+        b.t.endpoint_stats().unknown_cid >= 10
+    })
+    .await;
+    deliver(&a_to_b, &mut b.rx, ipv4_packet(60, 2)).await;
+    let s = b.t.endpoint_stats();
+    assert_eq!(
+        s,
+        EndpointStats {
+            unknown_cid: s.unknown_cid,
+            ..EndpointStats::default()
+        },
+        "the garbage counts as nothing else"
+    );
+}
+
 /// A UDP relay on 127.0.0.2 that passes datagrams on to `to` and drops every answer: QUIC
 /// handshakes through it start (the server sees the client's Initials) and never finish.
 async fn one_way_proxy(to: SocketAddr) -> SocketAddr {

@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::QuicError;
 use super::identity::Identity;
+use super::stats::CountingCids;
 use super::transport::ALPN;
 use super::verify::PeerVerifier;
 
@@ -21,6 +23,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Connection attempts not yet accepted or refused that quinn keeps (beyond, it refuses).
 const MAX_INCOMING: usize = 1024;
+
+/// The endpoint-wide settings: stateless-reset tokens keyed by a secret derived from the
+/// gateway's private key, and connection IDs that count in `unknown_cid` the datagrams
+/// addressed to none of this endpoint's.
+pub(crate) fn endpoint_config(
+    identity: &Identity,
+    unknown_cid: Arc<AtomicU64>,
+) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &identity.reset_secret());
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(CountingCids::factory(unknown_cid));
+    config
+}
 
 /// The server side: requires and verifies a client certificate.
 pub(crate) fn server_config(

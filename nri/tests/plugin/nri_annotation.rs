@@ -120,12 +120,23 @@ async fn nri_reads_the_node_sub_block_the_agent_annotates() -> anyhow::Result<()
             &serde_json::from_value(serde_json::json!({ "metadata": { "name": "n1" } }))?,
         )
         .await?;
-    // The Node has no sub-block yet: the plugin waits.
+    // The Node has no sub-block yet: the plugin reads it, finds none, reads it again (its
+    // GETs counted by the API server), and has not returned.
+    let node_gets = || fleetboard_tests::kube::api_requests(&client, "GET", "nodes");
+    let gets_before = node_gets().await?;
     let waiting = tokio::spawn({
         let client = client.clone();
         async move { node_cidr::wait(&client, "n1", Duration::from_millis(200)).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "the plugin reading the Node twice, or returning",
+        Duration::from_secs(90),
+        Duration::from_millis(50),
+        || async {
+            Ok((waiting.is_finished() || node_gets().await? >= gets_before + 2).then_some(()))
+        },
+    )
+    .await?;
     assert!(!waiting.is_finished(), "no sub-block yet, still waiting");
     let annotate =
         |v: &str| serde_json::json!({ "metadata": { "annotations": { NODE_CIDR_ANNOTATION: v } } });

@@ -40,7 +40,7 @@ pub use controllers::{
 };
 pub use forward::{Forwarder, NetnsDialer};
 pub use tools::Tool;
-pub use util::{client_from_kubeconfig, eventually};
+pub use util::{api_requests, client_from_kubeconfig, eventually};
 use util::{create_if_missing, tail, write_kubeconfig};
 
 use crate::netns::{Netns, unique_token};

@@ -86,3 +86,27 @@ where
         tokio::time::sleep(every).await;
     }
 }
+
+/// How many `verb` requests (`GET`, `LIST`, `PATCH`, ...) on `resource` (`nodes`, `pods`, ...)
+/// the API server behind `client` has answered, any code: the sum of its
+/// `apiserver_request_total` series. What a component did against the API, seen from outside.
+pub async fn api_requests(
+    client: &kube::Client,
+    verb: &str,
+    resource: &str,
+) -> anyhow::Result<u64> {
+    let metrics = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let (verb, resource) = (
+        format!("verb=\"{verb}\""),
+        format!("resource=\"{resource}\""),
+    );
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && l.contains(&verb) && l.contains(&resource)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}

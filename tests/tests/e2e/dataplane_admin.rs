@@ -1,7 +1,7 @@
 //! Runtime changes (admin API, SIGHUP), observability (`/metrics`, `/live`, `/ready`,
 //! `show`), and config errors that name their field.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::dataplane_support::*;
 use fleetboard_dataplane::core::DropReason;
@@ -15,8 +15,19 @@ fn peers_are_added_and_removed_at_runtime_through_the_admin_api() {
     t.a.wait_ping(HUB_V4, &t.logs());
     assert!(!t.b.ping_once(A_V4), "gw-b is not a peer of the hub yet");
 
-    let gw_a_handshake = |t: &Topology| peer_named(&t.hub.status(), "gw-a").counters.rx_packets;
-    let before = gw_a_handshake(&t);
+    // Adding gw-b leaves gw-a's session alone: no new handshake, traffic on the old session.
+    // The handshake's age is in whole seconds, so let it pass 2 s first: a handshake made
+    // after the change would then be younger than the change, the kept one is older.
+    let gw_a = |t: &Topology| peer_named(&t.hub.status(), "gw-a").clone();
+    wait_for(
+        "gw-a's handshake with the hub 2 s old",
+        DEADLINE,
+        Duration::from_millis(200),
+        || Ok((gw_a(&t).last_handshake_secs_ago >= Some(2)).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", t.logs()));
+    let before = gw_a(&t);
+    let changed = Instant::now();
     let kb = t.b.key.clone();
     block_on(t.hub.admin().upsert_peer(peer(
         "gw-b",
@@ -27,9 +38,17 @@ fn peers_are_added_and_removed_at_runtime_through_the_admin_api() {
     .unwrap();
     t.b.wait_ping(A_V4, &t.logs());
     t.a.wait_ping(B_V6, &t.logs());
+    let after = gw_a(&t);
+    let since_change = changed.elapsed().as_secs();
+    let age = after.last_handshake_secs_ago.unwrap_or(0);
     assert!(
-        gw_a_handshake(&t) > before,
-        "gw-a kept its session while the hub changed"
+        age > since_change,
+        "gw-a has a new session since the hub changed: handshake {age} s ago, change {since_change} s ago\n{}",
+        t.logs()
+    );
+    assert!(
+        after.counters.rx_packets > before.counters.rx_packets,
+        "nothing from gw-a on its session since the change: {before:?} -> {after:?}"
     );
 
     // A bad change is refused with the field named, and changes nothing.

@@ -27,6 +27,17 @@ pub(crate) struct Mesh {
     pub(crate) buf: Vec<u8>,
 }
 
+/// The origin of the tests' virtual clock. It reads the real clock once, only because an
+/// `Instant` cannot be made otherwise; every later time a test passes to a core is this plus
+/// what the test advanced (`Mesh::tick`, the wire's delay), so the core's timers (forced
+/// handshakes, handshake RTTs, probes) act when the test says, on any machine. boringtun
+/// keeps its own timers inside each session on the real clock (its API takes no time): no
+/// assertion here reads them, and a test lasts milliseconds of real time, far from their
+/// first deadline (5 s).
+pub(crate) fn epoch() -> Instant {
+    Instant::now()
+}
+
 pub(crate) fn key(n: u8) -> SecretKey {
     SecretKey::from_random_bytes([n; 32])
 }
@@ -57,7 +68,7 @@ const B: &str = "198.18.0.3:31820";
 impl Mesh {
     /// hub (key 1) relays between a (key 2, 100.64.1.0/24) and b (key 3, 100.64.2.0/24).
     pub(crate) fn hub_and_spokes() -> Self {
-        let now = Instant::now();
+        let now = epoch();
         let hub = config(
             1,
             "100.64.0.1/10",
@@ -365,7 +376,7 @@ fn wg_and_quic_node(now: Instant, addr: &str) -> (Dataplane, PeerId) {
 
 #[test]
 fn non_wg_peers_get_plaintext_for_their_transport() {
-    let now = Instant::now();
+    let now = epoch();
     let (mut dp, quic_peer) = wg_and_quic_node(now, "100.64.0.1/10");
     let mut out = vec![0; MAX_PACKET];
 
@@ -401,7 +412,7 @@ fn non_wg_peers_get_plaintext_for_their_transport() {
 
 #[test]
 fn generated_icmp_goes_back_to_the_peer_of_its_destination() {
-    let now = Instant::now();
+    let now = epoch();
     let (mut dp, quic_peer) = wg_and_quic_node(now, "100.64.0.1/24");
     let mut out = vec![0; MAX_PACKET];
 
@@ -501,10 +512,8 @@ fn relayed_members_talk_end_to_end_and_the_hub_only_forwards() {
         .find(|p| p.name.as_deref() == Some("n3"))
         .unwrap();
     assert_eq!(b.endpoint, None);
-    assert!(
-        b.last_handshake_secs_ago.is_some(),
-        "a and b completed a handshake"
-    );
+    // a and b completed a handshake, timed on the virtual clock (no delay on the wire).
+    assert_eq!(b.rtt_micros, Some(0), "{b:?}");
 }
 
 #[test]
@@ -513,10 +522,19 @@ fn relayed_sessions_survive_keepalive_timers() {
     m.greet_hub();
     m.send_tun(1, &ipv4_udp([100, 64, 1, 1], [100, 64, 2, 1], b"first"));
     m.run();
-    // Keepalives and timer-driven messages of the a-b session take the relay path too.
+    assert_rtt(rtt_of(&m, 1, "n3"), Duration::ZERO);
+    // 30 silent seconds: the a-b session's timers (a new handshake for a keepalive peer that
+    // fell silent) send through the relay too. The wire is slower now, so a handshake made
+    // in those seconds shows as an RTT of two hops each way.
+    let one_way = Duration::from_millis(10);
+    m.delay = one_way;
+    let relayed = m.nodes[0].dp.status().relayed_packets;
     for _ in 0..30 {
         m.tick(Duration::from_secs(1));
     }
+    assert!(m.nodes[0].dp.status().relayed_packets > relayed);
+    assert_rtt(rtt_of(&m, 1, "n3"), 4 * one_way);
+    assert_rtt(rtt_of(&m, 2, "n2"), 4 * one_way);
     let pkt = ipv4_udp([100, 64, 2, 1], [100, 64, 1, 1], b"thirty seconds later");
     m.send_tun(2, &pkt);
     m.run();

@@ -240,10 +240,9 @@ impl<T: Clone + Send + Sync + 'static> QuicTransport<T> {
             transport.clone(),
         )?;
         let socket = super::tls::udp_socket(config.listen)?;
-        let reset_key =
-            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &config.identity.reset_secret());
+        let counters = EndpointCounters::default();
         let endpoint = Endpoint::new(
-            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            super::tls::endpoint_config(&config.identity, counters.unknown_cid.clone()),
             Some(server),
             socket,
             quinn::default_runtime().ok_or(QuicError::NoRuntime)?,
@@ -261,7 +260,7 @@ impl<T: Clone + Send + Sync + 'static> QuicTransport<T> {
             transport,
             peers: Mutex::new(HashMap::new()),
             tx,
-            counters: EndpointCounters::default(),
+            counters,
             handshaking: AtomicUsize::new(0),
             max_handshakes: config.max_handshakes,
             handshaking_from: Mutex::new(HashMap::new()),

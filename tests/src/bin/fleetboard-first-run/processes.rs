@@ -57,19 +57,45 @@ pub async fn run(args: &Args, t0: Clock) -> anyhow::Result<Fleet> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", fleet.logs()))?;
     t0.step("member a reaches member b through the hub; `kubectl peers` on the hub:");
-    // Give the hub one status round so the table shows live handshakes.
+    // Wait for the hub's status rounds until both members show live state (connected, a
+    // handshake, its round trip, bytes), then show the table.
+    let kubectl_peers = |json: bool| -> anyhow::Result<Option<String>> {
+        let mut c = std::process::Command::new(bin("kubectl-peers"));
+        c.arg("--kubeconfig").arg(fleet.hub.cluster.kubeconfig());
+        if json {
+            c.args(["-o", "json"]);
+        }
+        let out = c.output()?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
     let peers = eventually(
-        "kubectl peers showing both members connected",
+        "kubectl peers showing both members connected with live state",
         deadline,
         every,
         || async {
-            let out = std::process::Command::new(bin("kubectl-peers"))
-                .arg("--kubeconfig")
-                .arg(fleet.hub.cluster.kubeconfig())
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let connected = text.lines().filter(|l| l.contains("True")).count();
-            Ok((out.status.success() && connected >= 2).then_some(text))
+            let Some(json) = kubectl_peers(true)? else {
+                return Ok(None);
+            };
+            let doc: serde_json::Value = serde_json::from_str(&json)?;
+            let live = doc["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| {
+                    c["hub"] == false
+                        && c["connected"] == "True"
+                        && ["handshakeAgeSeconds", "rttMicros", "rxBytes", "txBytes"]
+                            .iter()
+                            .all(|k| !c[k].is_null())
+                })
+                .count();
+            if live < 2 {
+                return Ok(None);
+            }
+            kubectl_peers(false)
         },
     )
     .await

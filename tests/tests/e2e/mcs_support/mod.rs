@@ -8,14 +8,17 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use fleetboard_control::crd::exported_service::ExportedService;
 use fleetboard_control::crd::mcs::{ServiceExport, ServiceExportSpec, ServiceImport};
 use fleetboard_control::crd::peer::{Peer, PeerSpec, Transport};
 use fleetboard_control::crd::{hub_crds, member_crds};
 use fleetboard_control::mcs::{self, EndpointSliceConfig, SyncerConfig};
+use fleetboard_control::membership::member_namespace;
 use fleetboard_tests::kube::{Cluster, eventually};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -284,13 +287,64 @@ pub async fn await_no_import(client: &Client, ns: &str, name: &str, what: &str) 
     .unwrap()
 }
 
-/// Asserts that `ns/name` has no ServiceImport for a while (5 s, polled).
-pub async fn ensure_no_import(client: &Client, ns: &str, name: &str, what: &str) {
+/// Asserts that `ns/name` has no ServiceImport once the syncer has gone past its export: a
+/// Service exported after it (`<name>-later`) has its import in `client`'s cluster, so an
+/// import of `name` would be there by now (each syncer pass takes every export).
+pub async fn assert_no_import_after_a_later_export(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+) {
+    let later = format!("{name}-later");
+    create_service(client, ns, &later, &[("tcp", 42, 42, "TCP")], false).await;
+    export(client, ns, &later).await;
+    await_import(client, ns, &later, &format!("{later} imported"), |_| true).await;
     let api: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
-    for _ in 0..20 {
-        assert!(api.get_opt(name).await.unwrap().is_none(), "{what}");
-        tokio::time::sleep(POLL).await;
-    }
+    assert!(api.get_opt(name).await.unwrap().is_none(), "{what}");
+}
+
+/// Waits until the hub API server's clock is in a later second than `t`. Creation timestamps
+/// have a one-second resolution: an object the hub creates after this is strictly younger than
+/// one created at `t`. The clock is read from the creation timestamp the server gives a
+/// dry-run object (nothing is stored).
+pub async fn await_hub_clock_past(hub: &Client, t: &Time) {
+    let probes: Api<ConfigMap> = Api::namespaced(hub.clone(), HUB_NS);
+    let pp = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut probe = ConfigMap::default();
+    probe.metadata.name = Some("clock-probe".into());
+    eventually(
+        &format!("the hub's clock past {}", t.0),
+        DEADLINE,
+        Duration::from_millis(100),
+        || async {
+            let now = probes
+                .create(&pp, &probe)
+                .await?
+                .metadata
+                .creation_timestamp;
+            Ok(now
+                .is_some_and(|now| now.0.as_second() > t.0.as_second())
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The creation time the hub gave cluster `cluster`'s export of `ns/name` (the time conflict
+/// resolution orders exports by).
+pub async fn hub_export_time(hub: &Client, cluster: &str, ns: &str, name: &str) -> Time {
+    let api: Api<ExportedService> = Api::namespaced(hub.clone(), &member_namespace(cluster));
+    api.get(&ExportedService::object_name(cluster, ns, name))
+        .await
+        .unwrap()
+        .metadata
+        .creation_timestamp
+        .expect("the hub sets creationTimestamp")
 }
 
 /// Waits until the ServiceExport `ns/name` has condition `type_` with `status`; returns
